@@ -1,0 +1,32 @@
+"""Manifest tables: explicit, versioned Parquet schemas and their atomic sharded store.
+
+Where each column is born:
+  sources     manifests/sources.py   (stages/download.py)
+  stage_runs  manifests/runs.py      (pipeline/runner.py, one row per stage and source)
+  shots       manifests/shots.py     (stages/shots.py)
+  tracks      manifests/tracks.py    (stages/faces.py)
+  segments    manifests/segments.py  (stages/diarize.py)
+  clips       manifests/clips.py     (stages/quality.py)
+  rejections  manifests/clips.py     (stages/quality.py)
+"""
+
+from manifests.clips import CLIPS, REJECTIONS
+from manifests.runs import STAGE_RUNS
+from manifests.segments import SEGMENTS
+from manifests.shots import SHOTS
+from manifests.sources import SOURCES
+from manifests.tracks import TRACKS
+
+TABLES = {
+    "sources": SOURCES,
+    "stage_runs": STAGE_RUNS,
+    "shots": SHOTS,
+    "tracks": TRACKS,
+    "segments": SEGMENTS,
+    "clips": CLIPS,
+    "rejections": REJECTIONS,
+}
+
+from manifests.store import ManifestStore, rows_to_table  # noqa: E402
+
+__all__ = ["TABLES", "ManifestStore", "rows_to_table"]

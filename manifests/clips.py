@@ -1,0 +1,59 @@
+"""`clips` (kept training clips) and `rejections` (every candidate that failed a rule).
+
+Written by stages/quality.py; the export and the trainer read `clips`.
+Paths are relative to OUT.
+"""
+
+import pyarrow as pa
+
+from manifests._schema import table_schema
+
+CLIPS = table_schema(
+    "clips",
+    1,
+    [
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("shot_id", pa.string()),
+        pa.field("track_id", pa.string()),
+        pa.field("segment_id", pa.string()),
+        pa.field("start_frame", pa.int64(), nullable=False),  # source frame index, inclusive
+        pa.field("end_frame", pa.int64(), nullable=False),  # exclusive
+        pa.field("start_s", pa.float64(), nullable=False),
+        pa.field("end_s", pa.float64(), nullable=False),
+        pa.field("n_frames", pa.int64(), nullable=False),
+        pa.field("fps", pa.float64(), nullable=False),
+        pa.field("crop_path", pa.string(), nullable=False),  # square face-region mp4 of exactly this clip
+        pa.field("audio_path", pa.string(), nullable=False),  # 16 kHz mono wav of exactly this clip
+        pa.field("face_mask_path", pa.string()),  # PNG, crop resolution
+        pa.field("lip_mask_path", pa.string()),
+        pa.field("head_speed", pa.list_(pa.float32())),  # degrees per frame, one per clip frame
+        pa.field("face_size_px", pa.float32()),
+        pa.field("sync_confidence", pa.float32()),
+        pa.field("vocal_type", pa.string()),
+        pa.field("category", pa.string()),
+        pa.field("language", pa.string()),
+        pa.field("license", pa.string()),
+        pa.field("consent", pa.string()),
+        pa.field("identity_id", pa.string()),
+        pa.field("split", pa.string()),  # train / val, identity-disjoint
+        pa.field("sha256", pa.string()),  # of crop_path, for --verify
+    ],
+)
+
+REJECTIONS = table_schema(
+    "rejections",
+    1,
+    [
+        pa.field("candidate_id", pa.string(), nullable=False),
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("shot_id", pa.string()),
+        pa.field("track_id", pa.string()),
+        pa.field("segment_id", pa.string()),
+        pa.field("start_s", pa.float64()),
+        pa.field("end_s", pa.float64()),
+        pa.field("rule", pa.string(), nullable=False),  # reason code, e.g. "face_too_small"
+        pa.field("value", pa.float64()),  # the measured value
+        pa.field("threshold", pa.float64()),
+    ],
+)

@@ -1,0 +1,27 @@
+"""`segments`: one row per speech (or singing, or music) segment, written by stages/diarize.py."""
+
+import pyarrow as pa
+
+from manifests._schema import table_schema
+
+VOCAL_TYPES = ("speech", "singing", "music", "silence")
+
+SEGMENTS = table_schema(
+    "segments",
+    1,
+    [
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("segment_id", pa.string(), nullable=False),  # f"{source_id}-g{index:04d}"
+        pa.field("start_s", pa.float64(), nullable=False),
+        pa.field("end_s", pa.float64(), nullable=False),
+        pa.field("speaker", pa.string()),  # unique within the corpus: f"{source_id}-spk{k}"
+        pa.field("track_id", pa.string()),  # the face that is speaking, when one is
+        pa.field("sync_offset_frames", pa.int32()),
+        pa.field("sync_confidence", pa.float32()),
+        pa.field("on_screen", pa.string()),  # synced / voice_over / no_faces
+        pa.field("vocal_type", pa.string()),  # one of VOCAL_TYPES
+        pa.field("language", pa.string()),
+        pa.field("text", pa.string()),
+        pa.field("backend", pa.string(), nullable=False),
+    ],
+)

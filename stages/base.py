@@ -1,0 +1,91 @@
+"""The stage interface: plain Python over one source at a time. Stages never import ray.
+
+A stage turns one source (a `sources` row, as a dict) into rows of its own manifest table.
+`pipeline/` decides where and how often it runs; the stage only says what it needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from manifests import ManifestStore
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one worker of a stage needs; the Ray adapter turns this into map_batches arguments."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory_mb: int | None = None
+
+
+class StageError(Exception):
+    """A failure with a reason code; it lands in the source's row, it never stops the run."""
+
+    def __init__(self, reason: str, message: str = ""):
+        super().__init__(f"{reason}: {message}" if message else reason)
+        self.reason = reason
+
+
+@dataclass
+class StageContext:
+    """What a stage may touch for one source: the output folder, upstream manifests, a counter."""
+
+    out: Path
+    counters: Counter = field(default_factory=Counter)
+
+    @property
+    def store(self) -> ManifestStore:
+        return ManifestStore(self.out)
+
+    def upstream(self, table: str, source_id: str) -> pa.Table:
+        """Rows an earlier stage wrote for this source (empty when that stage did not run)."""
+        return self.store.read_shard(table, source_id)
+
+    def path(self, *parts: str) -> Path:
+        """A path under OUT, with its folder created. Names come from ids, never from URLs."""
+        p = self.out.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def rel(self, path: Path) -> str:
+        return str(Path(path).relative_to(self.out))
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.counters[key] += n
+
+
+class Stage:
+    """Base class. Subclasses set `name`, `table`, `needs`, and implement `process`.
+
+    `__init__` keeps plain values only so the stage pickles to a Ray worker; models load in `setup`.
+    """
+
+    name: ClassVar[str] = "stage"
+    table: ClassVar[str] = ""  # manifest table this stage writes, one shard per source
+    needs: ClassVar[tuple[str, ...]] = ()  # stages that must have run first, by name
+    uses_model: ClassVar[bool] = False  # True: run in an actor pool so setup() happens once per worker
+    resources: Resources = Resources()
+
+    def setup(self) -> None:
+        """Load models or other per-worker state. Called once per worker before `process`."""
+
+    def process(self, source: dict[str, Any], ctx: StageContext) -> list[dict[str, Any]]:
+        """Rows of `self.table` for one ok source. Raise StageError (or anything) to fail the source."""
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """The settings that change this stage's output (used for the config hash)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def config_hash(self) -> str:
+        blob = json.dumps({"stage": self.name, **self.config()}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]

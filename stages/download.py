@@ -1,0 +1,276 @@
+"""download: fetch every source into content-addressed storage, probe it, extract its audio.
+
+One input row in, exactly one `sources` row out, ok or not. File names on disk come from
+content hashes and input ids, never from the URL or the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urljoin, urlparse
+
+import requests
+
+from stages.base import Resources, Stage, StageContext, StageError
+from stages.probe import extract_audio, probe_media
+from stages.sniff import AUDIO, VIDEO, sniff
+
+PLATFORM_HOSTS = re.compile(r"(^|\.)(youtube\.com|youtu\.be|vimeo\.com|tiktok\.com|dailymotion\.com|twitch\.tv)$")
+OPT_OUT_TOKENS = ("noai", "noimageai")
+CHUNK = 1 << 20
+
+
+class DownloadStage(Stage):
+    name = "download"
+    table = "sources"
+    resources = Resources(num_cpus=0.5)
+
+    def __init__(
+        self,
+        max_bytes: int = 8 << 30,
+        connect_timeout_s: float = 10.0,
+        read_timeout_s: float = 30.0,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        max_redirects: int = 10,
+        audio_rate: int = 16000,
+        link_local: bool = True,
+    ):
+        """
+        max_bytes: refuse sources larger than this.
+        connect_timeout_s / read_timeout_s: per HTTP request; a stalled body times out too.
+        retries: extra attempts for 5xx, timeouts and dropped connections (never for 4xx).
+        backoff_s: first wait between attempts, doubled each time.
+        max_redirects: more hops than this is a redirect loop.
+        audio_rate: sample rate of the extracted mono wav.
+        link_local: hard-link local files into storage when on the same filesystem, else copy.
+        """
+        self.max_bytes = max_bytes
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_redirects = max_redirects
+        self.audio_rate = audio_rate
+        self.link_local = link_local
+
+    # -- one source ---------------------------------------------------------------------------------
+
+    def process(self, source: dict[str, Any], ctx: StageContext) -> list[dict[str, Any]]:
+        row = {k: source.get(k) for k in ("input_id", "uri", "license", "consent", "category", "title",
+                                          "language", "notes", "meta")}
+        row["fetched_at"] = datetime.now(UTC)
+        if str(source.get("consent") or "").strip().lower() in ("no", "false", "0", "denied", "withdrawn"):
+            ctx.count("skipped_consent")
+            return [{**row, "status": "skipped", "error": "consent_no: the sources file says consent=no"}]
+        try:
+            fetched = self._fetch(source["uri"], source["input_id"], ctx)
+            row.update(fetched.meta)
+            row.update(self._store_and_probe(fetched.path, fetched.is_temp, ctx))
+            row["status"] = "ok"
+            ctx.count("ok")
+        except OptOut as e:
+            row.update(e.meta, status="skipped", error=str(e))
+            ctx.count("skipped_opt_out")
+        except StageError as e:
+            row.update(getattr(e, "meta", {}), status="failed", error=str(e))
+            ctx.count(f"failed_{e.reason}")
+        except Exception as e:  # a bug or an unforeseen input: still one row, still going
+            row.update(status="failed", error=f"internal_error: {type(e).__name__}: {e}")
+            ctx.count("failed_internal_error")
+        return [row]
+
+    # -- fetching ------------------------------------------------------------------------------------
+
+    def _fetch(self, uri: str, input_id: str, ctx: StageContext) -> Fetched:
+        parsed = urlparse(uri)
+        if parsed.scheme in ("http", "https"):
+            host = (parsed.hostname or "").lower()
+            if PLATFORM_HOSTS.search(host):
+                return self._fetch_platform(uri, input_id, ctx)
+            return self._fetch_http(uri, input_id, ctx)
+        if parsed.scheme == "file":
+            return self._fetch_local(Path(unquote(parsed.path)))
+        if parsed.scheme in ("", ) or (len(parsed.scheme) == 1 and os.name == "nt"):
+            return self._fetch_local(Path(uri).expanduser())
+        raise StageError("unsupported_scheme", f"cannot fetch {parsed.scheme!r} URIs")
+
+    def _fetch_local(self, path: Path) -> Fetched:
+        if not path.exists():
+            raise StageError("not_found", f"no such file: {path}")
+        if not path.is_file():
+            raise StageError("not_a_file", f"{path} is not a regular file")
+        size = path.stat().st_size
+        if size > self.max_bytes:
+            raise StageError("too_large", f"{size} bytes > cap {self.max_bytes}")
+        return Fetched(path=path.resolve(), is_temp=False, meta={"final_url": path.resolve().as_uri(), "redirects": []})
+
+    def _fetch_http(self, uri: str, input_id: str, ctx: StageContext) -> Fetched:
+        part = ctx.path("downloads", f"{input_id}.part")
+        redirects: list[str] = []
+        url = uri
+        session = requests.Session()
+        last_error: StageError | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                url, redirects = self._resolve(session, uri)
+                self._get_body(session, url, part)
+                return Fetched(part, True, {"final_url": url, "redirects": redirects})
+            except Retryable as e:
+                last_error = StageError(e.reason, str(e.args[0]) if e.args else "")
+                ctx.count("http_retries")
+            except StageError as e:
+                e.meta = {"final_url": url, "redirects": redirects}
+                raise
+        assert last_error is not None
+        last_error.meta = {"final_url": url, "redirects": redirects}
+        raise last_error
+
+    def _request(self, session: requests.Session, method: str, url: str, **kw) -> requests.Response:
+        try:
+            return session.request(method, url, allow_redirects=False, stream=True,
+                                   timeout=(self.connect_timeout_s, self.read_timeout_s), **kw)
+        except requests.Timeout as e:
+            raise Retryable("timeout", f"{url}: {e}") from e
+        except requests.ConnectionError as e:
+            raise Retryable("connection_error", f"{url}: {e}") from e
+
+    def _resolve(self, session: requests.Session, uri: str) -> tuple[str, list[str]]:
+        """Follow redirects by hand (recording every hop) and check the headers before any body."""
+        url, hops = uri, []
+        for _ in range(self.max_redirects + 1):
+            resp = self._request(session, "GET", url, headers={"Range": "bytes=0-0"})
+            try:
+                if resp.is_redirect or resp.status_code in (301, 302, 303, 307, 308):
+                    loc = resp.headers.get("Location")
+                    if not loc:
+                        raise StageError("bad_redirect", f"{resp.status_code} without Location at {url}")
+                    url = urljoin(url, loc)
+                    hops.append(url)
+                    continue
+                robots = resp.headers.get("X-Robots-Tag", "").lower()
+                if any(t in re.split(r"[\s,:;]+", robots) for t in OPT_OUT_TOKENS):
+                    raise OptOut(f"opt_out: X-Robots-Tag: {robots}", {"final_url": url, "redirects": hops})
+                self._check_status(resp, url)
+                return url, hops
+            finally:
+                resp.close()
+        raise StageError("redirect_loop", f"more than {self.max_redirects} redirects from {uri}")
+
+    def _check_status(self, resp: requests.Response, url: str) -> None:
+        if resp.status_code >= 500 or resp.status_code == 429:
+            raise Retryable(f"http_{resp.status_code}", f"{url} answered {resp.status_code}")
+        if resp.status_code >= 400:
+            raise StageError(f"http_{resp.status_code}", f"{url} answered {resp.status_code} {resp.reason}")
+
+    def _get_body(self, session: requests.Session, url: str, part: Path) -> None:
+        """Stream the body into `part`, resuming a partial file with a Range request."""
+        have = part.stat().st_size if part.exists() else 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        resp = self._request(session, "GET", url, headers=headers)
+        with resp:
+            if resp.status_code == 416:  # already complete
+                return
+            self._check_status(resp, url)
+            if resp.status_code != 206:
+                have = 0
+            total = resp.headers.get("Content-Length")
+            if total is not None and total.isdigit() and have + int(total) > self.max_bytes:
+                raise StageError("too_large", f"{have + int(total)} bytes > cap {self.max_bytes}")
+            expected = have + int(total) if total and total.isdigit() else None
+            with open(part, "ab" if have else "wb") as fh:
+                try:
+                    for chunk in resp.iter_content(CHUNK):
+                        fh.write(chunk)
+                        if fh.tell() > self.max_bytes:
+                            raise StageError("too_large", f"body passed the cap of {self.max_bytes} bytes")
+                except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
+                    raise Retryable("truncated", f"body ended early: {e}") from e
+                got = fh.tell()
+        if expected is not None and got < expected:
+            raise Retryable("truncated", f"got {got} of {expected} bytes")
+
+    def _fetch_platform(self, uri: str, input_id: str, ctx: StageContext) -> Fetched:
+        try:
+            import yt_dlp  # optional extra: pip install 'emo-forge[platforms]'
+        except ImportError:
+            raise StageError("yt_dlp_missing", f"{uri} is a platform URL; install yt-dlp "
+                             "(pip install 'emo-forge[platforms]') to fetch it") from None
+        target = ctx.path("downloads", f"{input_id}.platform")
+        opts = {"outtmpl": str(target), "format": "best[ext=mp4]/best", "quiet": True, "noplaylist": True}
+        try:
+            with yt_dlp.YoutubeDL(opts) as ydl:
+                info = ydl.extract_info(uri, download=True)
+        except Exception as e:
+            raise StageError("platform_error", f"yt-dlp: {e}") from e
+        return Fetched(target, True, {"final_url": info.get("webpage_url", uri), "redirects": []})
+
+    # -- storing and probing -------------------------------------------------------------------------
+
+    def _store_and_probe(self, path: Path, is_temp: bool, ctx: StageContext) -> dict[str, Any]:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+        mime, ext, kind = sniff(head)
+        if kind == "empty":
+            raise StageError("empty_file", "zero bytes")
+        if kind not in (VIDEO, AUDIO):
+            raise StageError("not_media", f"content is {mime}, not a video")
+        sha, size = _sha256(path)
+        rel = f"media/{sha[:2]}/{sha}{ext}"
+        dest = ctx.path(rel)
+        if not dest.exists():
+            tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+            if is_temp:
+                os.replace(path, tmp)
+            elif self.link_local:
+                try:
+                    os.link(path, tmp)
+                except OSError:
+                    shutil.copyfile(path, tmp)
+            else:
+                shutil.copyfile(path, tmp)
+            os.replace(tmp, dest)
+        elif is_temp:
+            path.unlink()
+        meta: dict[str, Any] = {"sha256": sha, "bytes": size, "mime": mime, "source_id": sha[:16], "media_path": rel}
+        meta.update(probe_media(dest))
+        if meta["has_audio"]:
+            wav = ctx.path("audio", f"{sha[:16]}.wav")
+            if not wav.exists():
+                extract_audio(dest, wav, self.audio_rate)
+            meta["audio_path"] = ctx.rel(wav)
+        return meta
+
+
+class Fetched:
+    def __init__(self, path: Path, is_temp: bool, meta: dict[str, Any]):
+        self.path, self.is_temp, self.meta = path, is_temp, meta
+
+
+class Retryable(StageError):
+    """A failure worth another attempt (5xx, timeouts, dropped connections)."""
+
+
+class OptOut(Exception):
+    def __init__(self, message: str, meta: dict[str, Any]):
+        super().__init__(message)
+        self.meta = meta
+
+
+def _sha256(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n

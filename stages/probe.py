@@ -1,0 +1,81 @@
+"""Probing media with PyAV: what is in a file, and its audio as 16 kHz mono wav."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import soundfile as sf
+
+from stages.base import StageError
+
+
+def probe_media(path: Path) -> dict[str, Any]:
+    """Duration, fps, size, codecs, audio presence and rotation; raises StageError when undecodable."""
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as e:
+        raise StageError("unreadable_container", str(e)) from e
+    with container:
+        vstreams = list(container.streams.video)
+        astreams = list(container.streams.audio)
+        if not vstreams:
+            raise StageError("no_video_stream", "the file has no video stream" + (" (audio only)" if astreams else ""))
+        vs = vstreams[0]
+        vs.thread_type = "AUTO"
+        first = None
+        try:
+            for frame in container.decode(vs):
+                first = frame
+                break
+        except (av.error.FFmpegError, ValueError) as e:
+            raise StageError("undecodable", f"no frame could be decoded: {e}") from e
+        if first is None:
+            raise StageError("undecodable", "the video stream has no decodable frames")
+        fps = float(vs.average_rate or vs.guessed_rate or 0) or None
+        duration = None
+        if vs.duration is not None and vs.time_base is not None:
+            duration = float(vs.duration * vs.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        n_frames = vs.frames or (int(round(duration * fps)) if duration and fps else None)
+        rotation = int(round(getattr(first, "rotation", 0) or 0)) % 360
+        w, h = first.width, first.height
+        if rotation in (90, 270):
+            w, h = h, w
+        return {
+            "duration_s": duration,
+            "fps": fps,
+            "n_frames": n_frames,
+            "width": w,
+            "height": h,
+            "rotation": rotation,
+            "video_codec": vs.codec_context.name,
+            "audio_codec": astreams[0].codec_context.name if astreams else None,
+            "has_audio": bool(astreams),
+        }
+
+
+def extract_audio(path: Path, wav: Path, rate: int = 16000) -> float:
+    """Decode the first audio stream to mono float wav at `rate`; returns seconds written."""
+    chunks: list[np.ndarray] = []
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.audio:
+                raise StageError("no_audio_stream", "no audio stream")
+            for frame in c.decode(audio=0):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+    except av.error.FFmpegError as e:
+        if not chunks:
+            raise StageError("audio_undecodable", str(e)) from e
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    tmp = wav.with_name(f".{wav.name}.tmp")
+    sf.write(str(tmp), audio, rate, subtype="FLOAT", format="WAV")
+    tmp.replace(wav)
+    return len(audio) / rate
