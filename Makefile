@@ -22,8 +22,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 install: $(STAMP)
 
 demo: install
-	$(BIN)/emo demo-corpus $(DEMO_DIR)
-	$(BIN)/emo curate $(DEMO_DIR)/sources.csv --out $(DEMO_DIR)/out --serve $(DEMO_DIR)
+	$(BIN)/emo demo --dir $(DEMO_DIR)
 
 lint: install
 	$(BIN)/ruff check pipeline stages model manifests tests benchmarks

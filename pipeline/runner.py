@@ -1,0 +1,135 @@
+"""`emo curate`: the Ray Data plan. The only module that imports ray.
+
+Phase 1 downloads every pending input (one `sources` row each). Phase 2 streams every distinct
+ok source (by content) through the media stages in order; each stage writes its own shard and a
+`stage_runs` row per source, so a rerun skips exactly what is finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from manifests import ManifestStore
+from pipeline.plan import build_stages
+from pipeline.sources_file import read_sources
+from pipeline.summary import Summary, summarize
+from pipeline.worker import STATE_COL, DownloadWorker, StageWorker, run_key
+from stages.base import Stage
+
+log = logging.getLogger(__name__)
+DEFAULT_STAGES = ("download", "shots", "faces", "diarize", "quality")
+
+
+@dataclass
+class CurateOptions:
+    sources: str
+    out: str
+    stages: tuple[str, ...] = DEFAULT_STAGES
+    config: dict[str, dict[str, Any]] | None = None
+    address: str | None = None
+    num_cpus: int | None = None
+    max_workers: int | None = None  # actors per model stage; default: the CPUs Ray has
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Start a local Ray (default) or join a cluster; a no-op when one is already connected."""
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if address:
+        kwargs["address"] = address
+    elif num_cpus:
+        kwargs["num_cpus"] = num_cpus
+    # Workers must import our packages the same way the driver does.
+    root = str(Path(__file__).resolve().parents[1])
+    kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}}
+    ray.init(**kwargs)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    ctx.verbose_progress = False
+
+
+def _map(ds: ray.data.Dataset, worker_cls: type, stage: Stage, out: str, max_workers: int) -> ray.data.Dataset:
+    """One stage as one Ray Data operator: an actor pool for model stages, tasks otherwise."""
+    res = stage.resources
+    gpus = res.num_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    remote: dict[str, Any] = {"num_cpus": res.num_cpus, "num_gpus": gpus}
+    if res.memory_mb:
+        remote["memory"] = res.memory_mb * 1024 * 1024
+    if stage.uses_model:
+        return ds.map_batches(worker_cls, fn_constructor_kwargs={"stage": stage, "out": out}, batch_size=1,
+                              batch_format="pyarrow", concurrency=(1, max_workers), **remote)
+
+    def fn(batch, _stage=stage, _out=out, _cls=worker_cls):
+        return _cls(_stage, _out)(batch)
+
+    return ds.map_batches(fn, batch_size=1, batch_format="pyarrow", **remote)
+
+
+def canonical_sources(store: ManifestStore) -> list[dict[str, Any]]:
+    """One row per distinct ok content: the same bytes from two URLs are processed once."""
+    rows = [r for r in store.read("sources").to_pylist() if r["status"] == "ok"]
+    best: dict[str, dict[str, Any]] = {}
+    for r in sorted(rows, key=lambda r: r["input_id"]):
+        best.setdefault(r["source_id"], r)
+    return [best[k] for k in sorted(best)]
+
+
+def curate(opts: CurateOptions) -> Summary:
+    out = str(Path(opts.out).resolve())
+    store = ManifestStore(out)
+    inputs = read_sources(opts.sources)
+    stages = build_stages(list(opts.stages), opts.config)
+    init_ray(opts.address, opts.num_cpus)
+    max_workers = opts.max_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    by_name = {s.name: s for s in stages}
+    if "download" in by_name:
+        done = store.shard_keys("sources")
+        pending = [r for r in inputs if r["input_id"] not in done]
+        log.info("download: %d inputs, %d already fetched", len(inputs), len(inputs) - len(pending))
+        if pending:
+            ds = ray.data.from_items(pending, override_num_blocks=len(pending))
+            ds = _map(ds, DownloadWorker, by_name["download"], out, max_workers)
+            for _ in ds.iter_batches(batch_size=None):
+                pass
+
+    media = [s for s in stages if s.name != "download"]
+    if media:
+        _run_media_stages(store, media, out, max_workers)
+    summary = summarize(store, [r["input_id"] for r in inputs], [s.name for s in stages])
+    (Path(out) / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2, default=str))
+    return summary
+
+
+def _run_media_stages(store: ManifestStore, stages: list[Stage], out: str, max_workers: int) -> None:
+    runs = store.shard_keys("stage_runs")
+    failed_runs = _failed_runs(store)
+    items = []
+    for src in canonical_sources(store):
+        sid = src["source_id"]
+        done = [s.name for s in stages if run_key(s.name, sid) in runs]
+        if len(done) == len(stages):
+            continue
+        state = {"done": done, "failed": [n for n in done if run_key(n, sid) in failed_runs]}
+        items.append({**src, STATE_COL: json.dumps(state)})
+    log.info("media stages %s: %d sources to process", [s.name for s in stages], len(items))
+    if not items:
+        return
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    for stage in stages:
+        ds = _map(ds, StageWorker, stage, out, max_workers)
+    for _ in ds.iter_batches(batch_size=None):
+        pass
+
+
+def _failed_runs(store: ManifestStore) -> set[str]:
+    tbl = store.read("stage_runs", columns=["stage", "source_id", "status"])
+    return {run_key(r["stage"], r["source_id"]) for r in tbl.to_pylist() if r["status"] != "ok"}

@@ -1,0 +1,137 @@
+"""A static file server on loopback that can be told to misbehave: for the demo corpus and the tests.
+
+Paths under /fault/ misbehave on purpose:
+  /fault/500/NAME        always 500              /fault/flaky/NAME    500 twice, then the file
+  /fault/slow/NAME       stalls before the body  /fault/truncate/NAME  sends half the bytes, then drops
+  /fault/html/NAME       an HTML page as video/mp4  /fault/loop/N      redirects forever
+  /fault/redirect/NAME   302 -> /NAME            /fault/noai/NAME     X-Robots-Tag: noai
+  /fault/hang/NAME       headers, then silence
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+class _Handler(BaseHTTPRequestHandler):
+    root: Path
+    hits: Counter
+    slow_s: float = 0.0
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _file(self, name: str) -> Path | None:
+        p = (self.root / name).resolve()
+        return p if p.is_file() and self.root in p.parents else None
+
+    def _send_file(self, p: Path, headers: dict[str, str] | None = None, truncate: bool = False) -> None:
+        data = p.read_bytes()
+        start = 0
+        rng = self.headers.get("Range")
+        status = 200
+        if rng and rng.startswith("bytes="):
+            a, _, b = rng[6:].partition("-")
+            start = int(a or 0)
+            end = int(b) if b else len(data) - 1
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.end_headers()
+                return
+            body = data[start:end + 1]
+            status = 206
+        else:
+            body = data
+        self.send_response(status)
+        self.send_header("Content-Type", "video/mp4")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{start + len(body) - 1}/{len(data)}")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if truncate and len(body) > 1:
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802
+        parts = [p for p in self.path.split("?")[0].split("/") if p]
+        self.hits[self.path] += 1
+        if parts[:1] == ["fault"] and len(parts) >= 3:
+            kind, name = parts[1], "/".join(parts[2:])
+            n = self.hits[self.path]
+            if kind == "500" or (kind == "flaky" and n <= 2):
+                self.send_error(500, "server error on purpose")
+                return
+            if kind == "loop":
+                self.send_response(302)
+                self.send_header("Location", f"/fault/loop/{int(parts[2]) + 1}")
+                self.end_headers()
+                return
+            if kind == "redirect":
+                self.send_response(302)
+                self.send_header("Location", f"/{name}")
+                self.end_headers()
+                return
+            if kind == "html":
+                body = b"<!DOCTYPE html><html><body>Not the video you wanted</body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "video/mp4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            if kind == "hang":
+                self.send_response(200)
+                self.send_header("Content-Length", "1000000")
+                self.end_headers()
+                time.sleep(3600)
+                return
+            p = self._file(name)
+            if p is None:
+                self.send_error(404)
+                return
+            if kind == "slow":
+                time.sleep(self.slow_s)
+            if kind == "noai":
+                self._send_file(p, {"X-Robots-Tag": "noai, noimageai"})
+                return
+            self._send_file(p, truncate=(kind == "truncate" and "Range" not in self.headers))
+            return
+        p = self._file("/".join(parts))
+        if p is None:
+            self.send_error(404)
+            return
+        self._send_file(p)
+
+
+class LoopbackServer:
+    """`with LoopbackServer(folder) as srv: srv.url("file.mp4")`."""
+
+    def __init__(self, root: str | Path, port: int = 0, slow_s: float = 2.0):
+        handler = type("Handler", (_Handler,), {"root": Path(root).resolve(), "hits": Counter(), "slow_s": slow_s})
+        self.hits = handler.hits
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"
+
+    def __enter__(self) -> LoopbackServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

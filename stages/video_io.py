@@ -1,0 +1,86 @@
+"""Writing H.264 mp4 files with PyAV (there is no ffmpeg binary): frames in, optional audio muxed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+def write_mp4(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: float = 25.0,
+    audio: np.ndarray | None = None,
+    audio_rate: int = 16000,
+    crf: int = 20,
+    metadata: dict[str, str] | None = None,
+) -> int:
+    """Encode RGB uint8 frames (H, W, 3) to H.264 (yuv420p) with optional mono float audio as AAC.
+
+    Writes to a temporary name and renames, so a reader never sees half a file. Returns frames written.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.mp4")
+    n = 0
+    with av.open(str(tmp), "w", format="mp4") as c:
+        for k, v in (metadata or {}).items():
+            c.metadata[k] = v
+        vs = None
+        rate = Fraction(fps).limit_denominator(1001)
+        astream = None
+        if audio is not None:
+            astream = c.add_stream("aac", rate=audio_rate)
+            astream.layout = "mono"
+        for frame in frames:
+            if vs is None:
+                h, w = frame.shape[:2]
+                vs = c.add_stream("libx264", rate=rate)
+                vs.width, vs.height = w - w % 2, h - h % 2
+                vs.pix_fmt = "yuv420p"
+                vs.options = {"crf": str(crf), "preset": "veryfast"}
+            frame = np.ascontiguousarray(frame[: vs.height, : vs.width, :3])
+            vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            vf.pts = n
+            vf.time_base = 1 / rate
+            for packet in vs.encode(vf):
+                c.mux(packet)
+            n += 1
+        if vs is not None:
+            for packet in vs.encode():
+                c.mux(packet)
+        if astream is not None:
+            _encode_audio(c, astream, np.asarray(audio, np.float32), audio_rate)
+    tmp.replace(path)
+    return n
+
+
+def _encode_audio(c: av.container.OutputContainer, stream: av.AudioStream, audio: np.ndarray, rate: int) -> None:
+    step = 1024
+    for i in range(0, len(audio), step):
+        chunk = audio[i : i + step]
+        if len(chunk) < step:
+            chunk = np.pad(chunk, (0, step - len(chunk)))
+        af = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="flt", layout="mono")
+        af.sample_rate = rate
+        af.pts = i
+        af.time_base = Fraction(1, rate)
+        for packet in stream.encode(af):
+            c.mux(packet)
+    for packet in stream.encode(None):
+        c.mux(packet)
+
+
+def read_frames(path: str | Path, size: tuple[int, int] | None = None) -> Iterable[tuple[float, np.ndarray]]:
+    """(pts seconds, RGB frame) for every decodable frame, optionally resized to (w, h) by the decoder's scaler."""
+    with av.open(str(path)) as c:
+        vs = c.streams.video[0]
+        vs.thread_type = "AUTO"
+        for frame in c.decode(vs):
+            t = float(frame.pts * vs.time_base) if frame.pts is not None else float(frame.time or 0)
+            if size:
+                frame = frame.reformat(width=size[0], height=size[1])
+            yield t, frame.to_ndarray(format="rgb24")
