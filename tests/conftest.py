@@ -1,0 +1,43 @@
+"""Session-wide fixtures: one local Ray for the whole test session, one demo corpus."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+warnings.filterwarnings("ignore", category=UserWarning, module="pyannote")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray with 2 CPUs, shared by every test that needs one."""
+    import ray
+
+    from pipeline.runner import init_ray
+
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory) -> Path:
+    """The demo corpus (real packaged media, composed), built once per session."""
+    from pipeline.demo_corpus import build_demo_corpus
+
+    root = tmp_path_factory.mktemp("demo")
+    build_demo_corpus(root)
+    return root
+
+
+@pytest.fixture
+def server(demo_corpus):
+    """A loopback HTTP server over the demo corpus, with /fault/... paths that misbehave."""
+    from pipeline.serve import LoopbackServer
+
+    with LoopbackServer(demo_corpus, slow_s=1.0) as srv:
+        yield srv
