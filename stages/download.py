@@ -25,6 +25,7 @@ from stages.sniff import AUDIO, VIDEO, sniff
 PLATFORM_HOSTS = re.compile(r"(^|\.)(youtube\.com|youtu\.be|vimeo\.com|tiktok\.com|dailymotion\.com|twitch\.tv)$")
 OPT_OUT_TOKENS = ("noai", "noimageai")
 CHUNK = 1 << 20
+NET_CHUNK = 1 << 16  # small, so a dropped connection loses little of what arrived
 
 
 class DownloadStage(Stage):
@@ -113,88 +114,79 @@ class DownloadStage(Stage):
         return Fetched(path=path.resolve(), is_temp=False, meta={"final_url": path.resolve().as_uri(), "redirects": []})
 
     def _fetch_http(self, uri: str, input_id: str, ctx: StageContext) -> Fetched:
+        """GET with redirects followed by hand, retries with backoff, and Range resume of the partial file."""
         part = ctx.path("downloads", f"{input_id}.part")
-        redirects: list[str] = []
-        url = uri
         session = requests.Session()
+        meta: dict[str, Any] = {"final_url": uri, "redirects": []}
         last_error: StageError | None = None
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
-                url, redirects = self._resolve(session, uri)
-                self._get_body(session, url, part)
-                return Fetched(part, True, {"final_url": url, "redirects": redirects})
+                self._download(session, uri, part, meta)
+                return Fetched(part, True, meta)
             except Retryable as e:
-                last_error = StageError(e.reason, str(e.args[0]) if e.args else "")
+                last_error = e
                 ctx.count("http_retries")
             except StageError as e:
-                e.meta = {"final_url": url, "redirects": redirects}
+                e.meta = meta
                 raise
         assert last_error is not None
-        last_error.meta = {"final_url": url, "redirects": redirects}
+        last_error.meta = meta
         raise last_error
 
-    def _request(self, session: requests.Session, method: str, url: str, **kw) -> requests.Response:
+    def _request(self, session: requests.Session, url: str, headers: dict[str, str]) -> requests.Response:
         try:
-            return session.request(method, url, allow_redirects=False, stream=True,
-                                   timeout=(self.connect_timeout_s, self.read_timeout_s), **kw)
+            return session.get(url, allow_redirects=False, stream=True, headers=headers,
+                               timeout=(self.connect_timeout_s, self.read_timeout_s))
         except requests.Timeout as e:
             raise Retryable("timeout", f"{url}: {e}") from e
         except requests.ConnectionError as e:
             raise Retryable("connection_error", f"{url}: {e}") from e
 
-    def _resolve(self, session: requests.Session, uri: str) -> tuple[str, list[str]]:
-        """Follow redirects by hand (recording every hop) and check the headers before any body."""
-        url, hops = uri, []
-        for _ in range(self.max_redirects + 1):
-            resp = self._request(session, "GET", url, headers={"Range": "bytes=0-0"})
-            try:
-                if resp.is_redirect or resp.status_code in (301, 302, 303, 307, 308):
-                    loc = resp.headers.get("Location")
-                    if not loc:
-                        raise StageError("bad_redirect", f"{resp.status_code} without Location at {url}")
-                    url = urljoin(url, loc)
-                    hops.append(url)
-                    continue
-                robots = resp.headers.get("X-Robots-Tag", "").lower()
-                if any(t in re.split(r"[\s,:;]+", robots) for t in OPT_OUT_TOKENS):
-                    raise OptOut(f"opt_out: X-Robots-Tag: {robots}", {"final_url": url, "redirects": hops})
-                self._check_status(resp, url)
-                return url, hops
-            finally:
-                resp.close()
-        raise StageError("redirect_loop", f"more than {self.max_redirects} redirects from {uri}")
-
-    def _check_status(self, resp: requests.Response, url: str) -> None:
-        if resp.status_code >= 500 or resp.status_code == 429:
-            raise Retryable(f"http_{resp.status_code}", f"{url} answered {resp.status_code}")
-        if resp.status_code >= 400:
-            raise StageError(f"http_{resp.status_code}", f"{url} answered {resp.status_code} {resp.reason}")
-
-    def _get_body(self, session: requests.Session, url: str, part: Path) -> None:
-        """Stream the body into `part`, resuming a partial file with a Range request."""
+    def _download(self, session: requests.Session, uri: str, part: Path, meta: dict[str, Any]) -> None:
+        """One attempt: follow redirects (recording every hop), check headers, stream the body into `part`."""
         have = part.stat().st_size if part.exists() else 0
         headers = {"Range": f"bytes={have}-"} if have else {}
-        resp = self._request(session, "GET", url, headers=headers)
+        url, hops = uri, []
+        for _ in range(self.max_redirects + 1):
+            resp = self._request(session, url, headers)
+            if resp.status_code in (301, 302, 303, 307, 308):
+                loc = resp.headers.get("Location")
+                resp.close()
+                if not loc:
+                    raise StageError("bad_redirect", f"{resp.status_code} without Location at {url}")
+                url = urljoin(url, loc)
+                hops.append(url)
+                continue
+            break
+        else:
+            raise StageError("redirect_loop", f"more than {self.max_redirects} redirects from {uri}")
+        meta.update(final_url=url, redirects=hops)
         with resp:
-            if resp.status_code == 416:  # already complete
+            robots = resp.headers.get("X-Robots-Tag", "").lower()
+            if any(t in re.split(r"[\s,:;]+", robots) for t in OPT_OUT_TOKENS):
+                raise OptOut(f"opt_out: X-Robots-Tag: {robots}", meta)  # the body is never read
+            if resp.status_code == 416 and have:  # the partial file is already whole
                 return
-            self._check_status(resp, url)
+            if resp.status_code >= 500 or resp.status_code == 429:
+                raise Retryable(f"http_{resp.status_code}", f"{url} answered {resp.status_code}")
+            if resp.status_code >= 400:
+                raise StageError(f"http_{resp.status_code}", f"{url} answered {resp.status_code} {resp.reason}")
             if resp.status_code != 206:
                 have = 0
-            total = resp.headers.get("Content-Length")
-            if total is not None and total.isdigit() and have + int(total) > self.max_bytes:
-                raise StageError("too_large", f"{have + int(total)} bytes > cap {self.max_bytes}")
-            expected = have + int(total) if total and total.isdigit() else None
+            length = resp.headers.get("Content-Length", "")
+            expected = have + int(length) if length.isdigit() else None
+            if expected is not None and expected > self.max_bytes:
+                raise StageError("too_large", f"{expected} bytes > cap {self.max_bytes}")
             with open(part, "ab" if have else "wb") as fh:
                 try:
-                    for chunk in resp.iter_content(CHUNK):
+                    for chunk in resp.iter_content(NET_CHUNK):
                         fh.write(chunk)
                         if fh.tell() > self.max_bytes:
                             raise StageError("too_large", f"body passed the cap of {self.max_bytes} bytes")
                 except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
-                    raise Retryable("truncated", f"body ended early: {e}") from e
+                    raise Retryable("truncated", f"body ended early after {fh.tell()} bytes: {e}") from e
                 got = fh.tell()
         if expected is not None and got < expected:
             raise Retryable("truncated", f"got {got} of {expected} bytes")
