@@ -73,11 +73,16 @@ class StageWorker:
             except Exception as e:  # failures are data: the row says why, the run goes on
                 status, error, rows = "failed", f"{getattr(e, 'reason', type(e).__name__)}: {e}", []
                 log.debug("stage %s failed on %s\n%s", name, key, traceback.format_exc())
-        if status == "ok" and self.stage.table:
-            self.store.write_shard(self.stage.table, key, rows)
+        # A stage returns rows of its own table, or {table: rows} when it writes several.
+        by_table = rows if isinstance(rows, dict) else {self.stage.table: rows}
+        if status == "ok":
+            for table, table_rows in by_table.items():
+                if table:
+                    self.store.write_shard(table, key, table_rows)
+        n_rows = sum(len(r) for r in by_table.values())
         ctx.count(status if status == "ok" else f"{status}_{_reason(error)}")
         self.store.write_shard("stage_runs", run_key(name, key), [{
-            "stage": name, "source_id": key, "status": status, "error": error, "n_rows": len(rows),
+            "stage": name, "source_id": key, "status": status, "error": error, "n_rows": n_rows,
             "seconds": time.perf_counter() - t0, "counters": dict(ctx.counters),
             "config_hash": self.config_hash, "finished_at": datetime.now(UTC),
         }])

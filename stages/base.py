@@ -78,8 +78,11 @@ class Stage:
     def setup(self) -> None:
         """Load models or other per-worker state. Called once per worker before `process`."""
 
-    def process(self, source: dict[str, Any], ctx: StageContext) -> list[dict[str, Any]]:
-        """Rows of `self.table` for one ok source. Raise StageError (or anything) to fail the source."""
+    def process(self, source: dict[str, Any], ctx: StageContext) -> list[dict[str, Any]] | dict[str, list[dict[str, Any]]]:
+        """Rows of `self.table` for one ok source, or {table: rows} for a stage that writes several tables.
+
+        Raise StageError (or anything) to fail the source; the runner records it and goes on.
+        """
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:
