@@ -1,0 +1,187 @@
+"""quality: cut candidate clips inside shots where one face is speaking, and judge every one.
+
+Every rule in quality.yaml is evaluated and recorded for every candidate; a candidate is kept
+only when it fails none. Kept clips get their own crop mp4 and 16 kHz wav under OUT/clips/.
+Near-duplicates are a corpus-level rule, judged at export (manifests/export.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import yaml
+
+from stages.base import Resources, Stage, StageContext
+from stages.video_io import read_frames, write_mp4
+
+DEFAULTS = yaml.safe_load((Path(__file__).with_name("quality.yaml")).read_text())
+
+
+class QualityStage(Stage):
+    name = "quality"
+    table = "clips"
+    needs = ("download", "faces")
+    resources = Resources(num_cpus=1)
+
+    def __init__(self, min_clip_s: float | None = None, max_clip_s: float | None = None,
+                 rules: dict[str, float] | None = None, write_media: bool = True):
+        """
+        min_clip_s / max_clip_s: candidate length bounds (defaults in quality.yaml).
+        rules: thresholds overriding quality.yaml, by rule name.
+        write_media: write each kept clip's crop mp4 and wav (off only in dry runs).
+        """
+        self.min_clip_s = float(min_clip_s if min_clip_s is not None else DEFAULTS["min_clip_s"])
+        self.max_clip_s = float(max_clip_s if max_clip_s is not None else DEFAULTS["max_clip_s"])
+        unknown = set(rules or {}) - set(DEFAULTS["rules"])
+        if unknown:
+            raise ValueError(f"unknown quality rules {sorted(unknown)}; known: {sorted(DEFAULTS['rules'])}")
+        self.rules = {**DEFAULTS["rules"], **(rules or {})}
+        self.write_media = write_media
+
+    def process(self, source: dict[str, Any], ctx: StageContext) -> dict[str, list[dict[str, Any]]]:
+        sid = source["source_id"]
+        fps = float(source.get("fps") or 25.0)
+        tracks = ctx.upstream("tracks", sid).to_pylist()
+        segments = ctx.upstream("segments", sid).to_pylist()
+        diarized = ctx.store.has_shard("segments", sid)
+        clips, rejections = [], []
+        for track in tracks:
+            others = [t for t in tracks if t["shot_id"] == track["shot_id"] and t["track_id"] != track["track_id"]]
+            for k, (a, b, seg) in enumerate(self._candidates(track, segments, diarized, fps)):
+                cand_id = f"{track['track_id']}-c{k:02d}"
+                measures = self._measure(source, track, others, segments if diarized else None, seg, a, b, fps)
+                failed = self._judge(measures)
+                ctx.count("candidates")
+                if failed:
+                    for rule, value, threshold in failed:
+                        ctx.count(f"rejected_{rule}")
+                        rejections.append({"candidate_id": cand_id, "source_id": sid, "shot_id": track["shot_id"],
+                                           "track_id": track["track_id"], "segment_id": seg and seg["segment_id"],
+                                           "start_s": a / fps, "end_s": b / fps, "rule": rule, "value": value,
+                                           "threshold": threshold})
+                    continue
+                ctx.count("kept")
+                clips.append(self._clip(cand_id, source, track, seg, a, b, fps, measures, ctx))
+        return {"clips": clips, "rejections": rejections}
+
+    # -- candidates ----------------------------------------------------------------------------------
+
+    def _candidates(self, track, segments, diarized, fps):
+        """(start_frame, end_frame, segment) intervals inside the track, cut to max_clip_s pieces."""
+        t0, t1 = track["start_frame"], track["end_frame"]
+        spans = []
+        if diarized:
+            for seg in segments:
+                if seg["vocal_type"] not in ("speech", "singing"):
+                    continue
+                a, b = max(t0, round(seg["start_s"] * fps)), min(t1, round(seg["end_s"] * fps))
+                if b > a:
+                    spans.append((a, b, seg))
+            if not spans:
+                spans = [(t0, t1, None)]  # judged (and rejected) for its speech ratio
+        else:
+            spans = [(t0, t1, None)]
+        out = []
+        max_len = max(1, int(self.max_clip_s * fps))
+        for a, b, seg in spans:
+            pieces = max(1, math.ceil((b - a) / max_len))
+            edges = np.linspace(a, b, pieces + 1).round().astype(int)
+            out.extend((int(x), int(y), seg) for x, y in zip(edges[:-1], edges[1:], strict=True))
+        return out
+
+    # -- measures and rules ----------------------------------------------------------------------------
+
+    def _measure(self, source, track, others, segments, seg, a, b, fps) -> dict[str, float | None]:
+        frames = np.asarray(track["frames"])
+        sel = (frames >= a) & (frames < b)
+
+        def arr(name):
+            v = track.get(name)
+            return np.asarray(v, dtype=float)[sel] if v is not None and len(v) == len(frames) else np.zeros(0)
+
+        boxes = np.asarray(track["boxes"], dtype=float)[sel] if track.get("boxes") else np.zeros((0, 4))
+        sides = np.sqrt(np.clip((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 0, None)) if len(boxes) else []
+        face = float(np.median(sides)) if len(sides) else float(track.get("face_size_px") or 0.0)
+        other_ratio = 0.0
+        for o in others:
+            if o["start_frame"] < b and o["end_frame"] > a:
+                other_ratio = max(other_ratio, float(o.get("face_size_px") or 0.0) / max(face, 1e-6))
+        speech = None
+        if segments is not None:
+            covered = sum(max(0.0, min(s["end_s"], b / fps) - max(s["start_s"], a / fps))
+                          for s in segments if s["vocal_type"] in ("speech", "singing"))
+            speech = covered / max((b - a) / fps, 1e-6)
+        sync = None
+        if segments is not None:
+            same_face = seg is not None and seg.get("track_id") == track["track_id"]
+            sync = float(seg["sync_confidence"] or 0.0) if same_face else 0.0
+        yaw, pitch, speed = arr("yaw"), arr("pitch"), arr("head_speed")
+        return {
+            "duration": (b - a) / fps,
+            "face_too_small": face,
+            "blurry": track.get("blur"),
+            "exposure": track.get("exposure"),
+            "extreme_yaw": float(np.abs(yaw).max()) if yaw.size else None,
+            "extreme_pitch": float(np.abs(pitch).max()) if pitch.size else None,
+            "jittery_head": float(np.percentile(speed, 95)) if speed.size else None,
+            "multiple_faces": other_ratio,
+            "low_sync": sync,
+            "low_speech_ratio": speech,
+            "low_resolution": float(source.get("height") or 0),
+            "low_fps": fps,
+            "no_crop": 0.0 if track.get("crop_path") else 1.0,
+        }
+
+    def _judge(self, m: dict[str, float | None]) -> list[tuple[str, float | None, float]]:
+        """Every rule, evaluated: (rule, value, threshold) for each one that fails. None means not measured."""
+        r = self.rules
+        below = ("face_too_small", "blurry", "low_sync", "low_speech_ratio", "low_resolution", "low_fps")
+        above = ("extreme_yaw", "extreme_pitch", "jittery_head", "multiple_faces")
+        failed = [(k, m[k], r[k]) for k in below if m[k] is not None and m[k] < r[k]]
+        failed += [(k, m[k], r[k]) for k in above if m[k] is not None and m[k] >= r[k]]
+        if m["exposure"] is not None and m["exposure"] < r["too_dark"]:
+            failed.append(("too_dark", m["exposure"], r["too_dark"]))
+        if m["exposure"] is not None and m["exposure"] > r["too_bright"]:
+            failed.append(("too_bright", m["exposure"], r["too_bright"]))
+        if m["duration"] < self.min_clip_s:
+            failed.append(("too_short", m["duration"], self.min_clip_s))
+        if m["no_crop"]:
+            failed.append(("no_crop", 1.0, 0.0))
+        return failed
+
+    # -- kept clips -----------------------------------------------------------------------------------
+
+    def _clip(self, clip_id, source, track, seg, a, b, fps, m, ctx: StageContext) -> dict[str, Any]:
+        sid = source["source_id"]
+        frames = list(track["frames"])
+        i0, i1 = frames.index(a), frames.index(b - 1) + 1
+        crop = ctx.path("clips", sid, f"{clip_id}.mp4")
+        wav = ctx.path("clips", sid, f"{clip_id}.wav")
+        if self.write_media:
+            pics = (f for i, (_, f) in enumerate(read_frames(ctx.out / track["crop_path"])) if i0 <= i < i1)
+            write_mp4(crop, pics, fps)
+            if source.get("audio_path"):
+                info = sf.info(str(ctx.out / source["audio_path"]))
+                audio, rate = sf.read(str(ctx.out / source["audio_path"]), start=int(a / fps * info.samplerate),
+                                      stop=int(b / fps * info.samplerate), dtype="float32")
+            else:
+                audio, rate = np.zeros(int((b - a) / fps * 16000), np.float32), 16000
+            sf.write(str(wav), audio, rate, subtype="FLOAT")
+        speed = track.get("head_speed") or []
+        return {
+            "clip_id": clip_id, "source_id": sid, "shot_id": track["shot_id"], "track_id": track["track_id"],
+            "segment_id": seg and seg["segment_id"], "start_frame": a, "end_frame": b, "start_s": a / fps,
+            "end_s": b / fps, "n_frames": b - a, "fps": fps, "crop_path": ctx.rel(crop), "audio_path": ctx.rel(wav),
+            "face_mask_path": track.get("face_mask_path"), "lip_mask_path": track.get("lip_mask_path"),
+            "head_speed": [float(x) for x in speed[i0:i1]], "face_size_px": m["face_too_small"],
+            "sync_confidence": m["low_sync"], "vocal_type": seg and seg["vocal_type"],
+            "category": source.get("category"), "language": (seg and seg.get("language")) or source.get("language"),
+            "license": source.get("license"), "consent": source.get("consent"),
+            "identity_id": track.get("identity_id"), "split": None,
+            "sha256": hashlib.sha256(crop.read_bytes()).hexdigest() if crop.exists() else None,
+        }
