@@ -1,0 +1,152 @@
+"""`emo export OUT`: the kept clips as a training set you can defend.
+
+Judges the corpus-level rule (near-duplicates across sources), splits train/validation so that
+no identity is on both sides, and writes a dataset card (Markdown and JSON) that names the
+manifest hash of this exact dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections import Counter, defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from manifests.store import ManifestStore
+
+
+def dhash_frames(path: Path, n: int = 8) -> np.ndarray:
+    """64-bit difference hashes of `n` frames spread over a video, as a (n, 64) bool array."""
+    import cv2
+
+    from stages.video_io import read_frames
+
+    frames = [f for _, f in read_frames(path)]
+    if not frames:
+        return np.zeros((0, 64), bool)
+    picks = np.linspace(0, len(frames) - 1, min(n, len(frames))).round().astype(int)
+    out = []
+    for i in picks:
+        g = cv2.resize(cv2.cvtColor(frames[i], cv2.COLOR_RGB2GRAY), (9, 8), interpolation=cv2.INTER_AREA)
+        out.append((g[:, 1:] > g[:, :-1]).reshape(-1))
+    return np.array(out)
+
+
+def hash_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over a's frames of the Hamming distance to the closest frame of b."""
+    if not len(a) or not len(b):
+        return 64.0
+    d = (a[:, None, :] != b[None, :, :]).sum(-1)
+    return float(d.min(1).mean())
+
+
+def find_near_duplicates(store: ManifestStore, clips: list[dict], threshold: float) -> dict[str, tuple[str, float]]:
+    """clip_id -> (earlier clip it duplicates, distance), across sources; the first by clip order is kept."""
+    hashes = {c["clip_id"]: dhash_frames(store.out / c["crop_path"]) for c in clips}
+    dupes: dict[str, tuple[str, float]] = {}
+    kept: list[dict] = []
+    for c in sorted(clips, key=lambda c: (c["source_id"], c["clip_id"])):
+        best = min(((hash_distance(hashes[c["clip_id"]], hashes[k["clip_id"]]), k["clip_id"]) for k in kept
+                    if k["source_id"] != c["source_id"]), default=None)
+        if best is not None and best[0] <= threshold:
+            dupes[c["clip_id"]] = (best[1], best[0])
+        else:
+            kept.append(c)
+    return dupes
+
+
+def identity_split(clips: list[dict], val_fraction: float, seed: str = "emo-forge") -> dict[str, str]:
+    """identity -> train/val; whole identities move, so no person is on both sides."""
+    seconds: dict[str, float] = defaultdict(float)
+    for c in clips:
+        seconds[c["identity_id"] or f"source:{c['source_id']}"] += c["end_s"] - c["start_s"]
+    order = sorted(seconds, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+    total = sum(seconds.values())
+    split, val = {}, 0.0
+    for ident in order:
+        if len(seconds) > 1 and val + seconds[ident] <= val_fraction * total and len(split) < len(order) - 1:
+            split[ident], val = "val", val + seconds[ident]
+        else:
+            split[ident] = "train"
+    return split
+
+
+def export(out: str | Path, val_fraction: float = 0.1, command: str | None = None) -> dict[str, Any]:
+    """Judge near-duplicates, split by identity, write the card; returns the card as a dict."""
+    from stages.quality import DEFAULTS
+
+    store = ManifestStore(out)
+    clips = store.read("clips").to_pylist()
+    threshold = float(DEFAULTS["rules"]["near_duplicate"])
+    dupes = find_near_duplicates(store, clips, threshold)
+    kept = [c for c in clips if c["clip_id"] not in dupes]
+    split = identity_split(kept, val_fraction)
+    by_source: dict[str, list[dict]] = defaultdict(list)
+    moved: dict[str, list[dict]] = defaultdict(list)
+    for c in clips:
+        if c["clip_id"] in dupes:
+            other, dist = dupes[c["clip_id"]]
+            moved[c["source_id"]].append({
+                "candidate_id": c["clip_id"], "source_id": c["source_id"], "shot_id": c["shot_id"],
+                "track_id": c["track_id"], "segment_id": c["segment_id"], "start_s": c["start_s"], "end_s": c["end_s"],
+                "rule": "near_duplicate", "value": dist, "threshold": threshold})
+        else:
+            c["split"] = split[c["identity_id"] or f"source:{c['source_id']}"]
+            by_source[c["source_id"]].append(c)
+    for sid in {c["source_id"] for c in clips}:
+        store.write_shard("clips", sid, by_source.get(sid, []))
+        if moved.get(sid):
+            old = [r for r in store.read_shard("rejections", sid).to_pylist() if r["rule"] != "near_duplicate"]
+            store.write_shard("rejections", sid, old + moved[sid])
+    card = dataset_card(store, command or " ".join(sys.argv), {"val_fraction": val_fraction,
+                                                               "near_duplicate": threshold})
+    exp = Path(out) / "export"
+    exp.mkdir(exist_ok=True)
+    (exp / "dataset_card.json").write_text(json.dumps(card, indent=2, default=str))
+    (exp / "dataset_card.md").write_text(render_card(card))
+    store.read("clips").to_pandas().to_parquet(exp / "clips.parquet")
+    return card
+
+
+def dataset_card(store: ManifestStore, command: str, config: dict[str, Any]) -> dict[str, Any]:
+    clips = store.read("clips").to_pylist()
+    rej = store.read("rejections").to_pylist()
+    hours: dict[str, Counter] = {k: Counter() for k in ("category", "language", "license", "split")}
+    for c in clips:
+        for k in hours:
+            hours[k][c[k] or "unknown"] += (c["end_s"] - c["start_s"]) / 3600
+    per_candidate: dict[str, set[str]] = defaultdict(set)
+    for r in rej:
+        per_candidate[r["candidate_id"]].add(r["rule"])
+    from stages.quality import DEFAULTS
+
+    return {
+        "created_at": datetime.now(UTC).isoformat(),
+        "manifest_hash": store.content_hash(["sources", "clips"]),
+        "clips": len(clips),
+        "hours": sum((c["end_s"] - c["start_s"]) for c in clips) / 3600,
+        "identities": len({c["identity_id"] or c["source_id"] for c in clips}),
+        "hours_by": {k: dict(v) for k, v in hours.items()},
+        "rejected_candidates": len(per_candidate),
+        "rejections_by_rule": dict(Counter(r["rule"] for r in rej)),
+        "command": command,
+        "config": {**config, "quality": DEFAULTS},
+    }
+
+
+def render_card(card: dict[str, Any]) -> str:
+    lines = ["# Dataset card", "", f"- manifest hash: `{card['manifest_hash']}`", f"- created: {card['created_at']}",
+             f"- clips kept: {card['clips']} ({card['hours'] * 60:.2f} minutes, {card['identities']} identities)",
+             f"- candidates rejected: {card['rejected_candidates']}", f"- command: `{card['command']}`", ""]
+    for key, table in card["hours_by"].items():
+        lines += [f"## Minutes by {key}", "", f"| {key} | minutes |", "|---|---|"]
+        lines += [f"| {k} | {v * 60:.2f} |" for k, v in sorted(table.items())] + [""]
+    lines += ["## Rejections by rule", "", "| rule | failures |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in sorted(card["rejections_by_rule"].items(), key=lambda kv: -kv[1])]
+    lines += ["", "## Configuration", "", "```json", json.dumps(card["config"], indent=2), "```", ""]
+    return "\n".join(lines)
