@@ -25,7 +25,7 @@ demo: install
 	$(BIN)/emo demo --dir $(DEMO_DIR)
 
 lint: install
-	$(BIN)/ruff check pipeline stages model manifests tests benchmarks
+	$(BIN)/ruff check .
 
 test: install lint
 	$(BIN)/python -m pytest -q tests
