@@ -1,0 +1,163 @@
+"""Audio conditioning: per-frame features, the ±m frame window, and audio cross-attention.
+
+A featurizer turns 16 kHz mono audio into features (n_frames, L, D) aligned to the video frames:
+`Wav2Vec2Featurizer` takes the last L hidden layers of a wav2vec2 model (transformers, from a
+local path), as EMO does; `MelFeaturizer` is the tiny/offline fallback with the same interface
+(log-mel and its delta as two "layers"), so the tiny model trains where no wav2vec2 is at hand.
+Each frame then sees its m=2 neighbours on each side, projected to tokens that every backbone
+transformer block cross-attends to, behind a zero-initialised output projection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from torch import nn
+
+from model.unet import transformer_blocks
+
+SAMPLE_RATE = 16_000
+_attention = AttnProcessor2_0()
+
+
+def load_wav(path: str | Path) -> np.ndarray:
+    """A 16 kHz mono wav as float32 samples."""
+    wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    if sr != SAMPLE_RATE:
+        raise ValueError(f"{path}: {sr} Hz, expected {SAMPLE_RATE} (the clips table stores 16 kHz mono)")
+    return wav.mean(axis=1)
+
+
+def _to_frames(feats: torch.Tensor, n_frames: int) -> torch.Tensor:
+    # (T, L, D) at the encoder's rate -> (n_frames, L, D) at the video's, linearly resampled
+    t, layers, dim = feats.shape
+    x = feats.reshape(t, layers * dim).T[None]  # (T, L, D) -> (1, L*D, T)
+    x = F.interpolate(x, size=n_frames, mode="linear", align_corners=False)
+    return x[0].T.reshape(n_frames, layers, dim)  # (1, L*D, n) -> (n, L, D)
+
+
+class MelFeaturizer:
+    """Offline fallback: per-clip normalised log-mel and its delta, as two layers of `n_mels`."""
+
+    num_layers = 2
+
+    def __init__(self, n_mels: int = 32):
+        import torchaudio
+
+        self.dim = n_mels
+        self.cache_key = f"mel{n_mels}"
+        self._mel = torchaudio.transforms.MelSpectrogram(SAMPLE_RATE, n_fft=400, hop_length=160, n_mels=n_mels)
+        self._deltas = torchaudio.functional.compute_deltas
+
+    @torch.no_grad()
+    def __call__(self, wav: np.ndarray, n_frames: int) -> torch.Tensor:
+        mel = torch.log(self._mel(torch.from_numpy(wav).float()) + 1e-6)  # (D, T) at 100 Hz
+        mel = (mel - mel.mean()) / (mel.std() + 1e-5)
+        feats = torch.stack([mel, self._deltas(mel)], dim=0).permute(2, 0, 1)  # (2, D, T) -> (T, 2, D)
+        return _to_frames(feats, n_frames)
+
+
+class Wav2Vec2Featurizer:
+    """The last `num_layers` hidden states of a wav2vec2 model saved in transformers' format."""
+
+    def __init__(self, path: str | Path, num_layers: int, device: str | torch.device = "cpu"):
+        from transformers import Wav2Vec2Model
+
+        if not (Path(path) / "config.json").is_file():
+            raise FileNotFoundError(
+                f"no wav2vec2 model at {path}: download one in transformers format (e.g. "
+                "facebook/wav2vec2-base-960h) and pass its folder to --audio-encoder"
+            )
+        self.model = Wav2Vec2Model.from_pretrained(path).eval().to(device)
+        self.device = device
+        total = self.model.config.num_hidden_layers + 1  # + the feature projection's output
+        if num_layers > total:
+            raise ValueError(f"{path} has {total} hidden states; asked for the last {num_layers}")
+        self.num_layers, self.dim = num_layers, self.model.config.hidden_size
+        ident = (Path(path) / "config.json").read_bytes() + str(num_layers).encode()
+        for weights in sorted(Path(path).glob("*.safetensors")):
+            ident += f"{weights.name}:{weights.stat().st_size}".encode()
+        self.cache_key = "w2v2-" + hashlib.sha256(ident).hexdigest()[:12]
+
+    @torch.no_grad()
+    def __call__(self, wav: np.ndarray, n_frames: int) -> torch.Tensor:
+        # Zero mean, unit variance: what Wav2Vec2FeatureExtractor(do_normalize=True) does.
+        x = torch.from_numpy((wav - wav.mean()) / np.sqrt(wav.var() + 1e-7)).float()[None].to(self.device)
+        states = self.model(x, output_hidden_states=True).hidden_states  # each (1, T, D) at 50 Hz
+        feats = torch.stack(states[-self.num_layers :], dim=2)[0]  # -> (1, T, L, D) -> (T, L, D)
+        return _to_frames(feats.float().cpu(), n_frames)
+
+
+def build_featurizer(config, device: str | torch.device = "cpu"):
+    """The featurizer a config names; its (layers, dim) must match the config's."""
+    if config.audio_encoder:
+        feat = Wav2Vec2Featurizer(config.audio_encoder, config.audio_feature_layers, device)
+    else:
+        feat = MelFeaturizer(config.audio_feature_dim)
+    if (feat.num_layers, feat.dim) != (config.audio_feature_layers, config.audio_feature_dim):
+        raise ValueError(
+            f"featurizer gives {feat.num_layers}x{feat.dim} features; config expects "
+            f"{config.audio_feature_layers}x{config.audio_feature_dim}"
+        )
+    return feat
+
+
+def audio_windows(features: torch.Tensor, context: int) -> torch.Tensor:
+    """(T, L, D) per-frame features -> (T, 2m+1, L*D): each frame with m neighbours each side.
+
+    Edges repeat the first/last frame, so every frame has a full window.
+    """
+    t = features.shape[0]
+    flat = features.flatten(1)  # (T, L, D) -> (T, L*D)
+    index = torch.arange(t)[:, None] + torch.arange(-context, context + 1)[None]  # (T, 2m+1)
+    return flat[index.clamp(0, t - 1)]  # (T, 2m+1, L*D)
+
+
+class AudioProjection(nn.Module):
+    """(..., 2m+1, L*D) windows -> (..., 2m+1, audio_dim) tokens, with a learned offset embedding."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, window: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
+        self.offset = nn.Parameter(torch.zeros(window, out_dim))
+        self.out_norm = nn.LayerNorm(out_dim)
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        return self.out_norm(self.mlp(self.norm(windows)) + self.offset)
+
+
+def audio_attention_layers(backbone, audio_dim: int) -> nn.ModuleList:
+    """One cross-attention (query: block features, keys: audio tokens) per backbone transformer block."""
+    layers = []
+    for _, block in transformer_blocks(backbone):
+        ch, heads = block.attn1.query_dim, block.attn1.heads
+        layers.append(Attention(query_dim=ch, cross_attention_dim=audio_dim, heads=heads, dim_head=ch // heads))
+    return nn.ModuleList(layers)
+
+
+class _AudioAttnProcessor:
+    """The backbone's attn2: its original cross-attention to the null context, plus audio attention."""
+
+    def __init__(self, state, layer: Attention):
+        self.state, self.layer = state, layer
+
+    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
+        out = _attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        tokens = self.state.audio_tokens
+        if tokens is None:
+            return out
+        audio = self.layer(hidden_states, encoder_hidden_states=tokens.to(hidden_states.dtype))  # (B*F, N, C)
+        return out + self.state.frame_mask(self.state.audio_keep, out) * audio
+
+
+def install_audio_attention(backbone, state, layers: nn.ModuleList) -> None:
+    """Route every backbone attn2 through `_AudioAttnProcessor` with its own audio layer."""
+    for (_, block), layer in zip(transformer_blocks(backbone), layers, strict=True):
+        block.attn2.set_processor(_AudioAttnProcessor(state, layer))

@@ -1,0 +1,146 @@
+"""The EMO model's configuration: one dataclass and a registry of named sizes.
+
+Tests and production differ only by name: `EMO_MODELS["tiny"]` (one layer per block, two heads,
+8x8 latents, a parameter-free pixel codec and a mel featurizer; trains on two CPU cores) and
+`EMO_MODELS["sd15"]` (Stable Diffusion 1.5's UNet shape, its VAE, wav2vec2 audio features).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Stable Diffusion 1.5's UNet, as in runwayml/stable-diffusion-v1-5/unet/config.json.
+SD15_UNET = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [320, 640, 1280, 1280],
+    "layers_per_block": 2,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+}
+
+TINY_UNET = {
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [32, 64],
+    "layers_per_block": 1,
+    "cross_attention_dim": 32,
+    "attention_head_dim": 2,
+    "norm_num_groups": 32,
+}
+
+
+@dataclass
+class EMOConfig:
+    """Architecture, data and optimisation settings of one EMO model."""
+
+    name: str = "tiny"
+    # UNet2DConditionModel kwargs shared by the backbone and ReferenceNet; replaced by the
+    # pretrained UNet's own config when --pretrained is given.
+    unet: dict[str, Any] = field(default_factory=lambda: dict(TINY_UNET))
+    image_size: int = 64  # pixels; latents are image_size / 8
+    codec: str = "pixel"  # "pixel" (parameter-free, tiny only) or "autoencoder_kl" (SD VAE)
+    requires_pretrained: bool = False  # sd15 refuses to start from random weights
+
+    # Audio: features of `audio_feature_layers` encoder layers of width `audio_feature_dim` per video
+    # frame; each frame sees `audio_context` neighbours on each side (EMO's m=2).
+    audio_encoder: str | None = None  # None: the offline mel featurizer; else a wav2vec2 path
+    audio_feature_layers: int = 2
+    audio_feature_dim: int = 32
+    audio_context: int = 2
+    audio_dim: int = 32  # width of the audio tokens the backbone attends to
+    audio_hidden: int = 64
+
+    # Temporal modules (AnimateDiff-style) and motion frames.
+    num_frames: int = 12  # f, frames denoised together in stages 2 and 3
+    num_motion_frames: int = 4  # n, last frames of the previous clip
+    temporal_heads: int = 2
+    temporal_max_frames: int = 32
+
+    # Head speed (degrees per frame), EMO's tanh soft buckets.
+    speed_buckets: int = 9
+    speed_max: float = 8.0
+    speed_dim: int = 32
+
+    # Training.
+    batch_size: int = 2
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    cond_drop_prob: float = 0.05  # per condition (reference, audio), for classifier-free guidance
+    num_train_timesteps: int = 1000
+    save_every: int = 500
+    gradient_checkpointing: bool = False
+    num_workers: int = 0
+    # Debugging aid: repeat step 0's batch (noise and timestep included) every step, so a
+    # working model must drive the loss towards zero (the overfitting test uses it).
+    overfit_batch: bool = False
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // 8
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EMOConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown EMO config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+EMO_MODELS: dict[str, EMOConfig] = {
+    "tiny": EMOConfig(),
+    "sd15": EMOConfig(
+        name="sd15",
+        unet=dict(SD15_UNET),
+        image_size=512,
+        codec="autoencoder_kl",
+        requires_pretrained=True,
+        audio_feature_layers=12,
+        audio_feature_dim=768,
+        audio_dim=768,
+        audio_hidden=1024,
+        temporal_heads=8,
+        speed_dim=320,
+        batch_size=1,
+        learning_rate=1e-5,
+        weight_decay=1e-2,
+        ema_decay=0.9999,
+        save_every=2000,
+        gradient_checkpointing=True,
+        num_workers=4,
+    ),
+}
+
+
+def load_config(model: str, file: str | Path | None = None, **overrides: Any) -> EMOConfig:
+    """A named size, updated by a YAML/JSON file's keys and then by keyword overrides."""
+    if model not in EMO_MODELS:
+        raise KeyError(f"unknown model size {model!r}; known: {', '.join(EMO_MODELS)}")
+    d = EMO_MODELS[model].to_dict()
+    if file is not None:
+        text = Path(file).read_text()
+        if str(file).endswith((".yaml", ".yml")):
+            import yaml
+
+            d.update(yaml.safe_load(text) or {})
+        else:
+            d.update(json.loads(text))
+    d.update({k: v for k, v in overrides.items() if v is not None})
+    return EMOConfig.from_dict(d)
