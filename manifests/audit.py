@@ -1,0 +1,163 @@
+"""`emo audit`: a report a person can read, a re-hash of every file, and the lineage of one clip."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from manifests.store import ManifestStore
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(out: str | Path) -> list[str]:
+    """Every file the manifests name, re-hashed: a list of problems (empty when all is well)."""
+    store = ManifestStore(out)
+    problems = []
+    seen: set[str] = set()
+    for r in store.read("sources").to_pylist():
+        if r["status"] != "ok" or r["media_path"] in seen:
+            continue
+        seen.add(r["media_path"])
+        p = store.out / r["media_path"]
+        if not p.is_file():
+            problems.append(f"missing: {r['media_path']} (source {r['source_id']}, {r['uri']})")
+        elif _sha256(p) != r["sha256"]:
+            problems.append(f"changed: {r['media_path']} (source {r['source_id']}): sha256 differs from the manifest")
+    for c in store.read("clips").to_pylist():
+        p = store.out / c["crop_path"]
+        if not p.is_file():
+            problems.append(f"missing: {c['crop_path']} (clip {c['clip_id']})")
+        elif c["sha256"] and _sha256(p) != c["sha256"]:
+            problems.append(f"changed: {c['crop_path']} (clip {c['clip_id']}): sha256 differs from the manifest")
+        if not (store.out / c["audio_path"]).is_file():
+            problems.append(f"missing: {c['audio_path']} (clip {c['clip_id']})")
+    return problems
+
+
+def trace(out: str | Path, clip_id: str) -> dict[str, Any]:
+    """The full lineage of one clip (or rejected candidate): source, shot, track, segment, every rule."""
+    store = ManifestStore(out)
+    clip = next((c for c in store.read("clips").to_pylist() if c["clip_id"] == clip_id), None)
+    rejected = [r for r in store.read("rejections").to_pylist() if r["candidate_id"] == clip_id]
+    if clip is None and not rejected:
+        raise KeyError(f"no clip or candidate {clip_id!r} in {store.root}")
+    base = clip or rejected[0]
+    sid = base["source_id"]
+
+    def one(table: str, key: str, value: str | None) -> dict | None:
+        if value is None:
+            return None
+        return next((r for r in store.read_shard(table, sid).to_pylist() if r[key] == value), None)
+
+    track = one("tracks", "track_id", base["track_id"])
+    if track:
+        track = {k: v for k, v in track.items() if k in ("track_id", "start_frame", "end_frame", "face_size_px",
+                                                          "det_confidence", "blur", "exposure", "crop_path",
+                                                          "identity_id", "backend")}
+    return {
+        "clip": {k: v for k, v in (clip or {}).items() if k != "head_speed"} or None,
+        "kept": clip is not None,
+        "sources": [{k: r[k] for k in ("uri", "final_url", "redirects", "sha256", "license", "consent", "fetched_at",
+                                        "category", "title", "media_path")}
+                    for r in store.read("sources").to_pylist() if r["source_id"] == sid],
+        "shot": one("shots", "shot_id", base["shot_id"]),
+        "track": track,
+        "segment": one("segments", "segment_id", base["segment_id"]),
+        "failed_rules": [{"rule": r["rule"], "value": r["value"], "threshold": r["threshold"]} for r in rejected],
+    }
+
+
+def _plot(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _hist(values: list[float], title: str, xlabel: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 3))
+    vals = [v for v in values if v is not None]
+    ax.hist(vals or [0], bins=20, color="#3b7dd8", alpha=0.85 if vals else 0.0)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    return _plot(fig)
+
+
+def _bars(counter: dict[str, float], title: str, xlabel: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = sorted(counter.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(4.6, 0.4 + 0.32 * max(1, len(items))))
+    ax.barh([k for k, _ in items] or ["(none)"], [v for _, v in items] or [0], color="#e07b39")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    return _plot(fig)
+
+
+def report(out: str | Path) -> Path:
+    """Write OUT/audit/report.html: self-contained (images inlined), opens with no server."""
+    store = ManifestStore(out)
+    clips = store.read("clips").to_pylist()
+    rej = store.read("rejections").to_pylist()
+    tracks = store.read("tracks", columns=["face_size_px", "yaw", "pitch"]).to_pylist()
+    sources = store.read("sources").to_pylist()
+    minutes_license, minutes_cat = Counter(), Counter()
+    for c in clips:
+        minutes_license[c["license"] or "unknown"] += (c["end_s"] - c["start_s"]) / 60
+        minutes_cat[c["category"] or "unknown"] += (c["end_s"] - c["start_s"]) / 60
+    status = Counter(f"{r['status']}: {(r['error'] or '').split(':')[0]}".rstrip(": ") for r in sources)
+    yaws = [abs(y) for t in tracks for y in (t["yaw"] or []) if y is not None]
+    figures = [
+        _bars(dict(status), "Sources by outcome", "sources"),
+        _hist([c["end_s"] - c["start_s"] for c in clips], "Clip durations", "seconds"),
+        _hist([t["face_size_px"] for t in tracks], "Face sizes (tracks)", "pixels"),
+        _hist([c["sync_confidence"] for c in clips], "Sync confidence (kept clips)", "confidence"),
+        _hist(yaws, "Head yaw (all tracked frames)", "|yaw| degrees"),
+        _bars(dict(Counter(r["rule"] for r in rej)), "Rejections by rule", "failed candidates"),
+        _bars(dict(minutes_license), "Minutes by license", "minutes"),
+        _bars(dict(minutes_cat), "Minutes by category", "minutes"),
+    ]
+    card_path = Path(out) / "export" / "dataset_card.json"
+    card = json.loads(card_path.read_text()) if card_path.exists() else {}
+    rows = "".join(f"<tr><td>{html.escape(c['clip_id'])}</td><td>{html.escape(str(c['license']))}</td>"
+                   f"<td>{c['end_s'] - c['start_s']:.1f}</td><td>{html.escape(str(c['split']))}</td></tr>" for c in clips[:200])
+    body = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>emo-forge audit</title>
+<style>body{{font-family:system-ui,sans-serif;margin:24px;color:#222}} .grid{{display:flex;flex-wrap:wrap;gap:12px}}
+.card{{border:1px solid #ddd;border-radius:8px;padding:8px;background:#fafafa}} td,th{{padding:2px 10px;text-align:left}}
+.kpi{{display:inline-block;margin-right:28px}} .kpi b{{font-size:1.6em;display:block}}</style></head><body>
+<h1>emo-forge audit</h1>
+<p>{html.escape(str(Path(out).resolve()))} &middot; manifest hash <code>{html.escape(card.get('manifest_hash', store.content_hash(['sources', 'clips'])))}</code></p>
+<div><span class="kpi"><b>{len(sources)}</b>sources</span><span class="kpi"><b>{len(clips)}</b>clips kept</span>
+<span class="kpi"><b>{sum(c['end_s'] - c['start_s'] for c in clips) / 60:.1f}</b>minutes</span>
+<span class="kpi"><b>{len({r['candidate_id'] for r in rej})}</b>candidates rejected</span></div>
+<div class="grid">{''.join(f'<div class="card"><img src="{f}"></div>' for f in figures)}</div>
+<h2>Kept clips</h2><table><tr><th>clip</th><th>license</th><th>seconds</th><th>split</th></tr>{rows}</table>
+</body></html>"""
+    dest = Path(out) / "audit" / "report.html"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(body, encoding="utf-8")
+    return dest
