@@ -81,6 +81,70 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from manifests.export import export, render_card
+
+    card = export(args.out, val_fraction=args.val_fraction, command=" ".join(sys.argv))
+    print(render_card(card).split("## Configuration")[0])
+    print(f"card: {Path(args.out) / 'export' / 'dataset_card.md'}")
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    import json
+
+    from manifests import audit
+
+    if args.verify:
+        problems = audit.verify(args.out)
+        for p in problems:
+            print(p)
+        print(f"verify: {len(problems)} problem(s)")
+        return 1 if problems else 0
+    if args.trace:
+        print(json.dumps(audit.trace(args.out, args.trace), indent=2, default=str))
+        return 0
+    print(audit.report(args.out))
+    return 0
+
+
+def _cmd_optout(args: argparse.Namespace) -> int:
+    import json
+
+    from manifests.optout import optout
+
+    print(json.dumps(optout(args.out, args.source, reason=args.reason), indent=2))
+    return 0
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    import json
+
+    from model.watermark import detect_video
+
+    det = detect_video(args.video, max_frames=args.max_frames)
+    print(json.dumps(det.as_dict(), indent=2))
+    if det.present:
+        print(f"watermark present: checkpoint id {det.checkpoint_id}, bit accuracy {det.bit_accuracy:.3f}")
+    else:
+        print("no emo-forge watermark found")
+    return 0 if det.present else 3
+
+
+def _delegate(module: str):
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            print(f"emo: {module} is not available in this installation ({e})", file=sys.stderr)
+            return 2
+        return mod.main(args.rest) or 0
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="emo", description="emo-forge: curate talking-head data, train and sample EMO, with provenance.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -120,6 +184,34 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--dir", default="demo")
     dm.add_argument("--num-cpus", type=int)
     dm.set_defaults(func=_cmd_demo)
+
+    e = sub.add_parser("export", help="judge near-duplicates, split train/val by identity, write the dataset card")
+    e.add_argument("out")
+    e.add_argument("--val-fraction", type=float, default=0.1, help="share of clip time for validation")
+    e.set_defaults(func=_cmd_export)
+
+    a = sub.add_parser("audit", help="HTML report of a curated corpus, or --verify files, or --trace a clip")
+    a.add_argument("out")
+    a.add_argument("--verify", action="store_true", help="re-hash every file against the manifests")
+    a.add_argument("--trace", metavar="CLIP_ID", help="print the full lineage of one clip")
+    a.set_defaults(func=_cmd_audit)
+
+    o = sub.add_parser("optout", help="remove a source and all it produced; a rerun never brings it back")
+    o.add_argument("out")
+    o.add_argument("--source", required=True, help="the source's URI, sha256 or source_id")
+    o.add_argument("--reason", default="opt-out request")
+    o.set_defaults(func=_cmd_optout)
+
+    dt = sub.add_parser("detect", help="look for the emo-forge watermark in a video")
+    dt.add_argument("video")
+    dt.add_argument("--max-frames", type=int, default=250)
+    dt.set_defaults(func=_cmd_detect)
+
+    for name, module, text in (("train", "model.train", "train EMO from a curated OUT (see emo train --help)"),
+                               ("sample", "model.sample", "generate a talking video (see emo sample --help)")):
+        t = sub.add_parser(name, help=text, add_help=False)
+        t.add_argument("rest", nargs=argparse.REMAINDER)
+        t.set_defaults(func=_delegate(module))
     return p
 
 
@@ -129,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning, module="pyannote")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"emo: error: {e}", file=sys.stderr)
         return 2
 

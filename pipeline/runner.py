@@ -17,6 +17,7 @@ from typing import Any
 import ray
 
 from manifests import ManifestStore
+from manifests.optout import load_tombstones
 from pipeline.plan import build_stages
 from pipeline.sources_file import read_sources
 from pipeline.summary import Summary, summarize
@@ -86,7 +87,15 @@ def curate(opts: CurateOptions) -> Summary:
     out = str(Path(opts.out).resolve())
     store = ManifestStore(out)
     inputs = read_sources(opts.sources)
+    blocked_uris, blocked_shas = load_tombstones(out)
+    if blocked_uris:
+        before = len(inputs)
+        inputs = [r for r in inputs if r["uri"] not in blocked_uris]
+        log.info("opt-out: %d inputs are tombstoned and left out", before - len(inputs))
     stages = build_stages(list(opts.stages), opts.config)
+    for stage in stages:
+        if stage.name == "download":
+            stage.blocked_sha256 = sorted(blocked_shas)
     init_ray(opts.address, opts.num_cpus)
     max_workers = opts.max_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
 

@@ -61,6 +61,7 @@ class DownloadStage(Stage):
         self.max_redirects = max_redirects
         self.audio_rate = audio_rate
         self.link_local = link_local
+        self.blocked_sha256: list[str] = []  # set by the runner from OUT's opt-out tombstones
 
     # -- one source ---------------------------------------------------------------------------------
 
@@ -217,6 +218,10 @@ class DownloadStage(Stage):
         if kind not in (VIDEO, AUDIO):
             raise StageError("not_media", f"content is {mime}, not a video")
         sha, size = _sha256(path)
+        if sha in self.blocked_sha256:
+            if is_temp:
+                path.unlink()
+            raise OptOut("opted_out: this content was removed at its owner's request", {})
         rel = f"media/{sha[:2]}/{sha}{ext}"
         dest = ctx.path(rel)
         if not dest.exists():
