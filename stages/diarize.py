@@ -1,0 +1,188 @@
+"""diarize: who speaks when, which visible face is speaking, and whether it is speech or singing.
+
+One source in, its `segments` rows out: a row per speaker turn (speech or singing) and a row per
+stretch of music or silence between them. Each voiced row says which face track is speaking
+(by audio-visual sync), or that the voice is over the picture, off screen, or that there are no
+faces. Backends: `resemblyzer` (default, offline, weights ship in packages) or `pyannote`
+(pretrained pipeline from a local copy or a hub token). See stages/diarize_offline.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stages.base import Resources, Stage, StageContext, StageError
+from stages.diarize_sync import SyncScorer, assign_faces, speech_envelope
+from stages.diarize_vocal import VocalTyper
+
+log = logging.getLogger(__name__)
+SR = 16000
+BACKENDS = ("resemblyzer", "pyannote")
+
+
+def load_audio(path: Path) -> np.ndarray:
+    """16 kHz mono float32; resampled and down-mixed when the file is not."""
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    wav = wav.mean(1)
+    if sr != SR:
+        wav = resample_poly(wav, SR, sr).astype(np.float32)
+    return wav
+
+
+class DiarizeStage(Stage):
+    name = "diarize"
+    table = "segments"
+    needs = ("download",)
+    uses_model = True
+    resources = Resources(num_cpus=1.0, memory_mb=2048)
+
+    def __init__(
+        self,
+        backend: str = "resemblyzer",
+        num_speakers: int | None = None,
+        max_speakers: int = 8,
+        gap_ratio: float = 3.0,
+        vad_threshold: float = 0.5,
+        pyannote_pipeline: str = "pyannote/speaker-diarization-3.1",
+        hf_token: str | None = None,
+        sync_max_offset: int = 15,
+        sync_keep_threshold: float = 0.35,
+        min_gap_s: float = 1.0,
+        merge_gap_s: float = 0.3,
+        whisper_checkpoint: str | None = None,
+        whisper_language: str | None = None,
+    ):
+        """
+        backend: "resemblyzer" (offline default) or "pyannote" (needs pyannote_pipeline files or a token).
+        num_speakers: fix the number of speakers per source; None estimates it.
+        max_speakers: upper bound when estimating.
+        gap_ratio: resemblyzer: smallest Laplacian eigenvalue ratio that counts as a speaker boundary;
+            below it the source has one speaker.
+        vad_threshold: silero-vad speech probability threshold.
+        pyannote_pipeline: local config.yaml (or its folder), or a hub name used with a token.
+        hf_token: hub token for pyannote; falls back to $HF_TOKEN. Kept out of the config hash.
+        sync_max_offset: audio-visual offsets searched, in video frames either way.
+        sync_keep_threshold: sync confidence at or above which a face is taken as the speaker.
+        min_gap_s: shortest non-speech stretch that gets its own music/silence row.
+        merge_gap_s: same-speaker turns closer than this are one segment.
+        whisper_checkpoint: local whisper .pt for language and transcript; None skips them.
+        whisper_language: force the transcript language instead of detecting it.
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown diarize backend {backend!r}; known: {BACKENDS}")
+        self.backend = backend
+        self.num_speakers = num_speakers
+        self.max_speakers = max_speakers
+        self.gap_ratio = gap_ratio
+        self.vad_threshold = vad_threshold
+        self.pyannote_pipeline = pyannote_pipeline
+        self._hf_token = hf_token
+        self.sync_max_offset = sync_max_offset
+        self.sync_keep_threshold = sync_keep_threshold
+        self.min_gap_s = min_gap_s
+        self.merge_gap_s = merge_gap_s
+        self.whisper_checkpoint = whisper_checkpoint
+        self.whisper_language = whisper_language
+        self._diarizer = self._whisper = None
+
+    def setup(self) -> None:
+        if self.backend == "pyannote":
+            from stages.diarize_pyannote import PyannoteDiarizer, PyannoteUnavailable
+
+            try:
+                self._diarizer = PyannoteDiarizer(self.pyannote_pipeline, self._hf_token, self.num_speakers,
+                                                  self.max_speakers).load()
+            except PyannoteUnavailable as e:
+                raise StageError("pyannote_unavailable", str(e)) from None
+        else:
+            from stages.diarize_offline import ResemblyzerDiarizer
+
+            self._diarizer = ResemblyzerDiarizer(max_speakers=self.max_speakers, num_speakers=self.num_speakers,
+                                                 gap_ratio=self.gap_ratio, vad_threshold=self.vad_threshold).load()
+        if self.whisper_checkpoint:
+            from stages.diarize_whisper import WhisperTranscriber
+
+            if not Path(self.whisper_checkpoint).is_file():
+                raise StageError("whisper_missing", f"whisper_checkpoint {self.whisper_checkpoint} is not a file")
+            self._whisper = WhisperTranscriber(self.whisper_checkpoint, self.whisper_language).load()
+
+    # -- one source -----------------------------------------------------------------------------------
+
+    def process(self, source: dict[str, Any], ctx: StageContext) -> list[dict[str, Any]]:
+        if self._diarizer is None:
+            self.setup()
+        sid = source["source_id"]
+        if not source.get("has_audio") or not source.get("audio_path"):
+            ctx.count("no_audio")
+            return [self._row(sid, 0, 0.0, float(source.get("duration_s") or 0.0), None, "silence")]
+        path = ctx.out / source["audio_path"]
+        if not path.is_file():
+            raise StageError("audio_missing", f"{source['audio_path']} is not under {ctx.out}")
+        wav = load_audio(path)
+        duration = len(wav) / SR
+        turns, regions = self._diarizer(wav) if len(wav) >= SR // 2 else ([], [])
+        voiced = self._voiced_rows(sid, wav, self._merge(turns), source.get("category"))
+        rows = sorted(voiced + self._gap_rows(sid, wav, regions, duration), key=lambda r: r["start_s"])
+        for i, row in enumerate(rows):
+            row["segment_id"] = f"{sid}-g{i:04d}"
+        if voiced:
+            self._sync(source, voiced, wav, ctx)
+        self._count(rows, ctx)
+        return rows
+
+    def _row(self, sid: str, i: int, start: float, end: float, speaker: int | None, vocal: str) -> dict[str, Any]:
+        return {"source_id": sid, "segment_id": f"{sid}-g{i:04d}", "start_s": round(start, 3), "end_s": round(end, 3),
+                "speaker": None if speaker is None else f"{sid}-spk{speaker}", "track_id": None,
+                "sync_offset_frames": None, "sync_confidence": None, "on_screen": None, "vocal_type": vocal,
+                "language": None, "text": None, "backend": self._diarizer.backend if self._diarizer else self.backend}
+
+    def _merge(self, turns: list) -> list:
+        merged = []
+        for t in turns:
+            if merged and merged[-1].speaker == t.speaker and t.start_s - merged[-1].end_s < self.merge_gap_s:
+                merged[-1].end_s = max(merged[-1].end_s, t.end_s)
+            else:
+                merged.append(t)
+        return merged
+
+    def _voiced_rows(self, sid: str, wav: np.ndarray, turns: list, category: str | None) -> list[dict]:
+        typer, rows = VocalTyper(), []
+        for t in turns:
+            clip = wav[int(t.start_s * SR):int(t.end_s * SR)]
+            row = self._row(sid, 0, t.start_s, t.end_s, t.speaker, typer.voice(clip, category))
+            if self._whisper is not None:
+                row["language"], row["text"] = self._whisper(clip)
+            rows.append(row)
+        return rows
+
+    def _gap_rows(self, sid: str, wav: np.ndarray, regions: list[tuple], duration: float) -> list[dict]:
+        """Music or silence rows for the stretches without speech that last at least min_gap_s."""
+        typer, rows, t = VocalTyper(), [], 0.0
+        for s, e in [*regions, (duration, duration)]:
+            if s - t >= self.min_gap_s:
+                rows.append(self._row(sid, 0, t, s, None, typer.no_voice(wav[int(t * SR):int(s * SR)])))
+            t = max(t, e)
+        return rows
+
+    def _sync(self, source: dict[str, Any], rows: list[dict], wav: np.ndarray, ctx: StageContext) -> None:
+        fps = float(source.get("fps") or 25.0)
+        tracks = [t for t in ctx.upstream("tracks", source["source_id"]).to_pylist() if t.get("mouth_open")]
+        envelope = speech_envelope(wav, fps)
+        assign_faces(rows, tracks, envelope, fps, SyncScorer(self.sync_max_offset), self.sync_keep_threshold)
+
+    def _count(self, rows: list[dict], ctx: StageContext) -> None:
+        voiced = [r for r in rows if r["vocal_type"] in ("speech", "singing")]
+        if not voiced:
+            ctx.count("silent" if all(r["vocal_type"] == "silence" for r in rows) else "no_speech")
+        ctx.count("speakers", len({r["speaker"] for r in voiced}))
+        for r in rows:
+            ctx.count(f"vocal_{r['vocal_type']}")
+            if r["on_screen"]:
+                ctx.count(f"on_screen_{r['on_screen']}")
