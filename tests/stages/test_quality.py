@@ -184,3 +184,28 @@ def test_optout_removes_everything_and_a_rerun_never_brings_it_back(ray_local, c
     assert not (out / src["media_path"]).exists() and not (out / "clips" / src["source_id"]).exists()
     assert store.read("sources").num_rows == 1  # cuts.mp4 was curated; the opted-out source was not
     shutil.rmtree(out / "clips", ignore_errors=True)
+
+
+def test_audit_report_renders_in_headless_chromium(curated, tmp_path):
+    """Opens the report from disk (no server) in Debian's chromium and checks the screenshot has content."""
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it with apt-get)")
+    out, _, _ = curated
+    page = report(out)
+    shot = tmp_path / "audit.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1280,1600", f"--screenshot={shot}",
+                    page.as_uri()], check=True, capture_output=True, timeout=120)
+    img = np.asarray(Image.open(shot).convert("RGB"))
+    assert img.shape[:2] == (1600, 1280)
+    # Plots are there: a good share of non-white pixels, and the orange/blue of the bars and histograms.
+    assert (img.min(axis=2) < 200).mean() > 0.05
+    assert ((img[..., 2] > 150) & (img[..., 0] < 100)).sum() > 1000  # histogram blue
+    shutil.copyfile(shot, out / "audit" / "screenshot.png")
