@@ -82,6 +82,7 @@ class EMOConfig:
     cond_drop_prob: float = 0.05  # per condition (reference, audio), for classifier-free guidance
     num_train_timesteps: int = 1000
     save_every: int = 500
+    keep_checkpoints: int = 2
     gradient_checkpointing: bool = False
     num_workers: int = 0
     # Debugging aid: repeat step 0's batch (noise and timestep included) every step, so a

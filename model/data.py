@@ -1,0 +1,139 @@
+"""Training batches from the `clips` manifest: frame windows, a reference frame, motion frames, audio.
+
+Batch k depends only on (seed, k): every random choice (clip, window, reference frame, noise,
+timestep, condition dropout) comes from a generator seeded with both, so a resumed run draws
+exactly the batches an uninterrupted run would, with no sampler state to save.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from manifests import ManifestStore
+from model.audio import audio_windows, build_featurizer, load_wav
+from model.config import EMOConfig
+
+log = logging.getLogger(__name__)
+
+
+class AudioFeatureCache:
+    """Per-clip audio features (n_frames, L, D), computed on first use and kept under OUT/cache/audio."""
+
+    def __init__(self, out: str | Path, config: EMOConfig):
+        self.out, self.config = Path(out), config
+        self._featurizer = None
+        self._memory: dict[str, torch.Tensor] = {}
+
+    @property
+    def featurizer(self):
+        if self._featurizer is None:  # built lazily: inside a DataLoader worker when there are workers
+            self._featurizer = build_featurizer(self.config)
+        return self._featurizer
+
+    def __call__(self, clip: dict) -> torch.Tensor:
+        if clip["clip_id"] in self._memory:
+            return self._memory[clip["clip_id"]]
+        path = self.out / "cache" / "audio" / self.featurizer.cache_key / f"{clip['clip_id']}.safetensors"
+        if path.is_file():
+            feats = load_file(path)["features"]
+        else:
+            feats = self.featurizer(load_wav(self.out / clip["audio_path"]), int(clip["n_frames"])).contiguous()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            save_file({"features": feats}, str(tmp))
+            os.replace(tmp, path)
+        self._memory[clip["clip_id"]] = feats
+        return feats
+
+
+def _read_frames(path: Path, indices: list[int], size: int) -> torch.Tensor:
+    """Frames at `indices` of an mp4 as (N, 3, size, size) in [-1, 1]."""
+    import decord
+
+    reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+    frames = torch.from_numpy(reader.get_batch(indices).asnumpy())  # (N, H, W, 3) uint8
+    frames = frames.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # -> (N, 3, H, W) in [-1, 1]
+    if frames.shape[-1] != size or frames.shape[-2] != size:
+        frames = F.interpolate(frames, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return frames
+
+
+def _read_mask(path: Path | None, size: int) -> torch.Tensor:
+    """The face-region mask as (1, size, size) in {0, 1}; the whole frame when the clip has none."""
+    if path is None:
+        return torch.ones(1, size, size)
+    from PIL import Image
+
+    mask = Image.open(path).convert("L").resize((size, size), Image.NEAREST)
+    return torch.from_numpy((np.asarray(mask) > 127).astype(np.float32))[None]
+
+
+class ClipWindows(torch.utils.data.Dataset):
+    """Item k is the whole batch for training step `first_step + k`."""
+
+    def __init__(self, out: str | Path, config: EMOConfig, stage: int, seed: int, first_step: int = 0,
+                 num_steps: int = 1):
+        self.out, self.config, self.seed = Path(out), config, seed
+        self.first_step, self.num_steps = first_step, num_steps
+        self.frames = 1 if stage == 1 else config.num_frames
+        self.motion = 0 if stage == 1 else config.num_motion_frames
+        self.audio = AudioFeatureCache(out, config) if stage > 1 else None
+        self.speed = stage == 3
+        rows = ManifestStore(out).read("clips").to_pylist()
+        self.clips = [r for r in rows if r["split"] in (None, "train") and r["n_frames"] > self.frames]
+        if not self.clips:
+            raise ValueError(f"{out}: no training clips with more than {self.frames} frames in the clips table")
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        step = self.first_step + (0 if self.config.overfit_batch else k)
+        rng = np.random.default_rng([self.seed, step])
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        examples = [self._example(rng) for _ in range(self.config.batch_size)]
+        batch = {key: torch.stack([e[key] for e in examples]) for key in examples[0]}
+        b, lat = self.config.batch_size, self.config.latent_size
+        channels = self.config.unet.get("in_channels", 4)
+        batch["noise"] = torch.randn(b, self.frames, channels, lat, lat, generator=gen)
+        batch["timesteps"] = torch.randint(0, self.config.num_train_timesteps, (b,), generator=gen)
+        p = self.config.cond_drop_prob
+        batch["reference_keep"] = (torch.rand(b, generator=gen) >= p).float()
+        batch["audio_keep"] = (torch.rand(b, generator=gen) >= p).float()
+        return batch
+
+    def _example(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        clip = self.clips[int(rng.integers(len(self.clips)))]
+        n, f, m = int(clip["n_frames"]), self.frames, self.motion
+        start = int(rng.integers(0, n - f + 1))
+        outside = [i for i in range(n) if i < start or i >= start + f]  # the reference is never in the window
+        ref = int(outside[int(rng.integers(len(outside)))])
+        motion = list(range(start - m, start))
+        valid = [i for i in motion if i >= 0]  # before the clip's start there is no previous clip: zeros
+        frames = _read_frames(self.out / clip["crop_path"], [*range(start, start + f), ref, *valid],
+                              self.config.image_size)
+        ex = {
+            "frames": frames[:f],  # (F, 3, H, W)
+            "reference": frames[f],  # (3, H, W)
+            "face_mask": _read_mask(self.out / clip["face_mask_path"] if clip["face_mask_path"] else None,
+                                    self.config.image_size),
+        }
+        if m:
+            motion_frames = torch.zeros(m, *frames.shape[1:])
+            motion_frames[m - len(valid):] = frames[f + 1:]
+            ex["motion"] = motion_frames  # (n, 3, H, W)
+            ex["motion_valid"] = torch.tensor([i >= 0 for i in motion], dtype=torch.float32)  # (n,)
+        if self.audio is not None:
+            windows = audio_windows(self.audio(clip), self.config.audio_context)  # (n_frames, 2m+1, L*D)
+            ex["audio"] = windows[start:start + f]
+        if self.speed:
+            speed = clip["head_speed"] or [0.0] * n
+            ex["speed"] = torch.tensor(speed[start:start + f], dtype=torch.float32)
+        return ex

@@ -1,0 +1,276 @@
+"""Train EMO in its three stages from the clips manifest.
+
+    stage 1  single frames: backbone, ReferenceNet, face locator
+    stage 2  f frames + n motion frames: temporal modules and audio layers (the rest frozen)
+    stage 3  speed layers and temporal modules (audio frozen)
+
+Each stage starts from the previous stage's checkpoint (--init-from). Batches depend only on
+(seed, step) (model/data.py), so --resume continues with exactly the losses an uninterrupted run
+would have had. Usage: `emo train --data OUT --stage 1 --model tiny --out runs/s1 --steps 200`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from manifests import ManifestStore
+from model.checkpoint import (
+    latest_checkpoint,
+    optimizer_from_tensors,
+    read_meta,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from model.config import EMOConfig, load_config
+from model.data import ClipWindows
+from model.emo import EMOModel
+from model.latents import load_codec
+from model.temporal import load_motion_module
+from model.unet import SD15_DOWNLOAD_HINT, load_pretrained_unet, unet_kwargs_of
+
+log = logging.getLogger("emo.train")
+
+# Stable Diffusion 1.5's noise schedule; the sampler builds its scheduler from the same numbers.
+NOISE_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+                  "beta_schedule": "scaled_linear", "prediction_type": "epsilon"}
+
+
+def build_model(args, config: EMOConfig) -> tuple[EMOModel, EMOConfig, dict | None, str | None]:
+    """A fresh model for this stage: (model, config, parent record, VAE folder or None)."""
+    if args.init_from:
+        parent_dir = resolve_checkpoint(args.init_from)
+        parent = read_meta(parent_dir)
+        arch = EMOConfig.from_dict(parent["config"]).to_dict()
+        # Training settings come from this stage's size and --config, the architecture from the parent.
+        overrides = load_config(arch["name"], args.config).to_dict()
+        arch.update({k: v for k, v in overrides.items() if k in TRAINING_KEYS})
+        arch["audio_encoder"] = args.audio_encoder or (
+            str(parent_dir.parent / parent["audio_encoder"]) if parent.get("audio_encoder") else None)
+        config = _with_featurizer_dims(EMOConfig.from_dict(arch))
+        model = EMOModel(config)
+        weights = load_file(parent_dir / "model.safetensors")
+        own = model.state_dict()
+        # A new audio encoder changes the audio projection's input width: that layer starts afresh.
+        skipped = [k for k in weights if k.startswith("audio_proj.") and weights[k].shape != own[k].shape]
+        model.load_state_dict({k: v for k, v in weights.items() if k not in skipped}, strict=not skipped)
+        if skipped:
+            log.info("audio encoder changed: audio projection re-initialised (%d tensors)", len(skipped))
+        record = {"path": str(parent_dir.resolve()), "stage": parent["stage"], "step": parent["step"],
+                  "model_sha256": parent["model_sha256"]}
+        vae = str(parent_dir.parent / parent["vae"]) if parent.get("vae") else None
+        return model, config, record, vae
+    if args.pretrained:
+        backbone = load_pretrained_unet(args.pretrained)
+        config.unet = unet_kwargs_of(backbone)
+        config = _with_featurizer_dims(config)
+        vae = str(Path(args.pretrained) / "vae") if config.codec == "autoencoder_kl" else None
+        return EMOModel(config, backbone), config, None, vae
+    if config.requires_pretrained:
+        raise SystemExit(f"the {config.name} model starts from Stable Diffusion 1.5: {SD15_DOWNLOAD_HINT}")
+    return EMOModel(_with_featurizer_dims(config)), config, None, None
+
+
+# Keys a later stage may change without changing the architecture.
+TRAINING_KEYS = {"batch_size", "learning_rate", "weight_decay", "grad_clip", "ema_decay", "cond_drop_prob",
+                 "save_every", "gradient_checkpointing", "num_workers", "overfit_batch", "keep_checkpoints",
+                 "num_frames", "num_motion_frames"}
+
+
+def _with_featurizer_dims(config: EMOConfig) -> EMOConfig:
+    """Take the audio feature shape from wav2vec2's config when one is given."""
+    if config.audio_encoder:
+        from transformers import Wav2Vec2Config
+
+        w2v = Wav2Vec2Config.from_pretrained(config.audio_encoder)
+        config.audio_feature_dim = w2v.hidden_size
+        config.audio_feature_layers = min(config.audio_feature_layers, w2v.num_hidden_layers + 1)
+    return config
+
+
+def save_assets(out: Path, config: EMOConfig, vae_folder: str | None) -> dict:
+    """Copy the frozen VAE and wav2vec2 next to the checkpoints once, so the run folder is self-contained."""
+    assets = {"vae": None, "audio_encoder": None}
+    if vae_folder:
+        if not (out / "vae" / "config.json").is_file():
+            load_codec("autoencoder_kl", vae_folder).vae.save_pretrained(out / "vae")
+        assets["vae"] = "vae"
+    if config.audio_encoder:
+        if not (out / "audio_encoder" / "config.json").is_file():
+            from transformers import Wav2Vec2Model
+
+            Wav2Vec2Model.from_pretrained(config.audio_encoder).save_pretrained(out / "audio_encoder")
+        assets["audio_encoder"] = "audio_encoder"
+    return assets
+
+
+def encode_batch(codec, batch: dict, device) -> dict:
+    """Pixels to latents for the window, the reference and the motion frames (one codec call)."""
+    frames = batch["frames"].to(device)  # (B, F, 3, H, W)
+    b, f = frames.shape[:2]
+    images = [frames.flatten(0, 1), batch["reference"].to(device)]  # (B*F, 3, H, W), (B, 3, H, W)
+    if "motion" in batch:
+        images.append(batch["motion"].to(device).flatten(0, 1))  # (B, n, 3, H, W) -> (B*n, 3, H, W)
+    latents = codec.encode(torch.cat(images))  # (B*F + B [+ B*n], C, h, w)
+    out = {"latents": latents[: b * f].unflatten(0, (b, f)), "ref_latent": latents[b * f: b * f + b]}
+    if "motion" in batch:
+        valid = batch["motion_valid"].to(device)[..., None, None, None]  # (B, n) -> (B, n, 1, 1, 1)
+        out["motion"] = latents[b * f + b:].unflatten(0, (b, -1)) * valid  # zeros before the clip starts
+    return out
+
+
+def update_ema(ema: dict[str, torch.Tensor], model: EMOModel, step: int, decay: float) -> None:
+    """EMA with warm-up (as diffusers' EMAModel): short runs still get a usable average."""
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in ema:
+                ema[name].mul_(d).add_(param.detach().float(), alpha=1 - d)
+
+
+def open_loss_log(path: Path, start_step: int):
+    """The loss CSV, cut back to `start_step` when resuming (later rows belonged to a lost run)."""
+    rows = []
+    if path.is_file() and start_step > 0:
+        with open(path, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= start_step]
+    fh = open(path, "w", newline="")
+    writer = csv.DictWriter(fh, fieldnames=["stage", "step", "loss"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return fh, writer
+
+
+def train(args) -> Path:
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+    from tqdm import tqdm
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    resume_from = latest_checkpoint(out) if args.resume else None
+    if resume_from is not None:  # the run's own config and weights; the other model flags are ignored
+        meta = read_meta(resume_from)
+        if meta["stage"] != args.stage:
+            raise SystemExit(f"{resume_from} is a stage-{meta['stage']} run; asked to resume stage {args.stage}")
+        config, parent, start_step = EMOConfig.from_dict(meta["config"]), meta["parent"], meta["step"]
+        vae_folder = str(out / meta["vae"]) if meta.get("vae") else None
+        torch.manual_seed(args.seed)
+        model = EMOModel(config)
+        model.load_state_dict(load_file(resume_from / "model.safetensors"))
+    else:
+        torch.manual_seed(args.seed)
+        config = load_config(args.model, args.config, audio_encoder=args.audio_encoder)
+        model, config, parent, vae_folder = build_model(args, config)
+        start_step = 0
+        if args.motion_module:
+            load_motion_module(args.motion_module, model.temporal, model.temporal_site_names)
+    if args.stage > 1 and parent is None and resume_from is None:
+        log.warning("stage %d without --init-from: the backbone and ReferenceNet are untrained", args.stage)
+
+    cuda = torch.cuda.is_available()
+    precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+    accelerator = Accelerator(mixed_precision=precision)
+    device = accelerator.device
+    names = model.set_stage(args.stage)
+    params = [p for n, p in model.named_parameters() if p.requires_grad]
+    model.set_gradient_checkpointing(config.gradient_checkpointing)
+    codec = load_codec(config.codec, vae_folder).to(device)
+    assets = save_assets(out, config, vae_folder)
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    ema = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+    if resume_from is not None:
+        ema = {k: v.to(torch.float32) for k, v in load_file(resume_from / "ema.safetensors").items()}
+        optimizer_from_tensors(optimizer, names, load_file(resume_from / "optimizer.safetensors"),
+                               meta["optimizer_groups"])
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema = {k: v.to(device) for k, v in ema.items()}
+    scheduler = DDPMScheduler(**NOISE_SCHEDULE)
+    manifest_hash = ManifestStore(args.data).content_hash(["clips"])
+    if resume_from is not None and meta["manifest_hash"] != manifest_hash:
+        log.warning("the clips manifest changed since %s was saved", resume_from)
+
+    data = ClipWindows(args.data, config, args.stage, args.seed, first_step=start_step,
+                       num_steps=max(0, args.steps - start_step))
+    loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=config.num_workers)
+    meta_base = {"config": config.to_dict(), "stage": args.stage, "manifest_hash": manifest_hash,
+                 "parent": parent, "seed": args.seed, "trainable": STAGE_NOTE[args.stage],
+                 "noise_schedule": NOISE_SCHEDULE, **assets}
+    loss_fh, loss_log = open_loss_log(out / "loss.csv", start_step)
+    saved = resume_from
+    bar = tqdm(loader, initial=start_step, total=args.steps, desc=f"stage {args.stage}", disable=args.quiet)
+    model.train()
+    for k, batch in enumerate(bar):
+        step = start_step + k + 1
+        with torch.no_grad():
+            inputs = encode_batch(codec, batch, device)
+        noise = batch["noise"].to(device)
+        t = batch["timesteps"].to(device)
+        noisy = scheduler.add_noise(inputs["latents"], noise, t)
+        with accelerator.autocast():
+            pred = model(noisy, t, inputs["ref_latent"], audio=_get(batch, "audio", device),
+                         face_mask=batch["face_mask"].to(device), speed=_get(batch, "speed", device),
+                         motion=inputs.get("motion"), reference_keep=batch["reference_keep"].to(device),
+                         audio_keep=batch["audio_keep"].to(device))
+        loss = F.mse_loss(pred.float(), noise)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+        accelerator.backward(loss)
+        if config.grad_clip:
+            accelerator.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        update_ema(ema, accelerator.unwrap_model(model), step, config.ema_decay)
+        loss_log.writerow({"stage": args.stage, "step": step, "loss": repr(loss.item())})
+        loss_fh.flush()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % config.save_every == 0 or step == args.steps:
+            meta_base["created"] = datetime.now(UTC).isoformat()
+            saved = save_checkpoint(out, step, accelerator.unwrap_model(model), ema, optimizer, names,
+                                    meta_base, keep_last=config.keep_checkpoints)
+    loss_fh.close()
+    log.info("stage %d: %s", args.stage, saved)
+    return saved
+
+
+STAGE_NOTE = {1: "backbone, reference_net, face_locator", 2: "temporal, audio", 3: "speed, temporal"}
+
+
+def _get(batch: dict, key: str, device) -> torch.Tensor | None:
+    return batch[key].to(device) if key in batch else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="emo train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="the curation output folder (OUT) holding the clips manifest")
+    p.add_argument("--stage", type=int, choices=(1, 2, 3), required=True)
+    p.add_argument("--config", help="YAML/JSON file of EMOConfig keys that override the named size")
+    p.add_argument("--model", default="tiny", help="named size: tiny | sd15")
+    p.add_argument("--out", required=True, help="checkpoint folder of this run")
+    p.add_argument("--steps", type=int, required=True, help="train until this global step")
+    p.add_argument("--init-from", help="previous stage's checkpoint (a step folder or run folder)")
+    p.add_argument("--pretrained", help="folder with SD 1.5's unet/ and vae/ in diffusers format")
+    p.add_argument("--motion-module", help="AnimateDiff motion module (.safetensors or diffusers folder)")
+    p.add_argument("--audio-encoder", help="wav2vec2 folder (transformers format); default: offline mel features")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue this run from the latest checkpoint in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return train(args)
+
+
+if __name__ == "__main__":
+    main()

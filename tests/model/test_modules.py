@@ -1,0 +1,138 @@
+"""Shapes of every EMO module at tiny size, and the zero-init promise: new layers leave the backbone unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.audio import AudioProjection, MelFeaturizer, audio_windows, load_wav
+from model.config import EMO_MODELS
+from model.emo import EMOModel, is_trainable
+from model.face_locator import FaceLocator
+from model.speed import SpeedEncoder, speed_buckets
+from model.temporal import TemporalModule
+from model.unet import build_unet, temporal_sites, transformer_blocks
+
+B, F, N, C, LAT = 2, 12, 4, 4, 8  # batch, frames, motion frames, latent channels, latent size
+CFG = EMO_MODELS["tiny"]
+
+
+@pytest.fixture(scope="module")
+def model() -> EMOModel:
+    torch.manual_seed(0)
+    return EMOModel(CFG).eval()
+
+
+def inputs(seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    window = 2 * CFG.audio_context + 1
+    return {
+        "noisy": torch.randn(B, F, C, LAT, LAT, generator=g),
+        "timesteps": torch.tensor([10, 900]),
+        "ref_latent": torch.randn(B, C, LAT, LAT, generator=g),
+        "audio": torch.randn(B, F, window, CFG.audio_feature_layers * CFG.audio_feature_dim, generator=g),
+        "face_mask": (torch.rand(B, 1, CFG.image_size, CFG.image_size, generator=g) > 0.5).float(),
+        "speed": torch.rand(B, F, generator=g) * 5,
+        "motion": torch.randn(B, N, C, LAT, LAT, generator=g),
+    }
+
+
+def test_audio_windows_give_each_frame_two_neighbours_each_side():
+    feats = torch.arange(10.0)[:, None, None].expand(10, 2, 3)  # frame i holds the value i
+    win = audio_windows(feats, context=2)
+    assert win.shape == (10, 5, 6)  # (T, 2m+1, L*D)
+    assert win[5, :, 0].tolist() == [3, 4, 5, 6, 7]
+    assert win[0, :, 0].tolist() == [0, 0, 0, 1, 2]  # edges repeat the first frame
+    assert win[9, :, 0].tolist() == [7, 8, 9, 9, 9]
+
+
+def test_mel_featurizer_on_real_speech_is_per_frame(clips_out):
+    wav = load_wav(clips_out / "clips" / "carphone-0.wav")
+    feats = MelFeaturizer(CFG.audio_feature_dim)(wav, n_frames=60)
+    assert feats.shape == (60, CFG.audio_feature_layers, CFG.audio_feature_dim)
+    assert torch.isfinite(feats).all() and feats.std() > 0.1
+
+
+def test_audio_projection_shape():
+    proj = AudioProjection(64, 48, 32, window=5)
+    assert proj(torch.randn(B * F, 5, 64)).shape == (B * F, 5, 32)
+
+
+def test_face_locator_maps_mask_to_latent_grid():
+    assert FaceLocator(C)(torch.rand(B, 1, 64, 64)).shape == (B, C, LAT, LAT)
+
+
+def test_speed_buckets_are_soft_and_ordered():
+    centers, radii = torch.linspace(0, 8, 9), torch.ones(9)
+    codes = speed_buckets(torch.tensor([[0.0, 4.0, 4.2, 8.0]]), centers, radii)
+    assert codes.shape == (1, 4, 9) and codes.abs().max() <= 1
+    assert codes[0, 1, 4] == 0  # exactly at a centre
+    assert 0 < codes[0, 2, 4] < 1  # just above it: graded, not a hard bucket
+    assert SpeedEncoder(9, 8.0, 16)(torch.rand(B, F)).shape == (B, F, 16)
+
+
+def test_temporal_module_with_motion_frames_and_speed():
+    mod = TemporalModule(32, heads=2, speed_dim=16, max_frames=32, norm_groups=32)
+    x = torch.randn(B * F, 32, 4, 4)
+    out = mod(x, F, motion=torch.randn(B, N, 32, 4, 4), speed=torch.randn(B, F, 16))
+    assert out.shape == x.shape  # motion frames join the frame axis, then are cut off
+    torch.nn.init.normal_(mod.proj_out.weight)
+    moved = mod(x, F, motion=torch.randn(B, N, 32, 4, 4))
+    assert not torch.allclose(moved, mod(x, F, motion=torch.zeros(B, N, 32, 4, 4)))  # motion frames matter
+
+
+def test_reference_net_features_cover_every_block_and_site(model):
+    with torch.no_grad():
+        ref = model.encode_reference(torch.randn(B, C, LAT, LAT), torch.randn(B, N, C, LAT, LAT))
+    blocks, sites = transformer_blocks(model.backbone), temporal_sites(model.backbone)
+    assert set(ref.attn) == {name for name, _ in blocks}
+    assert set(ref.motion) == {s.name for s in sites}
+    for s in sites:
+        assert ref.motion[s.name].shape[:3] == (B, N, s.channels)
+    for name, block in blocks:
+        assert ref.attn[name].shape[0] == B and ref.attn[name].shape[2] == block.attn1.query_dim
+
+
+def test_full_forward_shape_with_every_condition(model):
+    with torch.no_grad():
+        out = model(**inputs())
+    assert out.shape == (B, F, C, LAT, LAT)
+    with torch.no_grad():  # stage 1: single frames, reference and mask only
+        single = model(inputs()["noisy"][:, :1], torch.tensor([5, 5]), inputs()["ref_latent"])
+    assert single.shape == (B, 1, C, LAT, LAT)
+
+
+def test_new_layers_start_at_zero_so_the_backbone_is_unchanged(model):
+    """With every condition given, EMO at init computes exactly what the bare UNet computes."""
+    x = inputs()
+    plain = build_unet(CFG.unet).eval()
+    plain.load_state_dict(model.backbone.state_dict())
+    with torch.no_grad():
+        emo = model(**x)
+        # (B, F, C, h, w) -> (B*F, C, h, w); the same null context the backbone gets
+        bare = plain(x["noisy"].flatten(0, 1), x["timesteps"].repeat_interleave(F),
+                     encoder_hidden_states=torch.zeros(B * F, 1, CFG.unet["cross_attention_dim"])).sample
+    assert torch.equal(emo, bare.view(B, F, C, LAT, LAT))
+
+
+def test_new_layers_do_act_once_trained(model):
+    x = inputs()
+    trained = EMOModel(CFG).eval()
+    trained.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        trained.reference_gates.fill_(0.5)
+        for layer in trained.audio_attention:
+            torch.nn.init.normal_(layer.to_out[0].weight, std=0.1)
+        base = trained(**x)
+        assert not torch.allclose(base, model(**x))
+        dropped = trained(**x, reference_keep=torch.tensor([1.0, 0.0]), audio_keep=torch.tensor([1.0, 0.0]))
+    assert torch.equal(dropped[0], base[0]) and not torch.allclose(dropped[1], base[1])
+
+
+def test_stages_train_disjoint_parts():
+    names = [n for n, _ in EMOModel(CFG).named_parameters()]
+    s1, s2, s3 = ({n for n in names if is_trainable(n, s)} for s in (1, 2, 3))
+    assert any(n.startswith("reference_net.") for n in s1) and any(n.startswith("face_locator.") for n in s1)
+    assert all(n.startswith(("temporal.", "audio_")) for n in s2) and not any(".speed_" in n for n in s2)
+    assert any(n.startswith("speed_encoder.") for n in s3) and not any(n.startswith("audio_") for n in s3)
+    assert not s1 & (s2 | s3)
