@@ -1,0 +1,106 @@
+"""The trainer on real clips: each stage overfits a fixed batch, resume is bit-for-bit, checkpoints record lineage.
+
+Overfitting uses `overfit_batch` (step 0's clip window, noise and timestep every step), the
+classic check that gradients reach the layers a stage trains and that they can fit. Measured on
+two CPU cores (tiny, f=12 + 4 motion frames, batch 1, lr 3e-3): stage 1 falls from ~1.2 to <0.001
+in 30 steps, stage 2 ~4x in 40, stage 3 ~2.4x in 40 (it starts where stage 2 ended).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from manifests import ManifestStore
+from model.checkpoint import load_checkpoint, read_meta
+from model.train import main
+
+STEPS = {1: 30, 2: 40, 3: 40}
+FACTOR = {1: 50.0, 2: 3.0, 3: 1.8}
+
+
+def losses(run: Path) -> list[float]:
+    with open(run / "loss.csv", newline="") as fh:
+        return [float(r["loss"]) for r in csv.DictReader(fh)]
+
+
+def write_config(path: Path, **keys) -> Path:
+    path.write_text(json.dumps(keys))
+    return path
+
+
+@pytest.fixture(scope="module")
+def stage_runs(clips_out, tmp_path_factory) -> dict[int, Path]:
+    """Stages 1 -> 2 -> 3 on one fixed batch, each from the previous stage's checkpoint."""
+    root = tmp_path_factory.mktemp("stages")
+    cfg = write_config(root / "overfit.json", overfit_batch=True, batch_size=1, learning_rate=3e-3,
+                       cond_drop_prob=0.0)
+    runs = {}
+    for stage in (1, 2, 3):
+        runs[stage] = root / f"s{stage}"
+        argv = ["--data", str(clips_out), "--stage", str(stage), "--out", str(runs[stage]),
+                "--steps", str(STEPS[stage]), "--config", str(cfg), "--quiet"]
+        if stage > 1:
+            argv += ["--init-from", str(runs[stage - 1])]
+        main(argv)
+    return runs
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_each_stage_overfits_a_real_clip(stage_runs, stage):
+    curve = losses(stage_runs[stage])
+    assert len(curve) == STEPS[stage]
+    final = sum(curve[-5:]) / 5
+    assert curve[0] / final >= FACTOR[stage], f"stage {stage}: {curve[0]:.4f} -> {final:.4f}"
+
+
+def test_later_stages_leave_frozen_layers_alone(stage_runs):
+    w = {s: load_file(next(stage_runs[s].glob("step-*")) / "model.safetensors") for s in (1, 2, 3)}
+    key = "backbone.conv_in.weight"
+    assert torch.equal(w[1][key], w[2][key]) and torch.equal(w[2][key], w[3][key])
+    audio = "audio_proj.mlp.0.weight"
+    assert not torch.equal(w[1][audio], w[2][audio]) and torch.equal(w[2][audio], w[3][audio])
+    speed = "speed_encoder.mlp.0.weight"
+    assert torch.equal(w[1][speed], w[2][speed]) and not torch.equal(w[2][speed], w[3][speed])
+
+
+def test_checkpoint_records_lineage_and_rebuilds_the_model(stage_runs, clips_out):
+    meta = read_meta(stage_runs[3])
+    assert meta["stage"] == 3 and meta["step"] == STEPS[3]
+    assert meta["manifest_hash"] == ManifestStore(clips_out).content_hash(["clips"])
+    assert meta["parent"]["stage"] == 2 and meta["parent"]["path"].startswith(str(stage_runs[2]))
+    assert {p.name for p in next(stage_runs[3].glob("step-*")).iterdir()} == {
+        "model.safetensors", "ema.safetensors", "optimizer.safetensors", "meta.json"}
+    model, config, meta = load_checkpoint(stage_runs[3], ema=False)
+    raw = load_file(Path(meta["dir"]) / "model.safetensors")
+    assert all(torch.equal(v, raw[k]) for k, v in model.state_dict().items())
+    assert config.num_frames == 12 and not model.training
+
+
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(stage_runs, clips_out, tmp_path):
+    """Stage 2 (motion frames, audio, EMA, condition dropout, a new batch every step)."""
+    cfg = write_config(tmp_path / "c.json", num_frames=6, batch_size=1)
+    common = ["--data", str(clips_out), "--stage", "2", "--config", str(cfg), "--init-from", str(stage_runs[1]),
+              "--seed", "7", "--quiet"]
+    main([*common, "--out", str(tmp_path / "straight"), "--steps", "4"])
+    main([*common, "--out", str(tmp_path / "cut"), "--steps", "2"])
+    main([*common, "--out", str(tmp_path / "cut"), "--steps", "4", "--resume"])
+    straight, cut = losses(tmp_path / "straight"), losses(tmp_path / "cut")
+    assert len(straight) == 4 and straight == cut
+    assert len(set(straight)) == 4  # the batches did change from step to step
+    a, b = (read_meta(tmp_path / d) for d in ("straight", "cut"))
+    assert a["model_sha256"] == b["model_sha256"]
+    for name in ("ema.safetensors", "optimizer.safetensors"):
+        sa, sb = (load_file(Path(tmp_path / d / "step-0000004" / name)) for d in ("straight", "cut"))
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_stage_curves_for_the_report(stage_runs):
+    for stage in (1, 2, 3):
+        curve = losses(stage_runs[stage])
+        print(f"stage {stage}: first {curve[0]:.4f}, last-5 mean {sum(curve[-5:]) / 5:.5f}")
