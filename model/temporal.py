@@ -56,16 +56,15 @@ class TemporalModule(nn.Module):
         """x (B*F, C, H, W); motion (B, n, C, H, W) or None; speed (B, F, speed_dim) or None."""
         bf, c, h, w = x.shape
         b, f = bf // num_frames, num_frames
-        hidden = self.norm(x)
-        # (B*F, C, H, W) -> (B, F, C, H, W) -> (B, H, W, F, C) -> (B*H*W, F, C)
-        hidden = hidden.view(b, f, c, h, w).permute(0, 3, 4, 1, 2).reshape(b * h * w, f, c)
+        frames = x.view(b, f, c, h, w)  # (B*F, C, H, W) -> (B, F, C, H, W)
         n = 0
-        if motion is not None:
+        if motion is not None:  # motion frames precede the window on the frame axis
             n = motion.shape[1]
-            m = self.norm(motion.flatten(0, 1).to(x.dtype))  # (B, n, C, H, W) -> (B*n, C, H, W)
-            # (B*n, C, H, W) -> (B, n, C, H, W) -> (B, H, W, n, C) -> (B*H*W, n, C)
-            m = m.view(b, n, c, h, w).permute(0, 3, 4, 1, 2).reshape(b * h * w, n, c)
-            hidden = torch.cat([m, hidden], dim=1)  # (B*H*W, n+F, C): motion frames precede the window
+            frames = torch.cat([motion.to(x.dtype), frames], dim=1)  # -> (B, n+F, C, H, W)
+        # Group statistics span all frames of a sample, as in AnimateDiff: (B, C, n+F, H, W).
+        hidden = self.norm(frames.permute(0, 2, 1, 3, 4))
+        # (B, C, n+F, H, W) -> (B, H, W, n+F, C) -> (B*H*W, n+F, C)
+        hidden = hidden.permute(0, 3, 4, 2, 1).reshape(b * h * w, n + f, c)
         if n + f > self.pe.shape[0]:
             raise ValueError(f"{n}+{f} frames exceed the temporal modules' {self.pe.shape[0]} positions")
         hidden = self.proj_in(hidden)

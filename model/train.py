@@ -71,9 +71,9 @@ def build_model(args, config: EMOConfig) -> tuple[EMOModel, EMOConfig, dict | No
     if args.pretrained:
         backbone = load_pretrained_unet(args.pretrained)
         config.unet = unet_kwargs_of(backbone)
+        config.codec = "autoencoder_kl"  # an SD folder brings its VAE, whatever the size's default
         config = _with_featurizer_dims(config)
-        vae = str(Path(args.pretrained) / "vae") if config.codec == "autoencoder_kl" else None
-        return EMOModel(config, backbone), config, None, vae
+        return EMOModel(config, backbone), config, None, str(Path(args.pretrained) / "vae")
     if config.requires_pretrained:
         raise SystemExit(f"the {config.name} model starts from Stable Diffusion 1.5: {SD15_DOWNLOAD_HINT}")
     return EMOModel(_with_featurizer_dims(config)), config, None, None
