@@ -48,7 +48,7 @@ class DiarizeStage(Stage):
         backend: str = "resemblyzer",
         num_speakers: int | None = None,
         max_speakers: int = 8,
-        gap_ratio: float = 3.0,
+        gap_ratio: float = 2.5,
         vad_threshold: float = 0.5,
         pyannote_pipeline: str = "pyannote/speaker-diarization-3.1",
         hf_token: str | None = None,

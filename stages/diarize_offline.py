@@ -5,7 +5,7 @@ because every d-vector shares a large common component. Subtracting the recordin
 embedding removes it, and what is left separates the speakers well. So:
 
 1. speech regions from silero-vad;
-2. d-vectors of 1.6 s windows: a coarse grid (hop 0.4 s) to cluster, a dense grid (hop 0.1 s)
+2. d-vectors of 1.6 s windows: a coarse grid (hop 0.2 s) to cluster, a dense grid (hop 0.1 s)
    to place boundaries;
 3. spectral clustering of the centred coarse embeddings, speaker count from the eigengap
    ratio of the normalised Laplacian (k = 1 when no gap is clear);
@@ -125,8 +125,8 @@ class ResemblyzerDiarizer:
 
     backend = "resemblyzer"
 
-    def __init__(self, max_speakers: int = 8, num_speakers: int | None = None, gap_ratio: float = 3.0,
-                 prune: float = 0.4, window_s: float = 1.6, coarse_hop_s: float = 0.4, dense_hop_s: float = 0.1,
+    def __init__(self, max_speakers: int = 8, num_speakers: int | None = None, gap_ratio: float = 2.5,
+                 prune: float = 0.3, window_s: float = 1.6, coarse_hop_s: float = 0.2, dense_hop_s: float = 0.1,
                  spread_s: float = 0.4, switch_penalty: float = 4.0, vad_threshold: float = 0.5,
                  max_windows: int = 3000):
         self.max_speakers, self.num_speakers = max_speakers, num_speakers
@@ -157,7 +157,7 @@ class ResemblyzerDiarizer:
         for s, e in regions:
             speech[int(s / HOP_S):int(np.ceil(e / HOP_S))] = True
         speech_idx = np.flatnonzero(speech)
-        # clustering is O(n^3) in windows: thin the coarse grid on long sources (~20 min of speech at 0.4 s)
+        # clustering is O(n^3) in windows: thin the coarse grid on long sources (~10 min of speech at 0.2 s)
         coarse = speech_idx[:: max(self.coarse_hop, len(speech_idx) // self.max_windows + 1)]
         dense = speech_idx[:: self.dense_hop]
         e_coarse = window_embeddings(self.encoder, mel, coarse, self.win)

@@ -85,11 +85,11 @@ def test_der_on_pyannote_sample(stage, sample_wav, tmp_path):
         if r["speaker"]:
             hyp[Segment(r["start_s"], r["end_s"])] = r["speaker"]
     ref = load_rttm(SAMPLE / "sample.rttm")["sample"]
-    der = DiarizationErrorRate(collar=0.5, skip_overlap=False)(ref, hyp)
-    der_no_collar = DiarizationErrorRate(collar=0.0, skip_overlap=False)(ref, hyp)
-    print(f"\nDER sample.wav (resemblyzer): {der:.2%} with +-0.25 s collar, {der_no_collar:.2%} without")
+    der = {c: DiarizationErrorRate(collar=c, skip_overlap=False)(ref, hyp) for c in (0.5, 0.25, 0.0)}
+    print(f"\nDER sample.wav (resemblyzer, overlap scored): {der[0.5]:.2%} with +-0.25 s collar, "
+          f"{der[0.25]:.2%} with +-0.125 s, {der[0.0]:.2%} with none")
     assert len(hyp.labels()) == 2
-    assert der <= DER_TARGET
+    assert der[0.5] <= DER_TARGET and der[0.25] <= DER_TARGET  # the target holds under either reading of "collar"
     assert {r["vocal_type"] for r in rows if r["speaker"]} == {"speech"}
     assert ctx.counters["speakers"] == 2 and ctx.counters["on_screen_no_faces"] > 0
 
