@@ -4,7 +4,8 @@ import pyarrow as pa
 
 from manifests._schema import table_schema
 
-VOCAL_TYPES = ("speech", "singing", "music", "silence")
+VOCAL_TYPES = ("speech", "singing", "music", "silence")  # a source with no audio track: one silence row
+ON_SCREEN = ("synced", "voice_over", "off_screen", "no_faces")
 
 SEGMENTS = table_schema(
     "segments",
@@ -18,7 +19,7 @@ SEGMENTS = table_schema(
         pa.field("track_id", pa.string()),  # the face that is speaking, when one is
         pa.field("sync_offset_frames", pa.int32()),
         pa.field("sync_confidence", pa.float32()),
-        pa.field("on_screen", pa.string()),  # synced / voice_over / no_faces
+        pa.field("on_screen", pa.string()),  # one of ON_SCREEN
         pa.field("vocal_type", pa.string()),  # one of VOCAL_TYPES
         pa.field("language", pa.string()),
         pa.field("text", pa.string()),
