@@ -71,6 +71,17 @@ def build_clips(out: Path) -> Path:
     return out
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_cpu_thread():
+    """One torch thread: on a shared 2-core machine, two spinning OpenMP threads run ~10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def clips_out(tmp_path_factory) -> Path:
     """OUT with a clips table of real media (see the module docstring)."""
