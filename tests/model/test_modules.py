@@ -136,3 +136,38 @@ def test_stages_train_disjoint_parts():
     assert all(n.startswith(("temporal.", "audio_")) for n in s2) and not any(".speed_" in n for n in s2)
     assert any(n.startswith("speed_encoder.") for n in s3) and not any(n.startswith("audio_") for n in s3)
     assert not s1 & (s2 | s3)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_gradient_checkpointing_gives_the_same_gradients(stage):
+    torch.manual_seed(0)
+    model = EMOModel(CFG)
+    with torch.no_grad():  # trained-looking new layers, so every path carries gradient
+        for module in model.temporal:
+            torch.nn.init.normal_(module.proj_out.weight, std=0.1)
+    names = model.set_stage(stage)
+    x = inputs()
+    if stage == 1:
+        x = {k: x[k] for k in ("timesteps", "ref_latent", "face_mask")} | {"noisy": x["noisy"][:, :1]}
+    grads = []
+    for enabled in (False, True):
+        model.set_gradient_checkpointing(enabled)
+        model.zero_grad()
+        model(**x).square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if n in names and p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_sd15_layout_matches_animatediff_and_runs_on_the_meta_device():
+    """The real size, built without memory: AnimateDiff's 21 motion-module sites, 512x512 f=12 shapes."""
+    cfg = EMO_MODELS["sd15"]
+    with torch.device("meta"):
+        model = EMOModel(cfg)
+        x = {"noisy": torch.randn(1, 12, 4, 64, 64), "timesteps": torch.tensor([3]),
+             "ref_latent": torch.randn(1, 4, 64, 64), "face_mask": torch.ones(1, 1, 512, 512),
+             "audio": torch.randn(1, 12, 5, cfg.audio_feature_layers * cfg.audio_feature_dim),
+             "speed": torch.ones(1, 12), "motion": torch.randn(1, 4, 4, 64, 64)}
+        out = model(**x)
+    assert len(model.temporal_site_names) == 21 and out.shape == (1, 12, 4, 64, 64)
