@@ -150,7 +150,7 @@ def open_loss_log(path: Path, start_step: int):
 
 
 def train(args) -> Path:
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from diffusers import DDPMScheduler
     from tqdm import tqdm
 
@@ -178,7 +178,9 @@ def train(args) -> Path:
 
     cuda = torch.cuda.is_available()
     precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
-    accelerator = Accelerator(mixed_precision=precision)
+    # ReferenceNet's last up-block layers never reach the loss: DDP must be told some parameters are unused.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    accelerator = Accelerator(mixed_precision=precision, kwargs_handlers=[ddp])
     device = accelerator.device
     names = model.set_stage(args.stage)
     params = [p for n, p in model.named_parameters() if p.requires_grad]
