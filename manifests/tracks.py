@@ -1,6 +1,9 @@
 """`tracks`: one row per face track inside a shot, written by stages/faces.py.
 
-Per-frame measures are list columns aligned with `frames` (source frame indices).
+Per-frame measures are list columns aligned with `frames` (source frame indices, every frame from
+start_frame to end_frame - 1; frames between detections are interpolated). Pixel coordinates are in
+the displayed frame (after the source's rotation). Per-frame mesh measures are filled by linear
+interpolation where the mesh did not fit; `mesh_fraction` says how often it did.
 """
 
 import pyarrow as pa
@@ -22,8 +25,10 @@ TRACKS = table_schema(
         pa.field("boxes", pa.list_(f32list)),  # per frame [x0, y0, x1, y1] in source pixels, smoothed
         pa.field("face_size_px", pa.float32()),  # median box side
         pa.field("det_confidence", pa.float32()),  # mean over detected (not interpolated) frames
+        pa.field("n_detections", pa.int32()),  # frames with a real detection (sampled or refined at the ends)
         pa.field("landmark_frames", pa.list_(pa.int64())),  # frames where landmarks were measured
-        pa.field("landmarks", pa.list_(f32list)),  # per landmark frame, flattened (x, y) pairs, pixels
+        pa.field("landmarks", pa.list_(f32list)),  # per landmark frame, 468 mesh points as flattened (x, y), pixels
+        pa.field("mesh_fraction", pa.float32()),  # share of frames where the face mesh fit
         pa.field("yaw", f32list),  # degrees, per frame
         pa.field("pitch", f32list),
         pa.field("roll", f32list),
@@ -33,12 +38,13 @@ TRACKS = table_schema(
         pa.field("exposure", pa.float32()),  # mean luma of the face region, 0..1
         pa.field("crop_box", pa.list_(pa.float32())),  # [x0, y0, x1, y1] square crop in source pixels
         pa.field("crop_size", pa.int32()),
+        pa.field("reasons", pa.list_(pa.string())),  # cheap checks failed (short, small_face): no crop when any
         pa.field("crop_path", pa.string()),  # relative to OUT; null when the track failed the cheap checks
         pa.field("face_mask_path", pa.string()),
         pa.field("lip_mask_path", pa.string()),
-        pa.field("embedding", f32list),  # identity embedding when the backend gives one
-        pa.field("identity_id", pa.string()),  # cluster of tracks across the corpus
+        pa.field("embedding", f32list),  # identity embedding (L2-normalised ArcFace); null for mediapipe
+        pa.field("identity_id", pa.string()),  # null here; stages.face_identity.cluster_identities fills it
         pa.field("backend", pa.string(), nullable=False),
-        pa.field("notes", pa.string()),  # why no crop, etc.
+        pa.field("notes", pa.string()),  # free text: e.g. the crop window had to shrink to fit the frame
     ],
 )

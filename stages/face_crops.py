@@ -1,0 +1,90 @@
+"""EMO-ready face crops: one square window per track, its H.264 video, and its face-region and lip masks.
+
+The window is square around the union of the track's boxes plus a margin (EMO crops generously so
+the head can move inside a still window); the face-region mask is that union, as EMO's face
+locator uses it; the lip mask is the union of the lips' boxes.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from stages.video_io import write_mp4
+
+
+def crop_window(boxes: np.ndarray, margin: float, width: int, height: int) -> tuple[np.ndarray, bool]:
+    """Square [x0, y0, x1, y1] around the union of `boxes`, `margin` x its side added on each side.
+
+    Shifted to stay inside the frame and shrunk to the frame's short side if it must be;
+    the flag says it had to shrink (the union no longer fits in it).
+    """
+    u = np.array([boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()])
+    side = max(u[2] - u[0], u[3] - u[1]) * (1 + 2 * margin)
+    clipped = side > min(width, height)
+    side = min(side, width, height)
+    cx = np.clip((u[0] + u[2]) / 2, side / 2, width - side / 2)
+    cy = np.clip((u[1] + u[3]) / 2, side / 2, height - side / 2)
+    return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]), bool(clipped)
+
+
+def crop_frame(rgb: np.ndarray, window: np.ndarray, size: int) -> np.ndarray:
+    x0, y0, x1, y1 = window
+    scale = size / (x1 - x0)
+    m = np.array([[scale, 0, -scale * x0], [0, scale, -scale * y0]])
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    return cv2.warpAffine(rgb, m, (size, size), flags=interp, borderMode=cv2.BORDER_REPLICATE)
+
+
+def box_mask(boxes: np.ndarray, window: np.ndarray, size: int, grow: float = 0.0) -> np.ndarray:
+    """uint8 mask (size, size): 255 inside the union of `boxes` (frame pixels) mapped into the window."""
+    mask = np.zeros((size, size), np.uint8)
+    scale = size / (window[2] - window[0])
+    for b in boxes:
+        pad = grow * np.array([-(b[2] - b[0]), -(b[3] - b[1]), b[2] - b[0], b[3] - b[1]])
+        x0, y0, x1, y1 = ((b + pad) - np.tile(window[:2], 2)) * scale
+        mask[max(0, int(y0)) : max(0, int(np.ceil(y1))), max(0, int(x0)) : max(0, int(np.ceil(x1)))] = 255
+    return mask
+
+
+def write_png(path: Path, mask: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    Image.fromarray(mask).save(tmp)
+    tmp.replace(path)
+
+
+class CropWriter:
+    """Feeds one track's crops to `write_mp4` on a thread, so several tracks can be written in one decode pass."""
+
+    def __init__(self, path: Path, fps: float, window: np.ndarray, size: int):
+        self.window, self.size = window, size
+        self._q: queue.Queue = queue.Queue(maxsize=8)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(path, fps), daemon=True)
+        self._thread.start()
+
+    def _run(self, path: Path, fps: float) -> None:
+        try:
+            write_mp4(path, self._frames(), fps)
+        except BaseException as e:  # reported by close(); keep draining so add() never blocks forever
+            self._error = e
+            while self._q.get() is not None:
+                pass
+
+    def _frames(self):
+        while (frame := self._q.get()) is not None:
+            yield frame
+
+    def add(self, rgb: np.ndarray) -> None:
+        self._q.put(crop_frame(rgb, self.window, self.size))
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error

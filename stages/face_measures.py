@@ -1,0 +1,108 @@
+"""TrackMeasurer: everything measured on one track's frames in the second decode pass.
+
+Per frame: face-mesh landmarks (-> head pose, rotation speed, mouth opening) and, when the track
+passed the cheap checks, its crop. At sampled frames: blur and exposure of the face region, and an
+identity embedding at the track's best few detections when the backend gives one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from stages.face_crops import CropWriter
+from stages.face_detectors import Detection
+from stages.face_landmarks import FaceMesher, lip_box, mouth_open
+from stages.head_pose import fill_gaps, head_pose, rotation_speed
+
+EMBED_FRAMES = 5  # embeddings averaged per track, at its most confident detections
+
+
+def blur_exposure(rgb: np.ndarray, box: np.ndarray) -> tuple[float, float]:
+    """Variance of the Laplacian of the face at a fixed 128 px (so sizes compare), and mean luma 0..1."""
+    x0, y0, x1, y1 = np.round(box).astype(int)
+    face = rgb[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)]
+    if face.size == 0:
+        return np.nan, np.nan
+    gray = cv2.cvtColor(cv2.resize(face, (128, 128), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+    return float(cv2.Laplacian(gray, cv2.CV_64F).var()), float(gray.mean() / 255.0)
+
+
+class TrackMeasurer:
+    def __init__(self, frames: np.ndarray, boxes: np.ndarray, samples: set[int], dets: dict[int, Detection],
+                 embed=None, crop: tuple[Path, float, np.ndarray, int] | None = None):
+        """`crop` is (path, fps, window, size) for tracks that get a crop video; `embed(rgb, det)` or None."""
+        self.frames, self.boxes, self.samples = frames, boxes, samples
+        self.pts: list[np.ndarray | None] = [None] * len(frames)
+        self.quality: list[tuple[float, float]] = []
+        self.embeddings: list[np.ndarray] = []
+        best = sorted(dets, key=lambda f: -dets[f].score)[:EMBED_FRAMES] if embed else []
+        self._embed_at = {f: dets[f] for f in best}
+        self._embed = embed
+        self._mesher = FaceMesher()
+        self._writer = CropWriter(*crop) if crop else None
+
+    @property
+    def first(self) -> int:
+        return int(self.frames[0])
+
+    @property
+    def last(self) -> int:
+        return int(self.frames[-1])
+
+    def observe(self, index: int, rgb: np.ndarray) -> None:
+        k = index - self.first
+        box = self.boxes[k]
+        self.pts[k] = self._mesher.landmarks(rgb, box)
+        if index in self.samples:
+            self.quality.append(blur_exposure(rgb, box))
+        if index in self._embed_at:
+            emb = self._embed(rgb, self._embed_at[index])
+            if emb is not None:
+                self.embeddings.append(emb)
+        if self._writer:
+            self._writer.add(rgb)
+
+    def close(self) -> None:
+        """Release the mesher and finish the crop video; safe to call twice."""
+        mesher, writer, self._mesher, self._writer = self._mesher, self._writer, None, None
+        if mesher:
+            mesher.close()
+        if writer:
+            writer.close()
+
+    def lip_boxes(self) -> np.ndarray:
+        return np.array([lip_box(p) for p in self.pts if p is not None]).reshape(-1, 4)
+
+    def measures(self, width: int, height: int) -> dict:
+        """Columns of the track's row that come from this pass (per-frame lists aligned with frames)."""
+        ok = [p is not None for p in self.pts]
+        pose = np.array([head_pose(p, width, height) if p is not None else (np.nan,) * 3 for p in self.pts])
+        mouth = np.array([mouth_open(p) if p is not None else np.nan for p in self.pts])
+        quality = np.array(self.quality).reshape(-1, 2)
+        lm_frames = [int(f) for f, p in zip(self.frames, self.pts, strict=True) if p is not None and int(f) in self.samples]
+        row = {
+            "mesh_fraction": float(np.mean(ok)),
+            "landmark_frames": lm_frames,
+            "landmarks": [self.pts[f - self.first].astype(np.float32).ravel().tolist() for f in lm_frames],
+            "blur": _nanmedian(quality[:, 0]),
+            "exposure": _nanmedian(quality[:, 1]),
+            "embedding": None,
+        }
+        if any(ok):
+            yaw, pitch, roll = (fill_gaps(pose[:, i]) for i in range(3))
+            row.update(yaw=yaw.tolist(), pitch=pitch.tolist(), roll=roll.tolist(),
+                       head_speed=rotation_speed(yaw, pitch, roll).tolist(), mouth_open=fill_gaps(mouth).tolist())
+        else:
+            row.update(yaw=None, pitch=None, roll=None, head_speed=None, mouth_open=None)
+        if self.embeddings:
+            e = np.mean(self.embeddings, 0)
+            row["embedding"] = (e / max(np.linalg.norm(e), 1e-9)).astype(np.float32).tolist()
+        return row
+
+
+def _nanmedian(x: np.ndarray) -> float | None:
+    x = x[np.isfinite(x)]
+    return float(np.median(x)) if len(x) else None
