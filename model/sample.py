@@ -1,0 +1,225 @@
+"""emo sample: a talking-head video from one portrait and one speech track.
+
+    python -m model.sample --checkpoint CKPT --image portrait.jpg --audio speech.wav --out video.mp4
+
+The face in the portrait is found and cropped as the face-crop stage does (mediapipe's bundled
+BlazeFace, a generous square around the largest face), resized to the model's image size. The
+audio's features cover its whole length at --fps; the video is generated in windows of f frames,
+each conditioned on the last n generated frames of the window before (zeros for the first), so
+the video is continuous and memory does not grow with the audio's length: each window is decoded,
+watermarked and streamed to the mp4 writer, then dropped.
+
+Classifier-free guidance, EMO-style, with separate reference and audio scales (three passes in
+one batch, told apart by the keep masks):
+
+    eps = eps(none) + s_ref * (eps(ref) - eps(none)) + s_audio * (eps(ref, audio) - eps(ref))
+
+so s_ref pulls towards the reference identity and s_audio towards the audio, on top of it.
+Every frame carries the invisible checkpoint watermark (model/watermark.py); the mp4's `comment`
+metadata and a JSON sidecar (video.mp4.json) record the checkpoint, manifest and parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from model import watermark
+from model.audio import SAMPLE_RATE, audio_windows, build_featurizer, load_wav
+from model.checkpoint import file_sha256, load_checkpoint
+from model.latents import load_codec
+
+log = logging.getLogger("emo.sample")
+
+FACE_MARGIN = 0.5  # of the face box's side, added on each side: room for the head to move
+MIN_WATERMARK_SIZE = 256  # frames smaller than this are upscaled before the mark goes in
+
+
+def detect_largest_face(rgb: np.ndarray) -> np.ndarray | None:
+    """[x0, y0, x1, y1] pixels of the largest face mediapipe's bundled full-range BlazeFace finds, or None."""
+    import mediapipe as mp
+
+    h, w = rgb.shape[:2]
+    with mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5) as fd:
+        result = fd.process(np.ascontiguousarray(rgb))
+    boxes = []
+    for d in result.detections or []:
+        b = d.location_data.relative_bounding_box
+        boxes.append([b.xmin * w, b.ymin * h, (b.xmin + b.width) * w, (b.ymin + b.height) * h])
+    if not boxes:
+        return None
+    return max(np.array(boxes), key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
+
+
+def square_window(box: np.ndarray, margin: float, width: int, height: int) -> np.ndarray:
+    """Square [x0, y0, x1, y1] around `box` with `margin` x its side on each side, kept inside the image."""
+    side = min(max(box[2] - box[0], box[3] - box[1]) * (1 + 2 * margin), width, height)
+    cx = np.clip((box[0] + box[2]) / 2, side / 2, width - side / 2)
+    cy = np.clip((box[1] + box[3]) / 2, side / 2, height - side / 2)
+    return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+
+
+def crop_reference(rgb: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(size, size, 3) face crop of a portrait and its (size, size) face-region mask in {0, 1}.
+
+    A square FACE_MARGIN around the largest face, as the face-crop stage crops; the centre square
+    (and a whole-frame mask) with a warning when no face is found.
+    """
+    h, w = rgb.shape[:2]
+    box = detect_largest_face(rgb)
+    if box is None:
+        log.warning("no face found in the portrait: using its centre square crop")
+        side = min(h, w)
+        window = np.array([(w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2])
+    else:
+        window = square_window(box, FACE_MARGIN, w, h)
+    x0, y0, x1, y1 = window
+    scale = size / (x1 - x0)
+    affine = np.array([[scale, 0, -scale * x0], [0, scale, -scale * y0]])
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    crop = cv2.warpAffine(rgb, affine, (size, size), flags=interp, borderMode=cv2.BORDER_REPLICATE)
+    mask = np.ones((size, size), np.float32)
+    if box is not None:  # the face box grown by 20% (the head moves), mapped into the crop
+        grow = 0.2 * np.array([-(box[2] - box[0]), -(box[3] - box[1]), box[2] - box[0], box[3] - box[1]])
+        fx0, fy0, fx1, fy1 = np.clip(((box + grow) - np.tile(window[:2], 2)) * scale, 0, size)
+        mask[:] = 0
+        mask[int(fy0) : int(np.ceil(fy1)), int(fx0) : int(np.ceil(fx1))] = 1
+    return crop, mask
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8."""
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte()
+    return x.permute(0, 2, 3, 1).cpu().numpy()  # (N, 3, H, W) -> (N, H, W, 3)
+
+
+def checkpoint_hash(meta: dict) -> str:
+    """The model weights' sha256: from meta.json, or hashed from the file for older checkpoints."""
+    return meta.get("model_sha256") or file_sha256(Path(meta["dir"]) / "model.safetensors")
+
+
+@torch.no_grad()
+def generate(model, codec, config, scheduler, ref_image: torch.Tensor, face_mask: torch.Tensor,
+             audio: torch.Tensor, speed: float, steps: int, guidance_ref: float, guidance_audio: float,
+             generator: torch.Generator, device, dtype, ident: int) -> Iterator[np.ndarray]:
+    """Watermarked uint8 RGB frames, one window of f frames at a time, len(audio) in all.
+
+    ref_image (1, 3, H, W) in [-1, 1]; face_mask (1, 1, H, W); audio (T, 2m+1, L*D) windows.
+    """
+    from tqdm import tqdm
+
+    f, n, total = config.num_frames, config.num_motion_frames, audio.shape[0]
+    c, hw = config.unet["in_channels"], config.latent_size
+    ref_latent = codec.encode(ref_image.to(device)).to(dtype)  # (1, C, h, w)
+    # Batch of three: unconditional, reference only, reference + audio (see the module docstring).
+    reference_keep = torch.tensor([0.0, 1.0, 1.0], device=device, dtype=dtype)
+    audio_keep = torch.tensor([0.0, 0.0, 1.0], device=device, dtype=dtype)
+    face_mask = face_mask.to(device, dtype).expand(3, -1, -1, -1)  # (1, 1, H, W) -> (3, 1, H, W)
+    speeds = torch.full((3, f), speed, device=device, dtype=dtype)  # constant head speed
+    motion = torch.zeros(1, n, c, hw, hw, device=device, dtype=dtype)  # no frames before the first window
+    starts = range(0, total, f)
+    for start in tqdm(starts, desc="windows", unit="window"):
+        count = min(f, total - start)
+        # The last window is padded with its last audio frame and trimmed after decoding.
+        index = torch.arange(start, start + f).clamp(max=total - 1)
+        window_audio = audio[index].to(device, dtype)[None].expand(3, -1, -1, -1)  # (3, f, 2m+1, L*D)
+        reference = model.encode_reference(ref_latent.expand(3, -1, -1, -1), motion.expand(3, -1, -1, -1, -1))
+        scheduler.set_timesteps(steps, device=device)
+        noise = torch.randn((1, f, c, hw, hw), generator=generator)  # CPU generator: same noise on any device
+        latents = noise.to(device, dtype) * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            x = scheduler.scale_model_input(latents, t).expand(3, -1, -1, -1, -1)  # (1, f, ...) -> (3, f, ...)
+            eps = model(x, t.reshape(1).to(device), audio=window_audio, face_mask=face_mask, speed=speeds,
+                        reference=reference, reference_keep=reference_keep, audio_keep=audio_keep)
+            e_none, e_ref, e_full = eps.float().chunk(3)
+            guided = e_none + guidance_ref * (e_ref - e_none) + guidance_audio * (e_full - e_ref)
+            latents = scheduler.step(guided, t, latents.float()).prev_sample.to(dtype)
+        motion = latents[:, -n:]  # (1, f, C, h, w) -> (1, n, C, h, w): the next window's motion frames
+        frames = to_uint8(codec.decode(latents[0, :count].float()))  # (count, H, W, 3)
+        for frame in frames:
+            if frame.shape[0] < MIN_WATERMARK_SIZE:
+                frame = cv2.resize(frame, (MIN_WATERMARK_SIZE, MIN_WATERMARK_SIZE), interpolation=cv2.INTER_CUBIC)
+            yield watermark.embed(frame, ident)
+
+
+def sample(args) -> dict:
+    from diffusers import DDIMScheduler
+    from PIL import Image
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    model, config, meta = load_checkpoint(args.checkpoint, ema=True, device=device)
+    model = model.to(dtype)
+    codec = load_codec(config.codec, meta["vae_path"]).to(device)
+    scheduler = DDIMScheduler(**meta["noise_schedule"])
+    model_hash = checkpoint_hash(meta)
+    ident = watermark.checkpoint_id(model_hash)
+
+    rgb = np.asarray(Image.open(args.image).convert("RGB"))
+    crop, mask = crop_reference(rgb, config.image_size)
+    ref_image = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 127.5 - 1.0  # (1, 3, H, W) in [-1, 1]
+    face_mask = torch.from_numpy(mask)[None, None]  # (H, W) -> (1, 1, H, W)
+
+    wav = load_wav(args.audio)
+    seconds = len(wav) / SAMPLE_RATE
+    n_frames = round(seconds * args.fps)
+    if n_frames < 1:
+        raise SystemExit(f"{args.audio}: {seconds:.3f} s is shorter than one frame at {args.fps} fps")
+    feats = build_featurizer(config, device)(wav, n_frames)  # (T, L, D) at the video's frame rate
+    audio = audio_windows(feats, config.audio_context)  # (T, 2m+1, L*D)
+
+    generator = torch.Generator().manual_seed(args.seed)
+    params = {k: getattr(args, k) for k in ("image", "audio", "fps", "steps", "guidance_ref", "guidance_audio",
+                                            "seed", "speed")}
+    record = {"checkpoint": meta["dir"], "checkpoint_sha256": model_hash, "checkpoint_id": f"{ident:08x}",
+              "manifest_hash": meta.get("manifest_hash"), "stage": meta.get("stage"), "step": meta.get("step"),
+              "params": params, "frames": n_frames, "audio_seconds": seconds, "device": str(device),
+              "created": datetime.now(UTC).isoformat()}
+    frames = generate(model, codec, config, scheduler, ref_image, face_mask, audio, args.speed, args.steps,
+                      args.guidance_ref, args.guidance_audio, generator, device, dtype, ident)
+    from stages.video_io import write_mp4
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = write_mp4(out, frames, fps=args.fps, audio=wav, audio_rate=SAMPLE_RATE,
+                        metadata={"comment": json.dumps(record, sort_keys=True)})
+    if written != n_frames:
+        raise RuntimeError(f"wrote {written} frames, expected {n_frames}")
+    Path(f"{out}.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+    log.info("%s: %d frames, %.2f s, checkpoint id %08x", out, written, seconds, ident)
+    return record
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="emo sample", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="a step folder or a run folder (its latest step)")
+    p.add_argument("--image", required=True, help="portrait photo (jpg or png)")
+    p.add_argument("--audio", required=True, help="speech as a 16 kHz mono wav")
+    p.add_argument("--out", required=True, help="output mp4; a JSON provenance sidecar goes next to it")
+    p.add_argument("--fps", type=float, default=25.0)
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps per window")
+    p.add_argument("--guidance-ref", type=float, default=2.0, help="classifier-free guidance scale on the reference")
+    p.add_argument("--guidance-audio", type=float, default=3.5, help="classifier-free guidance scale on the audio")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--speed", type=float, default=0.0, help="constant head speed, degrees per frame")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    sample(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
