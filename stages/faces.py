@@ -25,6 +25,7 @@ from stages.face_tracker import FaceTracker, Track, track_boxes
 
 log = logging.getLogger(__name__)
 DARK_LUMA = 0.06  # mean luma under which a sampled frame counts as black
+SIDEWAYS_DEG = 60  # eye line steeper than this: the face lies on its side (or the video is turned)
 MIN_MESH_FRACTION = 0.5  # a cropped track whose face mesh fits less often than this loses its crop
 
 
@@ -47,6 +48,15 @@ def to_rgb(frame: av.VideoFrame, rotation: int) -> np.ndarray:
     rgb = frame.to_ndarray(format="rgb24")
     k = (rotation // 90) % 4
     return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
+
+
+def eye_line_angle(track: Track) -> float:
+    """Median angle of the line from the image-left eye to the other, in degrees (0 upright); 0 without keypoints."""
+    kps = [d.kps for d in track.dets.values() if d.kps is not None]
+    if not kps:
+        return 0.0
+    v = np.stack([k[1] - k[0] for k in kps])  # both backends list the image-left eye first, then the other
+    return float(np.degrees(np.median(np.arctan2(v[:, 1], v[:, 0]))))
 
 
 class FaceStage(Stage):
@@ -135,6 +145,9 @@ class FaceStage(Stage):
         if not plans:
             self._check_sideways(probes)
             return []
+        if not rotation and all("sideways" in p["reasons"] for p in plans):
+            raise StageError("sideways_video", f"all {len(plans)} face tracks lie on their side (eye line near "
+                             "vertical): the video is rotated without rotation metadata")
         self._measure(path, rotation, plans, width, height)
         return [self._row(p, width, height, source, ctx) for p in plans]
 
@@ -241,7 +254,8 @@ class FaceStage(Stage):
         outside = np.maximum.reduce([-raw[:, 0], -raw[:, 1], raw[:, 2] - width, raw[:, 3] - height, 0 * raw[:, 0]])
         reasons = (["short"] if len(frames) < self.min_track_frames else []) + \
                   (["small_face"] if np.median(sides) < self.min_face_px else []) + \
-                  (["off_frame"] if np.mean(outside > 0.2 * (raw[:, 2] - raw[:, 0])) > 0.5 else [])
+                  (["off_frame"] if np.mean(outside > 0.2 * (raw[:, 2] - raw[:, 0])) > 0.5 else []) + \
+                  (["sideways"] if abs(eye_line_angle(track)) > SIDEWAYS_DEG else [])
         window, clipped = crop_window(boxes, self.margin, width, height)
         crop = None
         if not reasons:
