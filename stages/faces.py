@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import cv2
 import numpy as np
 
 from stages.base import Resources, Stage, StageContext, StageError
@@ -45,7 +46,11 @@ def iter_frames(path: Path, rotation: int) -> Iterator[tuple[int, av.VideoFrame]
 
 def to_rgb(frame: av.VideoFrame, rotation: int) -> np.ndarray:
     """RGB in display orientation: PyAV gives stored pixels; the display matrix turns them `rotation` deg CCW."""
-    rgb = frame.to_ndarray(format="rgb24")
+    if frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
+        # OpenCV's SIMD BT.601 conversion costs about half of swscale's rgb24 path at 720p.
+        rgb = cv2.cvtColor(frame.to_ndarray(format="yuv420p"), cv2.COLOR_YUV2RGB_I420)
+    else:
+        rgb = frame.to_ndarray(format="rgb24")
     k = (rotation // 90) % 4
     return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
 
