@@ -1,7 +1,11 @@
 """Head pose (yaw, pitch, roll) from face-mesh landmarks, and head rotation speed for EMO's speed layers.
 
-Pose is solvePnP of rigid mesh points against mediapipe's canonical face model; speed is the
-angular change of the smoothed pose from frame to frame, in degrees per frame.
+Pose is solvePnP of rigid mesh points against mediapipe's canonical face model, taken relative to
+the line of sight (a face looking into the lens is yaw = pitch = 0 wherever it sits in the frame).
+Signs: yaw > 0 turns the nose to the image's left, pitch > 0 looks down, roll > 0 turns the face
+clockwise in the image. Absolute yaw and pitch carry a per-person bias (a real face is not the
+canonical one; ~10-20 degrees on the test photos); speed, a difference, does not.
+Speed is the angular change of the smoothed pose from frame to frame, in degrees per frame.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import numpy as np
 
 # Rigid points of mediapipe's 468-point mesh and their coordinates in its canonical face model
 # (mediapipe/modules/face_geometry/data/canonical_face_model.obj; x to the image's right, y up,
-# z toward the camera, in cm). Mouth corners move a little with speech but steady pitch.
+# z toward the camera, in cm). No mouth or chin points: they move with speech and smiles, and a
+# smile alone tilted the astronaut's pitch by 20 degrees.
 CANONICAL = {
     1: (0.0, -1.126865, 7.475604),  # nose tip
     4: (0.0, -0.463170, 7.586580),
@@ -21,8 +26,6 @@ CANONICAL = {
     263: (4.445859, 2.663991, 3.173422),
     133: (-1.856432, 2.585245, 3.757904),  # eye inner corners
     362: (1.856432, 2.585245, 3.757904),
-    61: (-2.456206, -4.342621, 4.283884),  # mouth corners
-    291: (2.456206, -4.342621, 4.283884),
 }
 _IDX = np.array(list(CANONICAL))
 # To OpenCV's object frame (y down, z away from the camera): a proper rotation, so a frontal face has R = I.
@@ -35,13 +38,14 @@ def head_pose(pts: np.ndarray, width: int, height: int) -> tuple[float, float, f
     cam = np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], np.float64)
     img = pts[_IDX].astype(np.float64)
     # SQPnP finds the global minimum; the iterative solver can land on a mirror pose behind the camera.
-    ok, rvec, _ = cv2.solvePnP(_OBJ, img, cam, None, flags=cv2.SOLVEPNP_SQPNP)
+    ok, rvec, tvec = cv2.solvePnP(_OBJ, img, cam, None, flags=cv2.SOLVEPNP_SQPNP)
     if not ok:
         return (np.nan,) * 3
     r, _ = cv2.Rodrigues(rvec)
-    # R = Rz(roll) @ Ry(yaw) @ Rx(pitch)
-    pitch = np.degrees(np.arctan2(r[2, 1], r[2, 2]))
-    yaw = np.degrees(np.arctan2(-r[2, 0], np.hypot(r[2, 1], r[2, 2])))
+    (tx,), (ty,), (tz,) = tvec
+    # R = Rz(roll) @ Ry(yaw) @ Rx(pitch); then remove the direction of the face from the optical axis.
+    pitch = np.degrees(np.arctan2(r[2, 1], r[2, 2])) + np.degrees(np.arctan2(ty, tz))
+    yaw = np.degrees(np.arctan2(-r[2, 0], np.hypot(r[2, 1], r[2, 2]))) - np.degrees(np.arctan2(tx, tz))
     roll = np.degrees(np.arctan2(r[1, 0], r[0, 0]))
     return float(yaw), float(pitch), float(roll)
 

@@ -136,6 +136,27 @@ def test_roll_speed_of_a_turning_photo(tmp_path):
     assert abs(np.median(track["yaw"])) < 30 and abs(np.median(track["pitch"])) < 30
 
 
+def test_pose_does_not_depend_on_where_the_face_sits():
+    """The same photo at the centre, top and side of a 640x480 frame: yaw and pitch agree within 8 degrees.
+
+    Taken against the optical axis instead of the line of sight, yaw moved 24 degrees between these spots.
+    """
+    from stages.face_landmarks import FaceMesher
+    from stages.head_pose import head_pose
+
+    face = portrait_frames(1, size=160)[0]
+    stage = FaceStage()
+    stage.setup()
+    poses = []
+    for x, y in ((240, 160), (240, 0), (0, 160)):
+        canvas = np.full((480, 640, 3), 128, np.uint8)
+        canvas[y : y + 160, x : x + 160] = face
+        (det,) = stage._detector.detect(canvas)
+        poses.append(head_pose(FaceMesher().landmarks(canvas, det.box), 640, 480))
+    poses = np.array(poses)
+    assert np.ptp(poses[:, 0]) < 8 and np.ptp(poses[:, 1]) < 8
+
+
 def test_face_leaving_the_frame_ends_its_track(tmp_path):
     write_mp4(tmp_path / "exit.mp4", portrait_frames(40, shift_px=8), 25)  # face centre leaves at frame ~20
     rows, ctx = run(tmp_path, make_source(tmp_path, tmp_path / "exit.mp4", "exit"), min_track_frames=10)
