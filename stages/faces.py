@@ -266,10 +266,9 @@ class FaceStage(Stage):
         if not reasons:
             crop_path = ctx.path("crops", source["source_id"], f"{track_id}.mp4")
             crop = (crop_path, float(source.get("fps") or 25.0), window, self.crop_size)
-        embed = self._detector.embed if self.backend != "mediapipe" else None
         return {"track_id": track_id, "shot_id": shot_id, "track": track, "frames": frames, "boxes": boxes,
                 "sides": sides, "reasons": reasons, "window": window, "clipped": clipped, "crop": crop,
-                "measurer": TrackMeasurer(frames, boxes, samples, track.dets, embed, crop)}
+                "measurer": TrackMeasurer(frames, boxes, samples, track.dets, self._detector.embed, crop)}
 
     def _measure(self, path: Path, rotation: int, plans: list[dict[str, Any]], width: int, height: int) -> None:
         """Pass 2: feed every track its frames, in one decode."""

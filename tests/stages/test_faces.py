@@ -211,6 +211,23 @@ def test_insightface_without_its_model_pack_says_what_to_download(tmp_path):
         FaceStage(backend="insightface", insightface_root=str(tmp_path)).setup()
 
 
+def test_backend_embeddings_reach_the_row(tmp_path):
+    """Through the real stage, with mediapipe's detector standing in for one that embeds (insightface
+    needs a model pack this machine does not have): the row holds the mean of the frame embeddings."""
+    stage = FaceStage(min_track_frames=10)
+    stage.setup()
+    calls = []
+
+    def embed(rgb, det):
+        calls.append(det.score)
+        return np.array([3.0, 4.0]) * (1 + len(calls) % 2)
+
+    stage._detector.embed = embed
+    write_mp4(tmp_path / "still.mp4", portrait_frames(20), 25)
+    (row,) = stage.process(make_source(tmp_path, tmp_path / "still.mp4", "still"), StageContext(out=tmp_path))
+    assert len(calls) == 5 and np.allclose(row["embedding"], [0.6, 0.8])
+
+
 def test_identities_cluster_by_embedding_and_fall_back_to_source():
     rng = np.random.default_rng(0)
     people = rng.normal(size=(2, 512))
