@@ -79,27 +79,23 @@ class StageWorker:
             for table, table_rows in by_table.items():
                 if table:
                     self.store.write_shard(table, key, table_rows)
-        n_rows = sum(len(r) for r in by_table.values())
         ctx.count(status if status == "ok" else f"{status}_{_reason(error)}")
-        self.store.write_shard("stage_runs", run_key(name, key), [{
-            "stage": name, "source_id": key, "status": status, "error": error, "n_rows": n_rows,
-            "seconds": time.perf_counter() - t0, "counters": dict(ctx.counters),
-            "config_hash": self.config_hash, "finished_at": datetime.now(UTC),
-        }])
+        self.record_run(key, status, error, sum(len(r) for r in by_table.values()), t0, ctx)
         done.append(name)
         if status != "ok":
             failed.append(name)
 
+    def record_run(self, key: str, status: str, error: str | None, n_rows: int, t0: float, ctx: StageContext) -> None:
+        """The one `stage_runs` row of this stage for this source (or input, for download)."""
+        self.store.write_shard("stage_runs", run_key(self.stage.name, key), [{
+            "stage": self.stage.name, "source_id": key, "status": status, "error": error, "n_rows": n_rows,
+            "seconds": time.perf_counter() - t0, "counters": dict(ctx.counters),
+            "config_hash": self.config_hash, "finished_at": datetime.now(UTC),
+        }])
 
-class DownloadWorker:
+
+class DownloadWorker(StageWorker):
     """The download stage runs per input row and writes its `sources` row as its own status row."""
-
-    def __init__(self, stage: Stage, out: str):
-        self.stage = stage
-        self.out = Path(out)
-        self.store = ManifestStore(self.out)
-        self.config_hash = stage.config_hash()
-        stage.setup()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         results = []
@@ -108,10 +104,6 @@ class DownloadWorker:
             ctx = StageContext(out=self.out)
             (row,) = self.stage.process(item, ctx)
             self.store.write_shard("sources", item["input_id"], [row])
-            self.store.write_shard("stage_runs", run_key("download", item["input_id"]), [{
-                "stage": "download", "source_id": item["input_id"], "status": row["status"], "error": row.get("error"),
-                "n_rows": 1, "seconds": time.perf_counter() - t0, "counters": dict(ctx.counters),
-                "config_hash": self.config_hash, "finished_at": datetime.now(UTC),
-            }])
+            self.record_run(item["input_id"], row["status"], row.get("error"), 1, t0, ctx)
             results.append({"input_id": item["input_id"], "status": row["status"]})
         return pa.Table.from_pylist(results, schema=pa.schema([("input_id", pa.string()), ("status", pa.string())]))
