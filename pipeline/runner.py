@@ -21,7 +21,7 @@ from manifests.optout import load_tombstones
 from pipeline.plan import build_stages
 from pipeline.sources_file import read_sources
 from pipeline.summary import Summary, summarize
-from pipeline.worker import STATE_COL, DownloadWorker, StageWorker, run_key
+from pipeline.worker import STATE_COL, ChainWorker, DownloadWorker, run_key
 from stages.base import Stage
 
 log = logging.getLogger(__name__)
@@ -57,21 +57,41 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     ctx.verbose_progress = False
 
 
-def _map(ds: ray.data.Dataset, worker_cls: type, stage: Stage, out: str, max_workers: int) -> ray.data.Dataset:
-    """One stage as one Ray Data operator: an actor pool for model stages, tasks otherwise."""
-    res = stage.resources
-    gpus = res.num_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0
-    remote: dict[str, Any] = {"num_cpus": res.num_cpus, "num_gpus": gpus}
-    if res.memory_mb:
-        remote["memory"] = res.memory_mb * 1024 * 1024
-    if stage.uses_model:
-        return ds.map_batches(worker_cls, fn_constructor_kwargs={"stage": stage, "out": out}, batch_size=1,
-                              batch_format="pyarrow", concurrency=(1, max_workers), **remote)
+def _map(ds: ray.data.Dataset, worker_cls: type, stages: list[Stage], out: str, max_workers: int) -> ray.data.Dataset:
+    """Stages fused as one Ray Data operator: an actor pool when any holds a model, tasks otherwise."""
+    gpu_cluster = ray.cluster_resources().get("GPU", 0) > 0
+    remote: dict[str, Any] = {"num_cpus": max(s.resources.num_cpus for s in stages),
+                              "num_gpus": max(s.resources.num_gpus for s in stages) if gpu_cluster else 0}
+    memory = max(s.resources.memory_mb or 0 for s in stages)
+    if memory:
+        remote["memory"] = memory * 1024 * 1024
+    # DownloadWorker wraps one stage, ChainWorker a list of them.
+    kwargs = {"stage": stages[0], "out": out} if worker_cls is DownloadWorker else {"stages": stages, "out": out}
+    if any(s.uses_model for s in stages):
+        return ds.map_batches(worker_cls, fn_constructor_kwargs=kwargs, batch_size=1, batch_format="pyarrow",
+                              compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max_workers), **remote)
 
-    def fn(batch, _stage=stage, _out=out, _cls=worker_cls):
-        return _cls(_stage, _out)(batch)
+    def fn(batch, _kwargs=kwargs, _cls=worker_cls):
+        return _cls(**_kwargs)(batch)
 
     return ds.map_batches(fn, batch_size=1, batch_format="pyarrow", **remote)
+
+
+def operator_groups(stages: list[Stage], gpu_cluster: bool) -> list[list[Stage]]:
+    """Consecutive stages that run on the same kind of device share one operator.
+
+    On CPU-only machines that is one operator for all media stages: separate actor pools would
+    each pin a CPU while idle, and on a 2-CPU laptop they starve each other. On a GPU cluster the
+    GPU stages get their own pool so CPU stages scale on CPU nodes.
+    """
+    groups: list[list[Stage]] = []
+    for s in stages:
+        on_gpu = gpu_cluster and s.resources.num_gpus > 0
+        if groups and (gpu_cluster and groups[-1][0].resources.num_gpus > 0) == on_gpu:
+            groups[-1].append(s)
+        else:
+            groups.append([s])
+    return groups
 
 
 def canonical_sources(store: ManifestStore) -> list[dict[str, Any]]:
@@ -106,7 +126,7 @@ def curate(opts: CurateOptions) -> Summary:
         log.info("download: %d inputs, %d already fetched", len(inputs), len(inputs) - len(pending))
         if pending:
             ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-            ds = _map(ds, DownloadWorker, by_name["download"], out, max_workers)
+            ds = _map(ds, DownloadWorker, [by_name["download"]], out, max_workers)
             for _ in ds.iter_batches(batch_size=None):
                 pass
 
@@ -133,8 +153,8 @@ def _run_media_stages(store: ManifestStore, stages: list[Stage], out: str, max_w
     if not items:
         return
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    for stage in stages:
-        ds = _map(ds, StageWorker, stage, out, max_workers)
+    for group in operator_groups(stages, ray.cluster_resources().get("GPU", 0) > 0):
+        ds = _map(ds, ChainWorker, group, out, max_workers)
     for _ in ds.iter_batches(batch_size=None):
         pass
 

@@ -94,6 +94,22 @@ class StageWorker:
         }])
 
 
+class ChainWorker:
+    """Several stages fused into one Ray operator: each source goes through all of them in turn.
+
+    One worker holds every stage's models, so a machine with N CPUs runs N sources at once and
+    no stage's idle actor pins a CPU that the next stage is waiting for.
+    """
+
+    def __init__(self, stages: list[Stage], out: str):
+        self.workers = [StageWorker(s, out) for s in stages]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        for w in self.workers:
+            batch = w(batch)
+        return batch
+
+
 class DownloadWorker(StageWorker):
     """The download stage runs per input row and writes its `sources` row as its own status row."""
 
