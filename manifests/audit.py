@@ -68,7 +68,7 @@ def trace(out: str | Path, clip_id: str) -> dict[str, Any]:
                                                           "det_confidence", "blur", "exposure", "crop_path",
                                                           "identity_id", "backend")}
     return {
-        "clip": {k: v for k, v in (clip or {}).items() if k != "head_speed"} or None,
+        "clip": {k: v for k, v in (clip or {}).items() if k not in ("head_speed", "rules")} or None,
         "kept": clip is not None,
         "sources": [{k: r[k] for k in ("uri", "final_url", "redirects", "sha256", "license", "consent", "fetched_at",
                                         "category", "title", "media_path")}
@@ -76,6 +76,7 @@ def trace(out: str | Path, clip_id: str) -> dict[str, Any]:
         "shot": one("shots", "shot_id", base["shot_id"]),
         "track": track,
         "segment": one("segments", "segment_id", base["segment_id"]),
+        "rules": base.get("rules") or [],  # every rule the candidate was judged by, with its value
         "failed_rules": [{"rule": r["rule"], "value": r["value"], "threshold": r["threshold"]} for r in rejected],
     }
 

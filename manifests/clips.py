@@ -1,4 +1,4 @@
-"""`clips` (kept training clips) and `rejections` (every candidate that failed a rule).
+"""`clips` (kept training clips) and `rejections` (one row per failed rule of each rejected candidate).
 
 Written by stages/quality.py; the export and the trainer read `clips`.
 Paths are relative to OUT.
@@ -8,9 +8,17 @@ import pyarrow as pa
 
 from manifests._schema import table_schema
 
+# Every rule evaluated for a candidate, kept or not: the decision in full, so a clip's record
+# holds the thresholds it was judged by. value is null when the rule could not be measured
+# (no diarization, no pose), which counts as passed.
+RULE_RESULTS = pa.list_(pa.struct([
+    pa.field("rule", pa.string()), pa.field("value", pa.float64()), pa.field("threshold", pa.float64()),
+    pa.field("passed", pa.bool_()),
+]))
+
 CLIPS = table_schema(
     "clips",
-    1,
+    2,
     [
         pa.field("clip_id", pa.string(), nullable=False),
         pa.field("source_id", pa.string(), nullable=False),
@@ -38,12 +46,13 @@ CLIPS = table_schema(
         pa.field("identity_id", pa.string()),
         pa.field("split", pa.string()),  # train / val, identity-disjoint
         pa.field("sha256", pa.string()),  # of crop_path, for --verify
+        pa.field("rules", RULE_RESULTS),  # every rule, all passed
     ],
 )
 
 REJECTIONS = table_schema(
     "rejections",
-    1,
+    2,
     [
         pa.field("candidate_id", pa.string(), nullable=False),
         pa.field("source_id", pa.string(), nullable=False),
@@ -55,5 +64,6 @@ REJECTIONS = table_schema(
         pa.field("rule", pa.string(), nullable=False),  # reason code, e.g. "face_too_small"
         pa.field("value", pa.float64()),  # the measured value
         pa.field("threshold", pa.float64()),
+        pa.field("rules", RULE_RESULTS),  # every rule for this candidate, passed or failed
     ],
 )

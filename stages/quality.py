@@ -55,7 +55,8 @@ class QualityStage(Stage):
             for k, (a, b, seg) in enumerate(self._candidates(track, segments, diarized, fps)):
                 cand_id = f"{track['track_id']}-c{k:02d}"
                 measures = self._measure(source, track, others, segments if diarized else None, seg, a, b, fps)
-                failed = self._judge(measures)
+                results = self._judge(measures)
+                failed = [(x["rule"], x["value"], x["threshold"]) for x in results if not x["passed"]]
                 ctx.count("candidates")
                 if failed:
                     for rule, value, threshold in failed:
@@ -63,10 +64,10 @@ class QualityStage(Stage):
                         rejections.append({"candidate_id": cand_id, "source_id": sid, "shot_id": track["shot_id"],
                                            "track_id": track["track_id"], "segment_id": seg and seg["segment_id"],
                                            "start_s": a / fps, "end_s": b / fps, "rule": rule, "value": value,
-                                           "threshold": threshold})
+                                           "threshold": threshold, "rules": results})
                     continue
                 ctx.count("kept")
-                clips.append(self._clip(cand_id, source, track, seg, a, b, fps, measures, ctx))
+                clips.append({**self._clip(cand_id, source, track, seg, a, b, fps, measures, ctx), "rules": results})
         return {"clips": clips, "rejections": rejections}
 
     # -- candidates ----------------------------------------------------------------------------------
@@ -137,22 +138,19 @@ class QualityStage(Stage):
             "no_crop": 0.0 if track.get("crop_path") else 1.0,
         }
 
-    def _judge(self, m: dict[str, float | None]) -> list[tuple[str, float | None, float]]:
-        """Every rule, evaluated: (rule, value, threshold) for each one that fails. None means not measured."""
+    def _judge(self, m: dict[str, float | None]) -> list[dict[str, Any]]:
+        """Every rule, evaluated: {rule, value, threshold, passed}. A value of None (not measured) passes."""
         r = self.rules
         below = ("face_too_small", "blurry", "low_sync", "low_speech_ratio", "low_resolution", "low_fps")
         above = ("extreme_yaw", "extreme_pitch", "jittery_head", "multiple_faces")
-        failed = [(k, m[k], r[k]) for k in below if m[k] is not None and m[k] < r[k]]
-        failed += [(k, m[k], r[k]) for k in above if m[k] is not None and m[k] >= r[k]]
-        if m["exposure"] is not None and m["exposure"] < r["too_dark"]:
-            failed.append(("too_dark", m["exposure"], r["too_dark"]))
-        if m["exposure"] is not None and m["exposure"] > r["too_bright"]:
-            failed.append(("too_bright", m["exposure"], r["too_bright"]))
-        if m["duration"] < self.min_clip_s:
-            failed.append(("too_short", m["duration"], self.min_clip_s))
-        if m["no_crop"]:
-            failed.append(("no_crop", 1.0, 0.0))
-        return failed
+        checks = [(k, m[k], r[k], lambda v, t: v >= t) for k in below]
+        checks += [(k, m[k], r[k], lambda v, t: v < t) for k in above]
+        checks += [("too_dark", m["exposure"], r["too_dark"], lambda v, t: v >= t),
+                   ("too_bright", m["exposure"], r["too_bright"], lambda v, t: v <= t),
+                   ("too_short", m["duration"], self.min_clip_s, lambda v, t: v >= t),
+                   ("no_crop", m["no_crop"], 0.0, lambda v, t: v <= t)]
+        return [{"rule": k, "value": None if v is None else float(v), "threshold": float(t),
+                 "passed": v is None or bool(ok(float(v), float(t)))} for k, v, t, ok in checks]
 
     # -- kept clips -----------------------------------------------------------------------------------
 

@@ -98,6 +98,14 @@ def test_clips_are_cut_inside_the_speaking_segment_and_every_failure_is_named(cu
     assert ("t01", "face_too_small") in rules and ("t01", "no_crop") in rules
     small = [r for r in rej if r["rule"] == "face_too_small"]
     assert all(r["value"] == 20.0 and r["threshold"] == 64 for r in small)
+    # Every rule is recorded for every candidate, kept or not, with its value and verdict.
+    every = set(QualityStage().rules) - {"near_duplicate"} | {"too_short", "no_crop"}
+    for row in [c, *rej]:
+        assert {x["rule"] for x in row["rules"]} == every
+    assert all(x["passed"] for x in c["rules"])
+    for r in rej:
+        verdict = {x["rule"]: x for x in r["rules"]}[r["rule"]]
+        assert not verdict["passed"] and verdict["value"] == r["value"]
 
 
 def test_thresholds_come_from_one_config_and_can_be_overridden(curated):
