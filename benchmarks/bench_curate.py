@@ -1,0 +1,273 @@
+"""End-to-end `emo curate` against the decode floor, CPU scaling and memory: `python -m benchmarks.bench_curate`.
+
+Input: `compose_talking_corpus` (benchmarks/media.py): distinct 720p talking heads with speech,
+`--sources` x `--source-seconds` (10 x 60 s by default), composed once under `--dir` and reused.
+In one run it measures:
+
+- the decode floor: PyAV decode of every video frame and every audio frame of the corpus, one
+  file after another in this process, with the stages' thread settings (thread_type AUTO,
+  FFmpeg's own thread count); no pixel conversion, which the stages pay on top;
+- `curate` with every available stage, in a fresh subprocess (Ray starts once per process) on a
+  fresh OUT, with Ray given every core this process may use: wall time (Ray start-up included), its ratio to the floor,
+  core-seconds and measured CPU-seconds per media second, and each stage's share of the
+  `stage_runs` seconds;
+- the same with `--num-cpus 1` and `--num-cpus 2`, each process tree pinned to that many cores
+  (unless `--no-pin`: Ray's CPU count alone does not stop FFmpeg and torch threads from using
+  every core): scaling efficiency = (t1 / t2) / 2; on a 2-core machine the run above is the 2-CPU run;
+- peak resident memory, sampled with psutil over the subprocess's tree: the driver (the
+  subprocess), Ray's workers (`ray::...` processes) and Ray's own daemons (raylet, GCS, ...), at
+  1x and 4x the corpus (4x lists 4x as many distinct sources). RSS counts the shared pages of
+  Ray's object store in every process that touched them, so sums over processes overstate.
+
+Goals (issue 9): curate <= 4x the decode floor, efficiency >= 0.8, memory flat in corpus size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import av
+import psutil
+
+from benchmarks.media import compose_talking_corpus
+
+DEFAULT_DIR = Path("bench-out/curate")  # git-ignored
+GOALS = {"ratio_to_decode": 4.0, "scaling_efficiency": 0.8, "memory_growth": 1.25}
+
+
+def corpus(root: Path, n_sources: int, seconds: float) -> tuple[Path, list[Path]]:
+    """A sources CSV listing the first `n_sources` talking heads of `seconds` (composed once), and their paths."""
+    paths = compose_talking_corpus(root / f"talking_{seconds:g}s", n_sources, seconds)
+    sources = root / f"sources_{n_sources}x{seconds:g}s.csv"
+    with open(sources, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["uri", "license", "consent", "category", "title", "language"])
+        for p in paths:
+            w.writerow([str(p.resolve()), "CC-BY-4.0", "yes", "speech", p.stem, "en"])
+    return sources, paths
+
+
+def decode_floor(paths: list[Path]) -> dict:
+    """Decode every video and audio frame of every file, as the stages open them; wall and CPU seconds."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    frames, audio_s = 0, 0.0
+    for path in paths:
+        with av.open(str(path)) as c:
+            vs = c.streams.video[0]
+            vs.thread_type = "AUTO"
+            vs.codec_context.thread_count = 0
+            streams = [vs, *c.streams.audio[:1]]
+            for packet in c.demux(*streams):
+                for f in packet.decode():
+                    if isinstance(f, av.AudioFrame):
+                        audio_s += f.samples / f.sample_rate
+                    else:
+                        frames += 1
+    return {"seconds": time.perf_counter() - w0, "cpu_s": time.process_time() - c0, "frames": frames,
+            "audio_s": audio_s}
+
+
+class TreeSampler:
+    """Polls a process tree every `interval` s: peak RSS by role, and the last CPU time seen per process."""
+
+    def __init__(self, pid: int, interval: float = 0.25):
+        self.root, self.interval = psutil.Process(pid), interval
+        self.peak = {"driver_mb": 0.0, "workers_mb": 0.0, "worker_max_mb": 0.0, "ray_daemons_mb": 0.0, "tree_mb": 0.0}
+        self.cpu: dict[int, float] = {}
+        self.max_workers = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._sample()
+            except psutil.Error:
+                pass
+            self._stop.wait(self.interval)
+
+    def _sample(self) -> None:
+        mb = {"driver_mb": 0.0, "workers_mb": 0.0, "ray_daemons_mb": 0.0}
+        worker_max, workers = 0.0, 0
+        for p in [self.root, *self.root.children(recursive=True)]:
+            try:
+                with p.oneshot():
+                    rss = p.memory_info().rss / 2**20
+                    t = p.cpu_times()
+                    cmd = " ".join(p.cmdline()[:2])
+            except psutil.Error:
+                continue
+            self.cpu[p.pid] = t.user + t.system
+            if p.pid == self.root.pid:
+                mb["driver_mb"] += rss
+            elif cmd.startswith("ray::") or "default_worker.py" in cmd:
+                mb["workers_mb"] += rss
+                worker_max, workers = max(worker_max, rss), workers + 1
+            else:
+                mb["ray_daemons_mb"] += rss
+        mb["tree_mb"] = sum(mb.values())
+        mb["worker_max_mb"] = worker_max
+        self.max_workers = max(self.max_workers, workers)
+        for k, v in mb.items():
+            self.peak[k] = max(self.peak[k], v)
+
+
+def run_curate(sources: Path, out: Path, num_cpus: int | None, pin: bool) -> dict:
+    """`curate` in a fresh subprocess on a fresh OUT; its timings, sampled memory and CPU, stage seconds."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "benchmarks.bench_curate", "--child", str(sources), str(out)]
+    if num_cpus:
+        cmd += ["--num-cpus", str(num_cpus)]
+    cores = sorted(os.sched_getaffinity(0))
+    affinity = cores[:num_cpus] if pin and num_cpus and num_cpus < len(cores) else None
+    t0 = time.perf_counter()
+    with open(out / "bench.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
+                                preexec_fn=(lambda: os.sched_setaffinity(0, affinity)) if affinity else None)
+        with TreeSampler(proc.pid) as sampler:
+            stdout, _ = proc.communicate()
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"curate subprocess exited {proc.returncode}; see {out / 'bench.log'}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    return {**result, "process_s": wall, "cores": len(affinity) if affinity else len(cores),
+            "cpu_s": sum(sampler.cpu.values()), "peak_workers": sampler.max_workers, **sampler.peak,
+            **stage_seconds(out)}
+
+
+def stage_seconds(out: Path) -> dict:
+    from manifests import ManifestStore
+
+    runs = ManifestStore(out).read("stage_runs", columns=["stage", "status", "seconds"]).to_pylist()
+    by_stage: dict[str, float] = {}
+    for r in runs:
+        by_stage[r["stage"]] = by_stage.get(r["stage"], 0.0) + (r["seconds"] or 0.0)
+    return {"stage_s": by_stage, "runs": len(runs), "runs_not_ok": sum(r["status"] != "ok" for r in runs)}
+
+
+def child(sources: str, out: str, num_cpus: int | None) -> None:
+    """Inside the subprocess: start Ray, run curate with every available stage, print timings as JSON."""
+    from pipeline.plan import available_stages
+    from pipeline.runner import CurateOptions, curate, init_ray
+
+    logging.basicConfig(level=logging.WARNING)
+    t0 = time.perf_counter()
+    init_ray(None, num_cpus)
+    t1 = time.perf_counter()
+    curate(CurateOptions(sources=sources, out=out, stages=tuple(available_stages()), num_cpus=num_cpus))
+    t2 = time.perf_counter()
+    print(json.dumps({"ray_init_s": t1 - t0, "curate_s": t2 - t1, "e2e_s": t2 - t0}), flush=True)
+
+
+def main(out: str | Path = DEFAULT_DIR, sources: int = 10, source_seconds: float = 60.0, scaling: bool = True,
+         memory: bool = True, memory_sources: int | None = None, pin: bool = True) -> list[dict]:
+    """Every measurement above; returns run_all rows (floor, curate, scaling, memory) and prints the report."""
+    out = Path(out)
+    media_s = sources * source_seconds
+    base, paths = corpus(out, sources, source_seconds)
+    floor = decode_floor(paths)
+    print(f"corpus: {sources} x {source_seconds:g} s of 1280x720 at 25 fps = {media_s / 60:.1f} min, "
+          f"{floor['frames']} frames; decode floor {floor['seconds']:.1f} s ({floor['frames'] / floor['seconds']:.0f} fps)")
+    cores = len(os.sched_getaffinity(0))
+    main_run = run_curate(base, out / "runs" / f"cpus{cores}", cores, pin)
+    ratio = main_run["e2e_s"] / floor["seconds"]
+    rows = [{"name": "decode floor", "media_s": media_s, "frames": floor["frames"], "seconds": floor["seconds"],
+             "fps": floor["frames"] / floor["seconds"]},
+            {"name": "curate, all stages", "cores": main_run["cores"], "seconds": main_run["e2e_s"],
+             "ray_init_s": main_run["ray_init_s"], "ratio_to_decode": ratio,
+             "core_s_per_media_s": main_run["e2e_s"] * main_run["cores"] / media_s,
+             "cpu_s_per_media_s": main_run["cpu_s"] / media_s, "runs_not_ok": main_run["runs_not_ok"]}]
+    print(render_curate(main_run, floor, media_s))
+    if scaling:
+        t1 = run_curate(base, out / "runs" / "cpus1", 1, pin)
+        t2 = main_run if cores == 2 else run_curate(base, out / "runs" / "cpus2", 2, pin)
+        eff = (t1["e2e_s"] / t2["e2e_s"]) / 2
+        rows.append({"name": "scaling 1 -> 2 CPUs", "t1_s": t1["e2e_s"], "t2_s": t2["e2e_s"], "efficiency": eff,
+                     "pinned": pin})
+        print(f"scaling: 1 CPU {t1['e2e_s']:.1f} s, 2 CPUs {t2['e2e_s']:.1f} s"
+              f"{' (process trees pinned to 1 and 2 cores)' if pin else ' (not pinned)'}: "
+              f"efficiency {eff:.2f} (goal >= {GOALS['scaling_efficiency']}) {_verdict(eff >= GOALS['scaling_efficiency'])}")
+    if memory:
+        rows += memory_rows(out, main_run, sources, memory_sources or sources, source_seconds, cores)
+    return rows
+
+
+def memory_rows(out: Path, main_run: dict, sources: int, n: int, seconds: float, cores: int) -> list[dict]:
+    """Peak RSS at 1x and 4x `n` sources; the main run is the 1x run when `n` is the main corpus."""
+    if n != sources:
+        print(f"memory: on a smaller base of {n} sources ({n * seconds / 60:g} min), not the main corpus")
+    one = main_run if n == sources else run_curate(corpus(out, n, seconds)[0], out / "runs" / f"mem{n}", cores, False)
+    four = run_curate(corpus(out, 4 * n, seconds)[0], out / "runs" / f"mem{4 * n}", cores, False)
+    rows = []
+    print(f"{'peak RSS MiB':16} {'driver':>8} {'workers':>8} {'1 worker':>9} {'ray daemons':>12} {'tree':>8} {'workers n':>10}")
+    for label, r in ((f"1x ({n} src)", one), (f"4x ({4 * n} src)", four)):
+        print(f"{label:16} {r['driver_mb']:8.0f} {r['workers_mb']:8.0f} {r['worker_max_mb']:9.0f} "
+              f"{r['ray_daemons_mb']:12.0f} {r['tree_mb']:8.0f} {r['peak_workers']:10d}")
+        rows.append({"name": f"memory {label}", "seconds": r["e2e_s"],
+                     **{k: r[k] for k in ("driver_mb", "workers_mb", "worker_max_mb", "ray_daemons_mb", "tree_mb")}})
+    growth = {k: four[k] / max(one[k], 1.0) for k in ("driver_mb", "worker_max_mb", "tree_mb")}
+    flat = all(g <= GOALS["memory_growth"] for g in growth.values())
+    print("growth 4x/1x: " + ", ".join(f"{k[:-3]} {g:.2f}" for k, g in growth.items())
+          + f" (flat: each <= {GOALS['memory_growth']}) {_verdict(flat)}")
+    rows.append({"name": "memory growth 4x/1x", **{k[:-3]: g for k, g in growth.items()}, "flat": flat})
+    return rows
+
+
+def _verdict(ok: bool) -> str:
+    return "MET" if ok else "NOT MET"
+
+
+def render_curate(r: dict, floor: dict, media_s: float) -> str:
+    ratio = r["e2e_s"] / floor["seconds"]
+    total = sum(r["stage_s"].values()) or 1.0
+    shares = ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(r["stage_s"].items(), key=lambda kv: -kv[1]))
+    return "\n".join([
+        f"curate, all stages, {r['cores']} cores: {r['e2e_s']:.1f} s (Ray start {r['ray_init_s']:.1f} s), "
+        f"{r['runs']} stage runs, {r['runs_not_ok']} not ok",
+        f"  ratio to decode floor {ratio:.2f} (goal <= {GOALS['ratio_to_decode']:g}) {_verdict(ratio <= GOALS['ratio_to_decode'])}",
+        f"  real-time factor per core {r['e2e_s'] * r['cores'] / media_s:.3f} core-s per media s "
+        f"(measured CPU {r['cpu_s'] / media_s:.3f} CPU-s per media s; below 1: one core keeps up with real time)",
+        f"  stage shares of {total:.0f} stage-seconds: {shares}",
+    ])
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", default=str(DEFAULT_DIR), help="work folder: the corpus is composed there once")
+    parser.add_argument("--sources", type=int, help="number of talking-head sources (default 10, or from --minutes)")
+    parser.add_argument("--minutes", type=float, help="corpus length; sets --sources from --source-seconds")
+    parser.add_argument("--source-seconds", type=float, default=60.0, help="length of each source")
+    parser.add_argument("--skip-scaling", action="store_true", help="skip the 1- and 2-CPU runs")
+    parser.add_argument("--skip-memory", action="store_true", help="skip the 4x memory run")
+    parser.add_argument("--memory-sources", type=int,
+                        help="base for the memory comparison (1x vs 4x), when 4x the main corpus is too slow")
+    parser.add_argument("--no-pin", action="store_true", help="scaling runs: do not pin the tree to N cores")
+    parser.add_argument("--child", nargs=2, metavar=("SOURCES", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--num-cpus", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child, args.num_cpus)
+        sys.exit(0)
+    logging.basicConfig(level=logging.WARNING)
+    n = args.sources or (max(1, round(args.minutes * 60 / args.source_seconds)) if args.minutes else 10)
+    main(args.dir, n, args.source_seconds, scaling=not args.skip_scaling, memory=not args.skip_memory,
+         memory_sources=args.memory_sources, pin=not args.no_pin)
