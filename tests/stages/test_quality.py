@@ -146,6 +146,11 @@ def test_split_never_puts_an_identity_on_both_sides():
     assert set(split.values()) == {"train", "val"}
     val_s = sum(c["end_s"] for c in clips if split[c["identity_id"]] == "val")
     assert 0 < val_s <= 0.2 * sum(c["end_s"] for c in clips)
+    # Two people, neither small enough for 10%: the smaller one still goes to validation.
+    two = [{"identity_id": "a", "source_id": "s", "start_s": 0, "end_s": 20},
+           {"identity_id": "b", "source_id": "t", "start_s": 0, "end_s": 25}]
+    assert identity_split(two, val_fraction=0.1) == {"a": "val", "b": "train"}
+    assert identity_split(two[:1], val_fraction=0.1) == {"a": "train"}
 
 
 def test_verify_catches_a_changed_file_and_trace_reaches_the_source(curated):
