@@ -247,6 +247,8 @@ def render_curate(r: dict, floor: dict, media_s: float) -> str:
         f"  real-time factor per core {r['e2e_s'] * r['cores'] / media_s:.3f} core-s per media s "
         f"(measured CPU {r['cpu_s'] / media_s:.3f} CPU-s per media s; below 1: one core keeps up with real time)",
         f"  stage shares of {total:.0f} stage-seconds: {shares}",
+        f"  stages fill {total / (r['curate_s'] * r['cores']):.0%} of curate's core-seconds "
+        "(the rest: Ray Data start-up, actor set-up and model loading, idle cores)",
     ])
 
 
