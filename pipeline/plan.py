@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def available_stages() -> list[str]:
 
 
 def load_config(path: str | Path | None) -> dict[str, dict[str, Any]]:
-    """A YAML file of {stage_name: {kwarg: value}}."""
+    """A YAML file of {stage_name: {kwarg: value}}, plus an optional `pipeline:` section (PipelineSettings)."""
     if path is None:
         return {}
     data = yaml.safe_load(Path(path).read_text()) or {}
@@ -40,7 +41,47 @@ def load_config(path: str | Path | None) -> dict[str, dict[str, Any]]:
     unknown = set(data) - set(STAGES) - {"pipeline"}
     if unknown:
         raise ValueError(f"{path}: unknown stages {sorted(unknown)}; known: {list(STAGES)}")
+    PipelineSettings.from_config(data)  # unknown pipeline settings fail here, before any work
     return data
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """The config's `pipeline:` section: when a stage is given up on for one source.
+
+    source_timeout_s / timeout_per_media_s: one stage on one source may take
+        source_timeout_s + timeout_per_media_s * (seconds of media); past that the source gets a
+        failed row with reason `timeout` and the worker process is replaced (pipeline/worker.py).
+        The defaults are generous on purpose: the limit is for sources that hang, not slow ones.
+    download_timeout_s: the limit for fetching one input (its duration is not known yet); a server
+        that trickles bytes slower than any useful rate never trips the per-read timeout, only this.
+    max_worker_deaths: a source whose stage has killed its worker process this many times (a
+        decoder crash, the OOM killer) gets a failed row with reason `worker_died` instead of
+        another try, so one poisonous file cannot stall a run.
+    """
+
+    source_timeout_s: float = 300.0
+    timeout_per_media_s: float = 30.0
+    download_timeout_s: float = 3600.0
+    max_worker_deaths: int = 3
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | None) -> PipelineSettings:
+        raw = (config or {}).get("pipeline") or {}
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"unknown pipeline settings {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**raw)
+
+    def time_limit(self, stage: str, source: dict[str, Any]) -> float:
+        """Seconds `stage` may take on `source` (a sources row, or an input row for download)."""
+        if stage == "download":
+            return self.download_timeout_s
+        seconds = source.get("duration_s")
+        if not seconds and source.get("n_frames") and source.get("fps"):
+            seconds = source["n_frames"] / source["fps"]
+        return self.source_timeout_s + self.timeout_per_media_s * float(seconds or 0.0)
 
 
 def build_stages(names: list[str], config: dict[str, dict[str, Any]] | None = None) -> list[Stage]:

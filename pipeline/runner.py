@@ -18,7 +18,7 @@ import ray
 
 from manifests import ManifestStore
 from manifests.optout import load_tombstones
-from pipeline.plan import build_stages
+from pipeline.plan import PipelineSettings, build_stages
 from pipeline.sources_file import read_sources
 from pipeline.summary import Summary, summarize
 from pipeline.worker import STATE_COL, ChainWorker, DownloadWorker, run_key
@@ -57,24 +57,35 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     ctx.verbose_progress = False
 
 
-def _map(ds: ray.data.Dataset, worker_cls: type, stages: list[Stage], out: str, max_workers: int) -> ray.data.Dataset:
-    """Stages fused as one Ray Data operator: an actor pool when any holds a model, tasks otherwise."""
+def _map(ds: ray.data.Dataset, worker_cls: type, stages: list[Stage], out: str, max_workers: int,
+         settings: PipelineSettings) -> ray.data.Dataset:
+    """Stages fused as one Ray Data operator: an actor pool when any holds a model, tasks otherwise.
+
+    A worker process that dies (killed, crashed, or ended by the worker after a stuck stage) is
+    replaced and its batch retried: the retry skips every stage whose `stage_runs` row is on disk.
+    Every death of one (stage, source) counts towards max_worker_deaths, after which the worker
+    records it as failed, so the retries Ray is allowed below always suffice.
+    """
     gpu_cluster = ray.cluster_resources().get("GPU", 0) > 0
     remote: dict[str, Any] = {"num_cpus": max(s.resources.num_cpus for s in stages),
                               "num_gpus": max(s.resources.num_gpus for s in stages) if gpu_cluster else 0}
     memory = max(s.resources.memory_mb or 0 for s in stages)
     if memory:
         remote["memory"] = memory * 1024 * 1024
+    retries = len(stages) * (settings.max_worker_deaths + 1)
     # DownloadWorker wraps one stage, ChainWorker a list of them.
-    kwargs = {"stage": stages[0], "out": out} if worker_cls is DownloadWorker else {"stages": stages, "out": out}
+    kwargs: dict[str, Any] = {"out": out, "settings": settings}
+    kwargs.update({"stage": stages[0]} if worker_cls is DownloadWorker else {"stages": stages})
     if any(s.uses_model for s in stages):
+        # Ray Data's own defaults for actor pools are the same restarts but unbounded retries.
         return ds.map_batches(worker_cls, fn_constructor_kwargs=kwargs, batch_size=1, batch_format="pyarrow",
-                              compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max_workers), **remote)
+                              compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max_workers),
+                              max_restarts=-1, max_task_retries=retries, **remote)
 
     def fn(batch, _kwargs=kwargs, _cls=worker_cls):
         return _cls(**_kwargs)(batch)
 
-    return ds.map_batches(fn, batch_size=1, batch_format="pyarrow", **remote)
+    return ds.map_batches(fn, batch_size=1, batch_format="pyarrow", max_retries=retries, **remote)
 
 
 def operator_groups(stages: list[Stage], gpu_cluster: bool) -> list[list[Stage]]:
@@ -113,6 +124,7 @@ def curate(opts: CurateOptions) -> Summary:
         inputs = [r for r in inputs if r["uri"] not in blocked_uris]
         log.info("opt-out: %d inputs are tombstoned and left out", before - len(inputs))
     stages = build_stages(list(opts.stages), opts.config)
+    settings = PipelineSettings.from_config(opts.config)
     for stage in stages:
         if stage.name == "download":
             stage.blocked_sha256 = sorted(blocked_shas)
@@ -121,24 +133,26 @@ def curate(opts: CurateOptions) -> Summary:
 
     by_name = {s.name: s for s in stages}
     if "download" in by_name:
-        done = store.shard_keys("sources")
+        # The download's stage_runs row is written after its sources row: with it, the input is done.
+        done = {k.removeprefix("download-") for k in store.shard_keys("stage_runs") if k.startswith("download-")}
         pending = [r for r in inputs if r["input_id"] not in done]
         log.info("download: %d inputs, %d already fetched", len(inputs), len(inputs) - len(pending))
         if pending:
             ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-            ds = _map(ds, DownloadWorker, [by_name["download"]], out, max_workers)
+            ds = _map(ds, DownloadWorker, [by_name["download"]], out, max_workers, settings)
             for _ in ds.iter_batches(batch_size=None):
                 pass
 
     media = [s for s in stages if s.name != "download"]
     if media:
-        _run_media_stages(store, media, out, max_workers)
+        _run_media_stages(store, media, out, max_workers, settings)
     summary = summarize(store, [r["input_id"] for r in inputs], [s.name for s in stages])
     (Path(out) / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2, default=str))
     return summary
 
 
-def _run_media_stages(store: ManifestStore, stages: list[Stage], out: str, max_workers: int) -> None:
+def _run_media_stages(store: ManifestStore, stages: list[Stage], out: str, max_workers: int,
+                      settings: PipelineSettings) -> None:
     runs = store.shard_keys("stage_runs")
     failed_runs = _failed_runs(store)
     items = []
@@ -154,7 +168,7 @@ def _run_media_stages(store: ManifestStore, stages: list[Stage], out: str, max_w
         return
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     for group in operator_groups(stages, ray.cluster_resources().get("GPU", 0) > 0):
-        ds = _map(ds, ChainWorker, group, out, max_workers)
+        ds = _map(ds, ChainWorker, group, out, max_workers, settings)
     for _ in ds.iter_batches(batch_size=None):
         pass
 

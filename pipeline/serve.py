@@ -5,7 +5,7 @@ Paths under /fault/ misbehave on purpose:
   /fault/slow/NAME       stalls before the body  /fault/truncate/NAME  sends half the bytes, then drops
   /fault/html/NAME       an HTML page as video/mp4  /fault/loop/N      redirects forever
   /fault/redirect/NAME   302 -> /NAME            /fault/noai/NAME     X-Robots-Tag: noai
-  /fault/hang/NAME       headers, then silence
+  /fault/hang/NAME       headers, then silence  /fault/drip/NAME      the file, one byte a second
 """
 
 from __future__ import annotations
@@ -63,6 +63,21 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.wfile.write(body)
 
+    def _drip(self, p: Path) -> None:
+        """Never stalls long enough for a read timeout, never finishes in useful time."""
+        data = p.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "video/mp4")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        try:
+            for i in range(len(data)):
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                time.sleep(1.0)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up
+            self.close_connection = True
+
     def do_GET(self):  # noqa: N802
         parts = [p for p in self.path.split("?")[0].split("/") if p]
         self.hits[self.path] += 1
@@ -99,6 +114,9 @@ class _Handler(BaseHTTPRequestHandler):
             p = self._file(name)
             if p is None:
                 self.send_error(404)
+                return
+            if kind == "drip":
+                self._drip(p)
                 return
             if kind == "slow":
                 time.sleep(self.slow_s)

@@ -3,14 +3,27 @@
 This is the bridge between a plain `Stage` and Ray Data: it writes the stage's shard and its
 `stage_runs` row for every source, and passes the source row on to the next stage.
 Nothing here imports ray; runner.py does.
+
+Faults. Each stage runs on each source under a time limit (PipelineSettings.time_limit). A stage
+past its limit is stuck, often inside C code (a decoder waiting on a stalled read) that Python
+cannot interrupt, so the worker records a failed row with reason `timeout` and then ends its own
+process; Ray replaces the process and retries the batch, and the retry finds the row on disk and
+moves on. A worker process that dies for any other reason (a crashing decoder, SIGKILL) is
+retried the same way; each (stage, source) counts those deaths under OUT/.attempts, and after
+`max_worker_deaths` the source gets a failed row with reason `worker_died` instead of a retry.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
+import os
+import sys
+import threading
 import time
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +32,7 @@ import pyarrow as pa
 
 from manifests import ManifestStore
 from manifests.sources import SOURCES
+from pipeline.plan import PipelineSettings
 from stages.base import Stage, StageContext
 
 log = logging.getLogger(__name__)
@@ -26,6 +40,8 @@ log = logging.getLogger(__name__)
 # The rows flowing between stages: a sources row plus the per-source progress state.
 STATE_COL = "_state"
 FLOW_SCHEMA = SOURCES.append(pa.field(STATE_COL, pa.string()))
+EXIT_STUCK = 75  # exit status of a worker process that gave up on a stuck stage
+HARD_LIMIT_GRACE_S = 60.0  # after this much more, a C-level watchdog ends the process even if Python cannot run
 
 
 def run_key(stage: str, source_id: str) -> str:
@@ -36,13 +52,73 @@ def _reason(error: str | None) -> str:
     return (error or "").split(":", 1)[0].strip() or "error"
 
 
+class Stuck(Exception):
+    """A stage did not finish one source within its time limit."""
+
+
+def run_with_limit(fn: Callable[[], Any], limit_s: float) -> Any:
+    """fn() in a thread; raise Stuck when it has not returned after `limit_s` (the thread is left running).
+
+    PyAV releases the GIL while FFmpeg blocks, so this thread wakes even when the stage is stuck in
+    C. faulthandler's watchdog needs no GIL at all: it ends the process if even that fails.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # handed to the caller's thread below
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name="stage", daemon=True)
+    faulthandler.dump_traceback_later(limit_s + HARD_LIMIT_GRACE_S, exit=True)
+    try:
+        thread.start()
+        thread.join(limit_s)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    if thread.is_alive():
+        raise Stuck(f"no result after {limit_s:.0f} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+class Attempts:
+    """How many times a worker process died while running (stage, source): files under OUT/.attempts."""
+
+    def __init__(self, out: Path):
+        self.dir = out / ".attempts"
+
+    def begin(self, key: str) -> int:
+        """Record one more attempt; returns how many earlier attempts died unfinished."""
+        path = self.dir / key
+        died = int(path.read_text() or 0) if path.exists() else 0
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(died + 1))
+        return died
+
+    def end(self, key: str) -> None:
+        (self.dir / key).unlink(missing_ok=True)
+
+
+def _exit_stuck(stage: str, key: str) -> None:
+    """End this process: a stuck thread cannot be stopped from Python. Ray starts a fresh worker."""
+    log.error("stage %s is stuck on %s; its failed row is written, this worker process exits", stage, key)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(EXIT_STUCK)
+
+
 class StageWorker:
     """Callable over Arrow batches; constructed once per Ray worker so `setup()` runs once."""
 
-    def __init__(self, stage: Stage, out: str):
+    def __init__(self, stage: Stage, out: str, settings: PipelineSettings | None = None):
         self.stage = stage
         self.out = Path(out)
         self.store = ManifestStore(self.out)
+        self.settings = settings or PipelineSettings()
+        self.attempts = Attempts(self.out)
         self.config_hash = stage.config_hash()
         stage.setup()
 
@@ -61,18 +137,20 @@ class StageWorker:
         if name in done:
             return
         key = source["source_id"]
+        earlier = self.recorded_status(key)  # an earlier try of this batch got this far before its worker died
+        if earlier is not None:
+            done.append(name)
+            if earlier != "ok":
+                failed.append(name)
+            return
         blocked = [n for n in self.stage.needs if n in failed]
         t0 = time.perf_counter()
         ctx = StageContext(out=self.out)
+        stuck = False
         if blocked:
             status, error, rows = "skipped", f"upstream_failed: {', '.join(blocked)} failed for this source", []
         else:
-            try:
-                rows = self.stage.process(source, ctx)
-                status, error = "ok", None
-            except Exception as e:  # failures are data: the row says why, the run goes on
-                status, error, rows = "failed", f"{getattr(e, 'reason', type(e).__name__)}: {e}", []
-                log.debug("stage %s failed on %s\n%s", name, key, traceback.format_exc())
+            status, error, rows, stuck = self._attempt(source, key, ctx)
         # A stage returns rows of its own table, or {table: rows} when it writes several.
         by_table = rows if isinstance(rows, dict) else {self.stage.table: rows}
         if status == "ok":
@@ -81,17 +159,40 @@ class StageWorker:
                     self.store.write_shard(table, key, table_rows)
         ctx.count(status if status == "ok" else f"{status}_{_reason(error)}")
         self.record_run(key, status, error, sum(len(r) for r in by_table.values()), t0, ctx)
+        if stuck:
+            _exit_stuck(name, key)
         done.append(name)
         if status != "ok":
             failed.append(name)
 
+    def _attempt(self, source: dict[str, Any], key: str, ctx: StageContext) -> tuple[str, str | None, Any, bool]:
+        """(status, error, rows, stuck) of one try of the stage on one source, under its time limit."""
+        name = self.stage.name
+        died = self.attempts.begin(run_key(name, key))
+        if died >= self.settings.max_worker_deaths:
+            return "failed", f"worker_died: the worker process died {died} times running {name} on this source", [], False
+        limit = self.settings.time_limit(name, source)
+        try:
+            return "ok", None, run_with_limit(lambda: self.stage.process(source, ctx), limit), False
+        except Stuck as e:
+            return "failed", f"timeout: {name} took longer than its limit of {limit:.0f} s on this source ({e})", [], True
+        except Exception as e:  # failures are data: the row says why, the run goes on
+            log.debug("stage %s failed on %s\n%s", name, key, traceback.format_exc())
+            return "failed", f"{getattr(e, 'reason', type(e).__name__)}: {e}", [], False
+
+    def recorded_status(self, key: str) -> str | None:
+        """The status of this stage's `stage_runs` row for `key`, when one is on disk."""
+        shard = self.store.read_shard("stage_runs", run_key(self.stage.name, key))
+        return shard.column("status")[0].as_py() if shard.num_rows else None
+
     def record_run(self, key: str, status: str, error: str | None, n_rows: int, t0: float, ctx: StageContext) -> None:
-        """The one `stage_runs` row of this stage for this source (or input, for download)."""
+        """The one `stage_runs` row of this stage for this source (or input, for download); written last."""
         self.store.write_shard("stage_runs", run_key(self.stage.name, key), [{
             "stage": self.stage.name, "source_id": key, "status": status, "error": error, "n_rows": n_rows,
             "seconds": time.perf_counter() - t0, "counters": dict(ctx.counters),
             "config_hash": self.config_hash, "finished_at": datetime.now(UTC),
         }])
+        self.attempts.end(run_key(self.stage.name, key))
 
 
 class ChainWorker:
@@ -101,8 +202,8 @@ class ChainWorker:
     no stage's idle actor pins a CPU that the next stage is waiting for.
     """
 
-    def __init__(self, stages: list[Stage], out: str):
-        self.workers = [StageWorker(s, out) for s in stages]
+    def __init__(self, stages: list[Stage], out: str, settings: PipelineSettings | None = None):
+        self.workers = [StageWorker(s, out, settings) for s in stages]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         for w in self.workers:
@@ -116,10 +217,30 @@ class DownloadWorker(StageWorker):
     def __call__(self, batch: pa.Table) -> pa.Table:
         results = []
         for item in batch.to_pylist():
-            t0 = time.perf_counter()
-            ctx = StageContext(out=self.out)
-            (row,) = self.stage.process(item, ctx)
-            self.store.write_shard("sources", item["input_id"], [row])
-            self.record_run(item["input_id"], row["status"], row.get("error"), 1, t0, ctx)
-            results.append({"input_id": item["input_id"], "status": row["status"]})
+            iid = item["input_id"]
+            status = self.recorded_status(iid)
+            if status is None:
+                status = self.download_one(item)
+            results.append({"input_id": iid, "status": status})
         return pa.Table.from_pylist(results, schema=pa.schema([("input_id", pa.string()), ("status", pa.string())]))
+
+    def download_one(self, item: dict[str, Any]) -> str:
+        t0 = time.perf_counter()
+        ctx = StageContext(out=self.out)
+        iid = item["input_id"]
+        died = self.attempts.begin(run_key("download", iid))
+        limit = self.settings.time_limit("download", item)
+        stuck = False
+        if died >= self.settings.max_worker_deaths:
+            row = self.stage.failed_row(item, f"worker_died: the worker process died {died} times downloading this input")
+        else:
+            try:
+                (row,) = run_with_limit(lambda: self.stage.process(item, ctx), limit)
+            except Stuck as e:
+                row = self.stage.failed_row(item, f"timeout: fetching took longer than its limit of {limit:.0f} s ({e})")
+                stuck = True
+        self.store.write_shard("sources", iid, [row])
+        self.record_run(iid, row["status"], row.get("error"), 1, t0, ctx)
+        if stuck:
+            _exit_stuck("download", iid)
+        return row["status"]

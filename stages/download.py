@@ -66,9 +66,7 @@ class DownloadStage(Stage):
     # -- one source ---------------------------------------------------------------------------------
 
     def process(self, source: dict[str, Any], ctx: StageContext) -> list[dict[str, Any]]:
-        row = {k: source.get(k) for k in ("input_id", "uri", "license", "consent", "category", "title",
-                                          "language", "notes", "meta")}
-        row["fetched_at"] = datetime.now(UTC)
+        row = _input_fields(source)
         if str(source.get("consent") or "").strip().lower() in ("no", "false", "0", "denied", "withdrawn"):
             ctx.count("skipped_consent")
             return [{**row, "status": "skipped", "error": "consent_no: the sources file says consent=no"}]
@@ -88,6 +86,10 @@ class DownloadStage(Stage):
             row.update(status="failed", error=f"internal_error: {type(e).__name__}: {e}")
             ctx.count("failed_internal_error")
         return [row]
+
+    def failed_row(self, source: dict[str, Any], error: str) -> dict[str, Any]:
+        """The `sources` row of an input that failed outside `process` (the runner gave up on it)."""
+        return {**_input_fields(source), "status": "failed", "error": error}
 
     # -- fetching ------------------------------------------------------------------------------------
 
@@ -261,6 +263,13 @@ class OptOut(Exception):
     def __init__(self, message: str, meta: dict[str, Any]):
         super().__init__(message)
         self.meta = meta
+
+
+def _input_fields(source: dict[str, Any]) -> dict[str, Any]:
+    row = {k: source.get(k) for k in ("input_id", "uri", "license", "consent", "category", "title",
+                                      "language", "notes", "meta")}
+    row["fetched_at"] = datetime.now(UTC)
+    return row
 
 
 def _sha256(path: Path) -> tuple[str, int]:
