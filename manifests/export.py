@@ -60,6 +60,23 @@ def find_near_duplicates(store: ManifestStore, clips: list[dict], threshold: flo
     return dupes
 
 
+def corpus_identities(store: ManifestStore) -> dict[str, str]:
+    """track_id -> identity over the whole corpus: the same person in two sources is one identity.
+
+    Clustered afresh at every export (a new source can join two clusters); an identity already
+    on a track row (a label the user gave) is kept as it is.
+    """
+    from stages.face_identity import cluster_corpus
+
+    tracks = store.read("tracks", columns=["source_id", "shot_id", "track_id", "start_frame", "end_frame",
+                                           "embedding", "backend", "identity_id"])
+    if not tracks.num_rows:
+        return {}
+    given = tracks.column("identity_id").to_pylist()
+    clustered = cluster_corpus(tracks)
+    return {t: g or c for t, g, c in zip(tracks.column("track_id").to_pylist(), given, clustered, strict=True)}
+
+
 def identity_split(clips: list[dict], val_fraction: float, seed: str = "emo-forge") -> dict[str, str]:
     """identity -> train/val; whole identities move, so no person is on both sides.
 
@@ -89,6 +106,9 @@ def export(out: str | Path, val_fraction: float = 0.1, command: str | None = Non
 
     store = ManifestStore(out)
     clips = store.read("clips").to_pylist()
+    identities = corpus_identities(store)
+    for c in clips:
+        c["identity_id"] = identities.get(c["track_id"], c["identity_id"])
     threshold = float(DEFAULTS["rules"]["near_duplicate"])
     dupes = find_near_duplicates(store, clips, threshold)
     kept = [c for c in clips if c["clip_id"] not in dupes]

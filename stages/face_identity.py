@@ -1,8 +1,9 @@
 """Identities across the corpus: tracks clustered by their face embeddings, so the export splits by person.
 
-Tracks without an embedding (the mediapipe backend has none) cannot be told apart by face; each
-source's embedding-less tracks become one identity, `src-<source_id>`, so a split by identity is at
-worst a split by source: the same video never lands on both sides.
+Each backend's embeddings are clustered on their own (ArcFace and dlib live in different spaces),
+with that model's same-person distance. Tracks without an embedding cannot be told apart by face;
+each source's embedding-less tracks become one identity, `src-<source_id>`, so a split by identity
+is at worst a split by source: the same video never lands on both sides.
 """
 
 from __future__ import annotations
@@ -15,6 +16,22 @@ from scipy.spatial.distance import pdist
 # Cosine distance under which two ArcFace track embeddings are one person (similarity 0.4 or more);
 # a track's embedding is the mean of several frames, which makes it steadier than a single face.
 ARCFACE_SAME_PERSON = 0.6
+# dlib's ResNet descriptors (the mediapipe backend's embedder), unit length: measured on the packaged
+# photos and videos, one person's faces were <= 0.055 apart, different people >= 0.100.
+DLIB_SAME_PERSON = 0.075
+SAME_PERSON = {"insightface": ARCFACE_SAME_PERSON, "mediapipe": DLIB_SAME_PERSON}
+
+
+def cluster_corpus(tracks: pa.Table) -> list[str]:
+    """`cluster_identities` per backend, each at its own threshold; ids in row order."""
+    backends = tracks.column("backend").to_pylist() if "backend" in tracks.column_names else [None] * tracks.num_rows
+    ids: list[str] = [""] * tracks.num_rows
+    for backend in sorted(set(backends), key=str):
+        rows = [i for i, b in enumerate(backends) if b == backend]
+        sub = cluster_identities(tracks.take(rows), SAME_PERSON.get(backend, ARCFACE_SAME_PERSON))
+        for i, ident in zip(rows, sub, strict=True):
+            ids[i] = ident
+    return ids
 
 
 def cluster_identities(tracks: pa.Table, max_distance: float = ARCFACE_SAME_PERSON) -> list[str]:

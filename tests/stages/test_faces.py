@@ -244,3 +244,39 @@ def test_identities_cluster_by_embedding_and_fall_back_to_source():
     ids = cluster_identities(table)
     assert ids[0] == ids[2] == "id-a-s0000-t00" and ids[1] == ids[3] == "id-a-s0000-t01"
     assert ids[4] == "src-c"
+
+
+def test_dlib_embeddings_tell_people_apart_on_real_photos(demo_corpus):
+    """The mediapipe backend's offline embedder, on the packaged photos and footage: the same person
+    (astronaut photo vs a frame of interview.mp4; carphone frames 0 and 90) is under the threshold,
+    every pair of different people (those, Tom Hanks, the six at t1.jpg's table) is over it."""
+    from pipeline.demo_corpus import astronaut
+    from stages.face_detectors import MediapipeDetector
+    from stages.face_identity import DLIB_SAME_PERSON
+
+    det = MediapipeDetector()
+    media = packaged_media()
+
+    def embeddings(rgb):
+        return [det.embed(rgb, d) for d in det.detect(rgb)]
+
+    with av.open(str(demo_corpus / "interview.mp4")) as c:
+        interview = next(f for i, f in enumerate(c.decode(video=0)) if i == 300).to_ndarray(format="rgb24")
+    car = decode(media["carphone"])
+    people = {
+        "astronaut": [embeddings(astronaut())[0], embeddings(interview)[0]],
+        "carphone": [embeddings(cv2.resize(car[i], (352, 288)))[0] for i in (0, 90)],
+        "hanks": embeddings(np.asarray(Image.open(media["hanks"]).convert("RGB"))),
+    }
+    group = embeddings(np.asarray(Image.open(media["group"]).convert("RGB")))
+    assert len(group) >= 3
+    people.update({f"t1-{i}": [e] for i, e in enumerate(group)})
+    for name, embs in people.items():
+        assert all(abs(np.linalg.norm(e) - 1) < 1e-4 for e in embs)
+        if len(embs) == 2:
+            assert 1 - embs[0] @ embs[1] < DLIB_SAME_PERSON, name
+    names = list(people)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert 1 - people[a][0] @ people[b][0] > DLIB_SAME_PERSON, (a, b)
+    det.close()
