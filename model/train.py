@@ -7,6 +7,10 @@
 Each stage starts from the previous stage's checkpoint (--init-from). Batches depend only on
 (seed, step) (model/data.py), so --resume continues with exactly the losses an uninterrupted run
 would have had. Usage: `emo train --data OUT --stage 1 --model tiny --out runs/s1 --steps 200`.
+
+Fine-tuning on new footage: `--finetune --init-from CKPT` starts from a finished checkpoint with a
+tenth of its learning rate (unless --config sets one) and, without --steps, a tenth of its steps;
+`--trainable audio,temporal` trains only those layer groups. The parent is recorded in meta.json.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ def build_model(args, config: EMOConfig) -> tuple[EMOModel, EMOConfig, dict | No
         # Training settings come from this stage's size and --config, the architecture from the parent.
         overrides = load_config(arch["name"], args.config).to_dict()
         arch.update({k: v for k, v in overrides.items() if k in TRAINING_KEYS})
+        if args.finetune and "learning_rate" not in _file_keys(args.config):
+            arch["learning_rate"] *= FINETUNE_LR_SCALE
         arch["audio_encoder"] = args.audio_encoder or (
             str(parent_dir.parent / parent["audio_encoder"]) if parent.get("audio_encoder") else None)
         config = _with_featurizer_dims(EMOConfig.from_dict(arch))
@@ -65,7 +71,7 @@ def build_model(args, config: EMOConfig) -> tuple[EMOModel, EMOConfig, dict | No
         if skipped:
             log.info("audio encoder changed: audio projection re-initialised (%d tensors)", len(skipped))
         record = {"path": str(parent_dir.resolve()), "stage": parent["stage"], "step": parent["step"],
-                  "model_sha256": parent["model_sha256"]}
+                  "model_sha256": parent["model_sha256"], "manifest_hash": parent.get("manifest_hash")}
         vae = str(parent_dir.parent / parent["vae"]) if parent.get("vae") else None
         return model, config, record, vae
     if args.pretrained:
@@ -77,6 +83,52 @@ def build_model(args, config: EMOConfig) -> tuple[EMOModel, EMOConfig, dict | No
     if config.requires_pretrained:
         raise SystemExit(f"the {config.name} model starts from Stable Diffusion 1.5: {SD15_DOWNLOAD_HINT}")
     return EMOModel(_with_featurizer_dims(config)), config, None, None
+
+
+def _file_keys(path: str | None) -> set[str]:
+    """The keys a --config file sets (YAML or JSON), to tell an explicit setting from a default."""
+    if path is None:
+        return set()
+    import yaml  # JSON is YAML
+
+    return set(yaml.safe_load(Path(path).read_text()) or {})
+
+
+# A fine-tune adapts a finished model to new footage: a gentler and shorter run than the parent's.
+FINETUNE_LR_SCALE = 0.1
+FINETUNE_STEP_DIVISOR = 10
+
+# Layer groups for --trainable (parameter-name prefixes; speed attention inside the temporal
+# modules belongs to "speed", as stage 2 leaves it to stage 3).
+LAYER_GROUPS = {"backbone": ("backbone.",), "reference": ("reference_net.", "reference_gates"),
+                "face_locator": ("face_locator.",), "audio": ("audio_proj.", "audio_attention."),
+                "temporal": ("temporal.",), "speed": ("speed_encoder.",)}
+
+
+def layer_group(name: str) -> str | None:
+    if ".speed_" in name:
+        return "speed"
+    return next((g for g, prefixes in LAYER_GROUPS.items() if name.startswith(prefixes)), None)
+
+
+def set_trainable(model: EMOModel, groups: list[str]) -> list[str]:
+    """Train exactly these layer groups instead of the stage's own; returns the trainable names."""
+    names = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(layer_group(name) in groups)
+        if param.requires_grad:
+            names.append(name)
+    if not names:
+        raise SystemExit(f"--trainable {','.join(groups)}: no parameters in those groups")
+    return names
+
+
+def _groups(text: str) -> list[str]:
+    groups = [g.strip() for g in text.split(",") if g.strip()]
+    unknown = [g for g in groups if g not in LAYER_GROUPS]
+    if unknown or not groups:
+        raise argparse.ArgumentTypeError(f"unknown layer groups {unknown}; known: {', '.join(LAYER_GROUPS)}")
+    return groups
 
 
 # Keys a later stage may change without changing the architecture.
@@ -154,6 +206,12 @@ def train(args) -> Path:
     from diffusers import DDPMScheduler
     from tqdm import tqdm
 
+    if args.finetune and not args.init_from:
+        raise SystemExit("--finetune needs --init-from: the checkpoint to fine-tune")
+    if args.steps is None:
+        if not args.finetune:
+            raise SystemExit("--steps is required (only a --finetune run has a default)")
+        args.steps = max(1, read_meta(args.init_from)["step"] // FINETUNE_STEP_DIVISOR)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     resume_from = latest_checkpoint(out) if args.resume else None
@@ -162,6 +220,7 @@ def train(args) -> Path:
         if meta["stage"] != args.stage:
             raise SystemExit(f"{resume_from} is a stage-{meta['stage']} run; asked to resume stage {args.stage}")
         config, parent, start_step = EMOConfig.from_dict(meta["config"]), meta["parent"], meta["step"]
+        args.trainable = meta.get("trainable_groups")
         vae_folder = str(out / meta["vae"]) if meta.get("vae") else None
         torch.manual_seed(args.seed)
         model = EMOModel(config)
@@ -182,7 +241,7 @@ def train(args) -> Path:
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     accelerator = Accelerator(mixed_precision=precision, kwargs_handlers=[ddp])
     device = accelerator.device
-    names = model.set_stage(args.stage)
+    names = set_trainable(model, args.trainable) if args.trainable else model.set_stage(args.stage)
     params = [p for n, p in model.named_parameters() if p.requires_grad]
     model.set_gradient_checkpointing(config.gradient_checkpointing)
     codec = load_codec(config.codec, vae_folder).to(device)
@@ -204,8 +263,9 @@ def train(args) -> Path:
                        num_steps=max(0, args.steps - start_step))
     loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=config.num_workers)
     meta_base = {"config": config.to_dict(), "stage": args.stage, "manifest_hash": manifest_hash,
-                 "parent": parent, "seed": args.seed, "trainable": STAGE_NOTE[args.stage],
-                 "noise_schedule": NOISE_SCHEDULE, **assets}
+                 "parent": parent, "seed": args.seed, "finetune": bool(args.finetune),
+                 "trainable": ", ".join(args.trainable) if args.trainable else STAGE_NOTE[args.stage],
+                 "trainable_groups": args.trainable, "noise_schedule": NOISE_SCHEDULE, **assets}
     loss_fh, loss_log = open_loss_log(out / "loss.csv", start_step)
     saved = resume_from
     bar = tqdm(loader, initial=start_step, total=args.steps, desc=f"stage {args.stage}", disable=args.quiet)
@@ -257,8 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML/JSON file of EMOConfig keys that override the named size")
     p.add_argument("--model", default="tiny", help="named size: tiny | sd15")
     p.add_argument("--out", required=True, help="checkpoint folder of this run")
-    p.add_argument("--steps", type=int, required=True, help="train until this global step")
+    p.add_argument("--steps", type=int, help="train until this global step (required unless --finetune)")
     p.add_argument("--init-from", help="previous stage's checkpoint (a step folder or run folder)")
+    p.add_argument("--finetune", action="store_true",
+                   help=f"--init-from is a finished model to adapt: learning rate x{FINETUNE_LR_SCALE} unless --config "
+                        f"sets one, default steps 1/{FINETUNE_STEP_DIVISOR} of the parent's")
+    p.add_argument("--trainable", type=_groups, metavar="GROUPS",
+                   help=f"train only these layer groups, comma-separated ({', '.join(LAYER_GROUPS)})")
     p.add_argument("--pretrained", help="folder with SD 1.5's unet/ and vae/ in diffusers format")
     p.add_argument("--motion-module", help="AnimateDiff motion module (.safetensors or diffusers folder)")
     p.add_argument("--audio-encoder", help="wav2vec2 folder (transformers format); default: offline mel features")
