@@ -33,7 +33,7 @@ import pyarrow as pa
 from manifests import ManifestStore
 from manifests.sources import SOURCES
 from pipeline.plan import PipelineSettings
-from stages.base import Stage, StageContext
+from stages.base import Stage, StageContext, StageError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,13 @@ def run_key(stage: str, source_id: str) -> str:
 
 def _reason(error: str | None) -> str:
     return (error or "").split(":", 1)[0].strip() or "error"
+
+
+def _error_text(e: Exception) -> str:
+    """"reason: message": a StageError's text already starts with its reason; anything else is named by its class."""
+    if isinstance(e, StageError):
+        return str(e)
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
 class Stuck(Exception):
@@ -178,7 +185,7 @@ class StageWorker:
             return "failed", f"timeout: {name} took longer than its limit of {limit:.0f} s on this source ({e})", [], True
         except Exception as e:  # failures are data: the row says why, the run goes on
             log.debug("stage %s failed on %s\n%s", name, key, traceback.format_exc())
-            return "failed", f"{getattr(e, 'reason', type(e).__name__)}: {e}", [], False
+            return "failed", _error_text(e), [], False
 
     def recorded_status(self, key: str) -> str | None:
         """The status of this stage's `stage_runs` row for `key`, when one is on disk."""
