@@ -131,6 +131,14 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     return 0 if det.present else 3
 
 
+def _cmd_build(args: argparse.Namespace) -> int:
+    from pipeline.build import build
+
+    report = build(args.buildfile, args.out, dry_run=args.dry_run)
+    print(report.render())
+    return 0
+
+
 def _delegate(module: str):
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -206,6 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("video")
     dt.add_argument("--max-frames", type=int, default=250)
     dt.set_defaults(func=_cmd_detect)
+
+    b = sub.add_parser("build", help="curate, export, train and sample from a build file, redoing only what changed",
+                       description="Bring OUT up to date with BUILDFILE (YAML: sources, curate, export, train, samples; "
+                                   "see examples/build.yaml). Each step is keyed by the hash of its inputs and settings; "
+                                   "OUT/emo.lock records every step's inputs, outputs and versions.")
+    b.add_argument("buildfile", help="the build file (YAML)")
+    b.add_argument("--out", required=True, help="output folder: manifests, export, train/, samples/, emo.lock")
+    b.add_argument("--dry-run", action="store_true", help="print what would run and why; change nothing")
+    b.set_defaults(func=_cmd_build)
 
     for name, module, text in (("train", "model.train", "train EMO from a curated OUT (see emo train --help)"),
                                ("sample", "model.sample", "generate a talking video (see emo sample --help)")):
