@@ -1,0 +1,548 @@
+"""`emo build BUILDFILE --out OUT`: bring a model up to date with a build file, redoing only what changed.
+
+The steps, in order: curate -> export -> train/stage{k} ... -> sample/{name}. Each is keyed by the
+hash of its inputs: the sources' content and metadata, its own settings, and the outputs of the
+steps it reads (curate's dataset hash, export's clips hash, the parent checkpoint's weights). A step
+whose key matches OUT/emo.lock and whose outputs are still there is skipped; downstream steps are
+keyed on upstream *outputs*, so a step that reruns but produces the same thing stops the cascade.
+
+Curation resumes per source on its own (pipeline/runner.py), so a new source is the only one
+processed. Before curating, the build forgets what the lock shows is stale (sources whose content or
+metadata changed or that left the build file, runs of a stage whose settings changed), so that
+curate's resume redoes exactly those. The file format is shown in examples/build.yaml.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlparse
+
+import yaml
+
+from manifests import ManifestStore
+from manifests.optout import DERIVED_TABLES
+from manifests.sources import SOURCE_FILE_COLUMNS
+from pipeline.lock import FileHashes, Lock, changes, record
+
+log = logging.getLogger(__name__)
+CURATE_TABLES = ("sources", "shots", "tracks", "segments", "clips", "rejections")
+SAMPLE_PARAMS = {"steps": int, "fps": (int, float), "seed": int, "guidance_ref": (int, float),
+                 "guidance_audio": (int, float), "speed": (int, float)}
+
+
+# ---------------------------------------------------------------- the build file
+
+
+class BuildFileError(ValueError):
+    """A problem in the build file; the message starts with FILE:LINE."""
+
+
+class _At:
+    """A YAML node and its file: typed reads whose errors name the line."""
+
+    def __init__(self, node: yaml.Node, file: Path):
+        self.node, self.file = node, file
+
+    def fail(self, msg: str) -> NoReturn:
+        raise BuildFileError(f"{self.file}:{self.node.start_mark.line + 1}: {msg}")
+
+    def value(self, kind: type | tuple = object, what: str = "") -> Any:
+        v = yaml.SafeLoader("").construct_object(self.node, deep=True)
+        if not isinstance(v, kind) or (isinstance(v, bool) and kind in (int, (int, float))):
+            self.fail(f"expected {what or kind}, got {v!r}")
+        return v
+
+    def keys(self, known: tuple[str, ...], required: tuple[str, ...] = ()) -> dict[str, _At]:
+        if not isinstance(self.node, yaml.MappingNode):
+            self.fail(f"expected a mapping with keys: {', '.join(known)}")
+        out: dict[str, _At] = {}
+        for k, v in self.node.value:
+            key = _At(k, self.file)
+            if k.value not in known:
+                key.fail(f"unknown key {k.value!r}; known: {', '.join(known)}")
+            if k.value in out:
+                key.fail(f"{k.value!r} given twice")
+            out[k.value] = _At(v, self.file)
+        if missing := [r for r in required if r not in out]:
+            self.fail(f"{missing[0]!r} is required")
+        return out
+
+    def items(self) -> list[_At]:
+        if not isinstance(self.node, yaml.SequenceNode):
+            self.fail("expected a list")
+        return [_At(n, self.file) for n in self.node.value]
+
+    def path(self, must_exist: bool = True) -> Path:
+        p = Path(self.value(str, "a path")).expanduser()
+        p = (p if p.is_absolute() else self.file.parent / p).resolve()
+        if must_exist and not p.exists():
+            self.fail(f"{p}: no such file or folder")
+        return p
+
+
+@dataclass
+class TrainSpec:
+    stage: int
+    steps: int | None
+    config: dict[str, Any]
+    init_from: Path | None  # a checkpoint to fine-tune; None: the previous stage in this build
+    trainable: list[str] | None
+
+
+@dataclass
+class SampleSpec:
+    name: str
+    image: Path
+    audio: Path
+    checkpoint: Path | None  # None: the last training stage of this build
+    params: dict[str, Any]
+
+
+@dataclass
+class BuildSpec:
+    file: Path
+    sources: list[dict[str, Any]]  # sources-file rows: uri (absolute) and metadata
+    stages: list[str]
+    curate_config: dict[str, Any]
+    num_cpus: int | None = None
+    max_workers: int | None = None
+    val_fraction: float = 0.1
+    model: str = "tiny"
+    seed: int = 0
+    train: list[TrainSpec] = field(default_factory=list)
+    samples: list[SampleSpec] = field(default_factory=list)
+
+
+def load_build_file(path: str | Path) -> BuildSpec:
+    """Parse and check a build file; every problem is a BuildFileError naming its line."""
+    file = Path(path).resolve()
+    try:
+        root = yaml.compose(file.read_text())
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        raise BuildFileError(f"{file}:{mark.line + 1 if mark else '?'}: {e.problem or e}") from None
+    if root is None:
+        raise BuildFileError(f"{file}:1: the build file is empty")
+    top = _At(root, file).keys(("sources", "curate", "export", "train", "samples"), required=("sources",))
+    spec = BuildSpec(file=file, sources=_sources(top["sources"]), stages=[], curate_config={})
+    _curate(spec, top.get("curate"))
+    if "export" in top:
+        spec.val_fraction = float(top["export"].keys(("val_fraction",))["val_fraction"].value((int, float), "a number"))
+    if "train" in top:
+        _train(spec, top["train"])
+    for item in top["samples"].items() if "samples" in top else []:
+        spec.samples.append(_sample(spec, item))
+    return spec
+
+
+def _sources(at: _At) -> list[dict[str, Any]]:
+    from pipeline.sources_file import SourcesFileError, read_sources
+
+    rows: dict[str, dict[str, Any]] = {}
+    for item in at.items():
+        meta = {}
+        entry = item
+        if isinstance(item.node, yaml.MappingNode):
+            keys = item.keys(SOURCE_FILE_COLUMNS, required=("uri",))
+            meta = {k: str(v.value()) for k, v in keys.items() if k != "uri"}
+            entry = keys["uri"]
+        uri = entry.value(str, "a file, folder, URL or sources file")
+        if urlparse(uri).scheme in ("http", "https"):
+            found = [{"uri": uri}]
+        else:
+            p = entry.path()
+            if p.is_dir() or p.suffix.lower() in (".csv", ".jsonl", ".ndjson", ".parquet"):
+                try:
+                    found = [_plain(r) for r in read_sources(p)]
+                except SourcesFileError as e:
+                    entry.fail(str(e))
+            else:
+                found = [{"uri": str(p), "title": p.name}]
+        for r in found:
+            rows.setdefault(r["uri"], {**r, **meta})
+    if not rows:
+        at.fail("no sources")
+    return list(rows.values())
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    """A read_sources row back to sources-file columns (its extra columns unpacked from meta)."""
+    out = {k: row[k] for k in SOURCE_FILE_COLUMNS if row.get(k) is not None}
+    return {**out, **json.loads(row["meta"])} if row.get("meta") else out
+
+
+def _curate(spec: BuildSpec, at: _At | None) -> None:
+    from pipeline.plan import STAGES, build_stages, load_config
+    from pipeline.runner import DEFAULT_STAGES
+
+    keys = at.keys(("stages", "config", "config_file", "num_cpus", "max_workers")) if at else {}
+    spec.stages = list(DEFAULT_STAGES)
+    if "stages" in keys:
+        spec.stages = [s.value(str, "a stage name") for s in keys["stages"].items()]
+        for s, node in zip(spec.stages, keys["stages"].items(), strict=True):
+            if s not in STAGES:
+                node.fail(f"unknown stage {s!r}; known: {', '.join(STAGES)}")
+        if "download" not in spec.stages:
+            keys["stages"].fail("a build curates its sources: 'download' must be one of the stages")
+    config: dict[str, Any] = {}
+    if "config_file" in keys:
+        try:
+            config = load_config(keys["config_file"].path())
+        except ValueError as e:
+            keys["config_file"].fail(str(e))
+    if "config" in keys:
+        inline = keys["config"].value(dict, "a mapping of stage names to settings")
+        if unknown := set(inline) - set(STAGES):
+            keys["config"].fail(f"unknown stages {sorted(unknown)}; known: {', '.join(STAGES)}")
+        config = _merge(config, inline)
+    try:
+        build_stages(spec.stages, config)
+    except ValueError as e:
+        (keys.get("config") or keys.get("config_file") or keys.get("stages") or at).fail(str(e))
+    spec.curate_config = config
+    for k in ("num_cpus", "max_workers"):
+        if k in keys:
+            setattr(spec, k, keys[k].value(int, "a whole number"))
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _train(spec: BuildSpec, at: _At) -> None:
+    from model.checkpoint import resolve_checkpoint
+    from model.config import EMO_MODELS, EMOConfig
+    from model.train import LAYER_GROUPS
+
+    keys = at.keys(("model", "seed", "stages"), required=("stages",))
+    if "model" in keys:
+        spec.model = keys["model"].value(str, "a model size")
+        if spec.model not in EMO_MODELS:
+            keys["model"].fail(f"unknown model size {spec.model!r}; known: {', '.join(EMO_MODELS)}")
+    if "seed" in keys:
+        spec.seed = keys["seed"].value(int, "a whole number")
+    known = {f.name for f in dataclasses.fields(EMOConfig)}
+    for item in keys["stages"].items():
+        k = item.keys(("stage", "steps", "config", "init_from", "trainable"), required=("stage",))
+        stage = k["stage"].value(int, "1, 2 or 3")
+        if stage not in (1, 2, 3):
+            k["stage"].fail(f"stage must be 1, 2 or 3, got {stage}")
+        if any(t.stage == stage for t in spec.train):
+            k["stage"].fail(f"stage {stage} is listed twice")
+        steps = k["steps"].value(int, "a whole number of steps") if "steps" in k else None
+        config = k["config"].value(dict, "a mapping of EMOConfig keys") if "config" in k else {}
+        if unknown := sorted(set(config) - known):
+            k["config"].fail(f"unknown EMO config keys {unknown}")
+        init_from = None
+        if "init_from" in k:
+            init_from = k["init_from"].path()
+            try:
+                resolve_checkpoint(init_from)
+            except FileNotFoundError as e:
+                k["init_from"].fail(str(e))
+        elif steps is None:
+            item.fail("'steps' is required (only a fine-tune from 'init_from' has a default)")
+        trainable = [t.value(str, "a layer group") for t in k["trainable"].items()] if "trainable" in k else None
+        if bad := [t for t in trainable or [] if t not in LAYER_GROUPS]:
+            k["trainable"].fail(f"unknown layer groups {bad}; known: {', '.join(LAYER_GROUPS)}")
+        spec.train.append(TrainSpec(stage, steps, config, init_from, trainable))
+
+
+def _sample(spec: BuildSpec, at: _At) -> SampleSpec:
+    k = at.keys(("image", "audio", "name", "checkpoint", *SAMPLE_PARAMS), required=("image", "audio"))
+    image, audio = k["image"].path(), k["audio"].path()
+    name = k["name"].value(str, "a name") if "name" in k else f"{image.stem}-{audio.stem}"
+    if any(s.name == name for s in spec.samples):
+        at.fail(f"two samples are named {name!r}: give one a 'name'")
+    checkpoint = k["checkpoint"].path() if "checkpoint" in k else None
+    if checkpoint is None and not spec.train:
+        at.fail("no training stages in this build: give the sample a 'checkpoint'")
+    params = {p: k[p].value(kind, "a number") for p, kind in SAMPLE_PARAMS.items() if p in k}
+    return SampleSpec(name, image, audio, checkpoint, params)
+
+
+# ---------------------------------------------------------------- the steps
+
+
+@dataclass
+class Step:
+    """One step of the build: what it reads, how it runs, how to tell its recorded outputs are still there."""
+
+    name: str
+    inputs: Callable[[], dict[str, Any]]
+    run: Callable[[dict[str, Any], dict[str, Any] | None], dict[str, Any]]
+    present: Callable[[dict[str, Any]], bool]
+
+
+class _Pending(Exception):
+    """An input is the output of a step that has not run yet (in a dry run)."""
+
+
+def _upstream(outputs: dict[str, dict | None], step: str, key: str) -> Any:
+    if outputs.get(step) is None:
+        raise _Pending(step)
+    return outputs[step][key]
+
+
+def plan(spec: BuildSpec, out: Path, hashes: FileHashes, outputs: dict[str, dict | None]) -> list[Step]:
+    """The build's steps in order; `outputs` fills in as they run (or are found up to date)."""
+    from model.checkpoint import file_sha256, read_meta
+
+    def curate_inputs() -> dict:
+        sources = {r["uri"]: _source_hash(r, hashes) for r in spec.sources}
+        return {"sources": sources, "stages": spec.stages, "config": spec.curate_config}
+
+    def export_inputs() -> dict:
+        return {"dataset_hash": _upstream(outputs, "curate", "dataset_hash"), "val_fraction": spec.val_fraction}
+
+    def card_present(rec: dict) -> bool:
+        card = out / "export" / "dataset_card.json"
+        return card.is_file() and json.loads(card.read_text())["manifest_hash"] == rec["outputs"]["manifest_hash"]
+
+    def ckpt_present(rec: dict) -> bool:
+        meta = out / rec["outputs"]["checkpoint"] / "meta.json"
+        return meta.is_file() and json.loads(meta.read_text())["model_sha256"] == rec["outputs"]["model_sha256"]
+
+    steps = [Step("curate", curate_inputs, lambda i, p: _run_curate(spec, out, i, p),
+                  lambda rec: (out / "manifests" / "sources").is_dir()),
+             Step("export", export_inputs, lambda i, p: _run_export(spec, out), card_present)]
+    previous = None
+    for t in spec.train:
+        def train_inputs(t=t, previous=previous) -> dict:
+            d = {"clips_hash": _upstream(outputs, "export", "clips_hash"), "stage": t.stage, "model": spec.model,
+                 "steps": t.steps, "seed": spec.seed, "config": t.config, "trainable": t.trainable}
+            if t.init_from:
+                d["init_from"] = {"path": str(t.init_from), "model_sha256": read_meta(t.init_from)["model_sha256"]}
+            elif previous:
+                d["parent_sha256"] = _upstream(outputs, previous, "model_sha256")
+            return d
+
+        def train_run(inputs, prev, t=t, previous=previous) -> dict:
+            parent = t.init_from or (out / outputs[previous]["checkpoint"] if previous else None)
+            return _run_train(spec, out, t, parent)
+
+        steps.append(Step(f"train/stage{t.stage}", train_inputs, train_run, ckpt_present))
+        previous = f"train/stage{t.stage}"
+    for s in spec.samples:
+        def sample_inputs(s=s, last=previous) -> dict:
+            ckpt = read_meta(s.checkpoint)["model_sha256"] if s.checkpoint else _upstream(outputs, last, "model_sha256")
+            return {"checkpoint_sha256": ckpt, "image": hashes(s.image), "audio": hashes(s.audio), "params": s.params}
+
+        def sample_run(inputs, prev, s=s, last=previous) -> dict:
+            return _run_sample(out, s, s.checkpoint or out / outputs[last]["checkpoint"])
+
+        def video_present(rec: dict) -> bool:
+            video = out / rec["outputs"]["video"]
+            return video.is_file() and file_sha256(video) == rec["outputs"]["sha256"]
+
+        steps.append(Step(f"sample/{s.name}", sample_inputs, sample_run, video_present))
+    return steps
+
+
+def _source_hash(row: dict[str, Any], hashes: FileHashes) -> str:
+    """A source's metadata and, for a local file, its content (a URL is known by its address)."""
+    from pipeline.lock import digest
+
+    content = hashes(row["uri"]) if Path(row["uri"]).is_file() else None
+    return digest({**row, "content": content})
+
+
+def _run_curate(spec: BuildSpec, out: Path, inputs: dict, prev: dict | None) -> dict:
+    from pipeline.runner import CurateOptions, curate
+
+    store = ManifestStore(out)
+    _forget_stale(store, (prev or {}).get("inputs", {}).get("sources", {}), inputs["sources"], spec)
+    sources = out / "build" / "sources.jsonl"
+    sources.parent.mkdir(parents=True, exist_ok=True)
+    sources.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in spec.sources))
+    before = _run_times(store)
+    summary = curate(CurateOptions(sources=str(sources), out=str(out), stages=tuple(spec.stages),
+                                   config=spec.curate_config, num_cpus=spec.num_cpus, max_workers=spec.max_workers))
+    processed: dict[str, int] = {}
+    for (stage, key), finished in _run_times(store).items():
+        if before.get((stage, key)) != finished:
+            processed[stage] = processed.get(stage, 0) + 1
+    return {"dataset_hash": store.content_hash(CURATE_TABLES), "processed": processed, "sources_ok": summary.ok,
+            "clips": store.read("clips").num_rows}
+
+
+def _run_times(store: ManifestStore) -> dict[tuple[str, str], Any]:
+    return {(r["stage"], r["source_id"]): r["finished_at"]
+            for r in store.read("stage_runs", columns=["stage", "source_id", "finished_at"]).to_pylist()}
+
+
+def _forget_stale(store: ManifestStore, old: dict[str, str], new: dict[str, str], spec: BuildSpec) -> None:
+    """Make curate's resume redo what is stale: changed or dropped sources, and runs made with other settings."""
+    from pipeline.plan import build_stages
+    from pipeline.worker import run_key
+
+    gone = {uri for uri, h in old.items() if new.get(uri) != h}
+    rows = store.read("sources").to_pylist()
+    redo = set()  # source_ids every media stage redoes
+    for r in rows:
+        if r["uri"] in gone:
+            store.shard_path("sources", r["input_id"]).unlink(missing_ok=True)
+            store.shard_path("stage_runs", run_key("download", r["input_id"])).unlink(missing_ok=True)
+            redo.add(r["source_id"])
+    media = [s for s in build_stages(spec.stages, spec.curate_config) if s.name != "download"]
+    order = {s.name: i for i, s in enumerate(media)}
+    current = {s.name: s.config_hash() for s in media}
+    first: dict[str, int] = {}  # source_id -> first media stage to redo
+    for r in store.read("stage_runs", columns=["stage", "source_id", "config_hash"]).to_pylist():
+        if r["stage"] in order and (r["source_id"] in redo or r["config_hash"] != current[r["stage"]]):
+            i = 0 if r["source_id"] in redo else order[r["stage"]]
+            first[r["source_id"]] = min(first.get(r["source_id"], i), i)
+    for sid, i in first.items():
+        for s in media[i:]:
+            store.shard_path("stage_runs", run_key(s.name, sid)).unlink(missing_ok=True)
+    for sid in redo - {r["source_id"] for r in rows if r["uri"] not in gone} - {None}:
+        for table in DERIVED_TABLES:  # bytes no remaining input has: what they gave goes too
+            store.shard_path(table, sid).unlink(missing_ok=True)
+    if gone or first:
+        log.info("curate: forgetting %d changed or dropped inputs; %d sources redo stages", len(gone), len(first))
+
+
+def _run_export(spec: BuildSpec, out: Path) -> dict:
+    from manifests.export import export
+
+    card = export(out, val_fraction=spec.val_fraction, command=f"emo build {spec.file} --out {out}")
+    return {"manifest_hash": card["manifest_hash"], "clips_hash": ManifestStore(out).content_hash(["clips"]),
+            "clips": card["clips"], "identities": card["identities"], "card": "export/dataset_card.json"}
+
+
+def _run_train(spec: BuildSpec, out: Path, t: TrainSpec, parent: Path | None) -> dict:
+    from model.checkpoint import read_meta
+    from model.train import build_parser, train
+
+    run = out / "train" / f"stage{t.stage}"
+    if parent is not None and Path(parent).resolve().is_relative_to(run):
+        raise ValueError(f"train stage {t.stage}: init_from {parent} lies inside {run}, which a retrain replaces")
+    shutil.rmtree(run, ignore_errors=True)  # a changed input retrains from step 0
+    config = out / "build" / f"train-stage{t.stage}.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps(t.config, sort_keys=True))
+    argv = ["--data", str(out), "--stage", str(t.stage), "--model", spec.model, "--out", str(run),
+            "--seed", str(spec.seed), "--config", str(config), "--quiet"]
+    argv += ["--steps", str(t.steps)] if t.steps is not None else []
+    argv += ["--init-from", str(parent)] if parent is not None else []
+    argv += ["--finetune"] if t.init_from else []
+    argv += ["--trainable", ",".join(t.trainable)] if t.trainable else []
+    saved = train(build_parser().parse_args(argv))
+    meta = read_meta(saved)
+    with open(run / "loss.csv", newline="") as fh:
+        losses = [float(r["loss"]) for r in csv.DictReader(fh)]
+    return {"checkpoint": str(saved.relative_to(out)), "model_sha256": meta["model_sha256"],
+            "manifest_hash": meta["manifest_hash"], "parent": meta["parent"], "finetune": meta["finetune"],
+            "step": meta["step"], "learning_rate": meta["config"]["learning_rate"],
+            "first_loss": losses[0], "last_loss": losses[-1]}
+
+
+def _run_sample(out: Path, s: SampleSpec, checkpoint: Path) -> dict:
+    from model.checkpoint import file_sha256
+    from model.sample import build_parser, sample
+
+    video = out / "samples" / f"{s.name}.mp4"
+    argv = ["--checkpoint", str(checkpoint), "--image", str(s.image), "--audio", str(s.audio), "--out", str(video)]
+    for k, v in s.params.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    rec = sample(build_parser().parse_args(argv))
+    ckpt = Path(rec["checkpoint"])
+    return {"video": str(video.relative_to(out)), "sha256": file_sha256(video),
+            "checkpoint": str(ckpt.relative_to(out)) if ckpt.is_relative_to(out) else str(ckpt),
+            "checkpoint_sha256": rec["checkpoint_sha256"], "manifest_hash": rec["manifest_hash"],
+            "frames": rec["frames"]}
+
+
+# ---------------------------------------------------------------- the build
+
+
+@dataclass
+class StepResult:
+    name: str
+    action: str  # "ran", "up to date" or "would run"
+    reason: str = ""
+    seconds: float | None = None
+
+
+@dataclass
+class BuildReport:
+    build_file: Path
+    out: Path
+    dry_run: bool
+    steps: list[StepResult]
+    lock: Lock
+
+    @property
+    def ran(self) -> list[str]:
+        return [s.name for s in self.steps if s.action != "up to date"]
+
+    def render(self) -> str:
+        lines = [f"emo build {self.build_file} -> {self.out}" + (" (dry run)" if self.dry_run else "")]
+        width = max(len(s.name) for s in self.steps)
+        for s in self.steps:
+            took = f" ({s.seconds:.1f} s)" if s.seconds is not None else ""
+            lines.append(f"  {s.name:<{width}}  {s.action:<10}  {s.reason}{took}".rstrip())
+        n, k = len(self.steps), len(self.ran)
+        if not k:
+            lines.append(f"nothing to do: all {n} steps are up to date")
+        else:
+            lines.append(f"{k} of {n} steps would run" if self.dry_run else
+                         f"ran {k} of {n} steps; lock: {self.out / 'emo.lock'}")
+        return "\n".join(lines)
+
+
+def build(build_file: str | Path, out: str | Path, dry_run: bool = False) -> BuildReport:
+    """Run the steps whose inputs changed (or only say which and why, with dry_run)."""
+    from pipeline.lock import digest
+
+    spec = load_build_file(build_file)
+    out = Path(out).resolve()
+    old = Lock.load(out)
+    new = Lock(build_file=str(spec.file))
+    hashes = FileHashes(out / "build" / "file_hashes.json")
+    outputs: dict[str, dict | None] = {}
+    results = []
+    for step in plan(spec, out, hashes, outputs):
+        prev = old.steps.get(step.name)
+        try:
+            inputs = step.inputs()
+        except _Pending as pending:
+            inputs, reason = None, f"after {pending.args[0]}"
+        else:
+            if prev is None:
+                reason = "never run"
+            elif prev["key"] != digest(inputs):
+                reason = "; ".join(changes(prev["inputs"], inputs))
+            else:
+                reason = None if step.present(prev) else "its outputs are missing or changed"
+        if reason is None:
+            new.steps[step.name], outputs[step.name] = prev, prev["outputs"]
+            results.append(StepResult(step.name, "up to date"))
+        elif dry_run:
+            outputs[step.name] = None
+            results.append(StepResult(step.name, "would run", reason))
+        else:
+            log.info("%s: %s", step.name, reason)
+            t0 = time.perf_counter()
+            produced = step.run(inputs, prev)
+            new.steps[step.name] = record(inputs, produced, time.perf_counter() - t0)
+            outputs[step.name] = produced
+            Lock({**old.steps, **new.steps}, new.build_file).save(out)  # a crash keeps what finished
+            results.append(StepResult(step.name, "ran", reason, time.perf_counter() - t0))
+    if not dry_run and (new.steps != old.steps or new.build_file != old.build_file):
+        new.save(out)
+    if not dry_run:
+        hashes.save()
+    return BuildReport(spec.file, out, dry_run, results, new)
