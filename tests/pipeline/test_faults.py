@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from manifests.store import rows_to_table
 from pipeline import plan
 from pipeline.bad_corpus import talking_clip
 from pipeline.runner import CurateOptions, curate
+from pipeline.serve import LoopbackServer
 from stages.base import StageContext
 from stages.faces import FaceStage
 from stages.video_io import write_mp4
@@ -141,3 +143,73 @@ def _frames(n: int):
     from pipeline.bad_corpus import carphone_frames
 
     return carphone_frames(n)
+
+
+class StalledFifo:
+    """A named pipe that gives its reader the first `n` bytes of a real mp4, then nothing, until closed.
+
+    The decoder blocks inside FFmpeg's read(), in C, as it would on a stalled network mount.
+    """
+
+    def __init__(self, path: Path, data: bytes, n: int = 20_000):
+        self.path, self.data, self.n, self.stop = path, data, n, threading.Event()
+        os.mkfifo(path)
+        self.thread = threading.Thread(target=self._feed, daemon=True)
+        self.thread.start()
+
+    def _feed(self) -> None:
+        fd = os.open(self.path, os.O_RDWR)  # read-write: open never blocks, and the pipe never sees EOF
+        try:
+            os.write(fd, self.data[: self.n])
+            self.stop.wait()
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+def test_a_hanging_source_becomes_a_timeout_row_and_the_run_finishes(ray_local, tmp_path):
+    media = tmp_path / "in"
+    media.mkdir()
+    good, stalled = talking_clip(media / "good.mp4", 2.0), talking_clip(media / "stalled.mp4", 2.0, start=40)
+    # Generous for a 2-second clip on a busy 2-core machine, short for a test that waits on three hangs.
+    settings = {"source_timeout_s": 6.0, "timeout_per_media_s": 2.0, "download_timeout_s": 6.0}
+    out = tmp_path / "out"
+    store = ManifestStore(out)
+    with LoopbackServer(media) as server:
+        drip = server.url("fault/drip/good.mp4")
+        sources = write_sources(tmp_path / "s.csv", [good, stalled, drip])
+        opts = CurateOptions(sources=str(sources), out=str(out), stages=("download",), config={"pipeline": settings})
+
+        # 1. A server that sends one byte a second: no read ever times out, only the source's limit ends it.
+        t0 = time.monotonic()
+        summary = curate(opts)
+        print(f"download phase with one dripping source: {time.monotonic() - t0:.1f} s")
+    rows = {r["uri"]: r for r in store.read("sources").to_pylist()}
+    assert rows[drip]["status"] == "failed", rows[drip]
+    assert rows[drip]["error"].startswith("timeout: fetching took longer than its limit of 6 s"), rows[drip]["error"]
+    assert rows[str(good)]["status"] == rows[str(stalled)]["status"] == "ok"
+    assert dict(summary.failed) == {"timeout": 1} and summary.ok == 2
+
+    # 2. A stored file whose decode blocks in C. shots and diarize share one actor (diarize holds a
+    # model): the actor process ends itself after the timeout, and its replacement goes on to diarize.
+    stored = out / rows[str(stalled)]["media_path"]
+    data = stored.read_bytes()
+    stored.unlink()
+    fifo = StalledFifo(stored, data)
+    try:
+        t0 = time.monotonic()
+        curate(CurateOptions(**{**vars(opts), "stages": ("download", "shots", "diarize")}))
+        print(f"media phase with one stalled source: {time.monotonic() - t0:.1f} s")
+    finally:
+        fifo.close()
+    runs = runs_by_source(store)
+    hung, fine = runs[rows[str(stalled)]["source_id"]], runs[rows[str(good)]["source_id"]]
+    limit = 6.0 + 2.0 * rows[str(stalled)]["duration_s"]
+    assert hung["shots"]["status"] == "failed"
+    assert hung["shots"]["error"].startswith(f"timeout: shots took longer than its limit of {limit:.0f} s"), hung["shots"]
+    assert hung["diarize"]["status"] == fine["shots"]["status"] == fine["diarize"]["status"] == "ok"
+    assert store.read("stage_runs").num_rows == 3 + 2 * 2  # one per input, one per (stage, source)
+    assert not any((out / ".attempts").iterdir())
