@@ -119,6 +119,20 @@ def _bars(counter: dict[str, float], title: str, xlabel: str) -> str:
     return _plot(fig)
 
 
+def _rejection_rows(rej: list[dict]) -> str:
+    by_rule: dict[str, list[dict]] = {}
+    for r in rej:
+        by_rule.setdefault(r["rule"], []).append(r)
+    rows = []
+    for rule, rs in sorted(by_rule.items(), key=lambda kv: -len(kv[1])):
+        values = sorted(r["value"] for r in rs if r["value"] is not None)
+        median = f"{values[len(values) // 2]:.3g}" if values else "-"
+        threshold = rs[0]["threshold"]
+        rows.append(f"<tr><td>{html.escape(rule)}</td><td>{len(rs)}</td>"
+                    f"<td>{'-' if threshold is None else f'{threshold:.3g}'}</td><td>{median}</td></tr>")
+    return "".join(rows)
+
+
 def report(out: str | Path) -> Path:
     """Write OUT/audit/report.html: self-contained (images inlined), opens with no server."""
     store = ManifestStore(out)
@@ -156,6 +170,7 @@ def report(out: str | Path) -> Path:
 <span class="kpi"><b>{sum(c['end_s'] - c['start_s'] for c in clips) / 60:.1f}</b>minutes</span>
 <span class="kpi"><b>{len({r['candidate_id'] for r in rej})}</b>candidates rejected</span></div>
 <div class="grid">{''.join(f'<div class="card"><img src="{f}"></div>' for f in figures)}</div>
+<h2>Rejections by rule</h2><table><tr><th>rule</th><th>failed candidates</th><th>threshold</th><th>median measured</th></tr>{_rejection_rows(rej)}</table>
 <h2>Kept clips</h2><table><tr><th>clip</th><th>license</th><th>seconds</th><th>split</th></tr>{rows}</table>
 </body></html>"""
     dest = Path(out) / "audit" / "report.html"

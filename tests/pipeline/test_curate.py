@@ -40,16 +40,16 @@ def test_demo_sources_each_get_exactly_one_row(ray_local, demo_corpus, server, t
     summary = curate(CurateOptions(sources=str(sources), out=str(tmp_path / "out"), stages=("download",)))
     store = ManifestStore(tmp_path / "out")
     rows = store.read("sources").to_pylist()
-    assert len(rows) == summary.inputs == 11
+    assert len(rows) == summary.inputs == 12
     by_title = {r["title"]: r for r in rows}
     assert by_title["the same reel over HTTP (same bytes)"]["source_id"] == by_title[
         "edited reel with cuts, a fade and a dissolve"]["source_id"]
-    assert summary.ok == 4 and summary.unique_sources == 2
+    assert summary.ok == 5 and summary.unique_sources == 3
     assert dict(summary.failed) == {"not_media": 2, "empty_file": 1, "http_404": 1, "unreadable_container": 1}
     assert dict(summary.skipped) == {"consent_no": 1, "opt_out": 1}
     assert by_title["the first 40% of an mp4"]["error"].startswith("unreadable_container")
-    assert store.read("stage_runs").num_rows == 11
-    assert "sources: 11 seen, 4 ok" in summary.render()
+    assert store.read("stage_runs").num_rows == 12
+    assert "sources: 12 seen, 5 ok" in summary.render()
 
 
 def test_rerun_does_no_repeated_work_and_gives_identical_manifests(ray_local, demo_corpus, tmp_path):
