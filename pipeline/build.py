@@ -286,17 +286,18 @@ class Step:
     present: Callable[[dict[str, Any]], bool]
 
 
-class _Pending(Exception):
-    """An input is the output of a step that has not run yet (in a dry run)."""
+class _Pending(dict):
+    """The outputs of a step a dry run would run first: every value says so."""
+
+    def __init__(self, step: str):
+        super().__init__()
+        self.step = step
+
+    def __getitem__(self, key: str) -> str:
+        return f"<new output of {self.step}>"
 
 
-def _upstream(outputs: dict[str, dict | None], step: str, key: str) -> Any:
-    if outputs.get(step) is None:
-        raise _Pending(step)
-    return outputs[step][key]
-
-
-def plan(spec: BuildSpec, out: Path, hashes: FileHashes, outputs: dict[str, dict | None]) -> list[Step]:
+def plan(spec: BuildSpec, out: Path, hashes: FileHashes, outputs: dict[str, dict]) -> list[Step]:
     """The build's steps in order; `outputs` fills in as they run (or are found up to date)."""
     from model.checkpoint import file_sha256, read_meta
 
@@ -305,7 +306,7 @@ def plan(spec: BuildSpec, out: Path, hashes: FileHashes, outputs: dict[str, dict
         return {"sources": sources, "stages": spec.stages, "config": spec.curate_config}
 
     def export_inputs() -> dict:
-        return {"dataset_hash": _upstream(outputs, "curate", "dataset_hash"), "val_fraction": spec.val_fraction}
+        return {"dataset_hash": outputs["curate"]["dataset_hash"], "val_fraction": spec.val_fraction}
 
     def card_present(rec: dict) -> bool:
         card = out / "export" / "dataset_card.json"
@@ -321,12 +322,12 @@ def plan(spec: BuildSpec, out: Path, hashes: FileHashes, outputs: dict[str, dict
     previous = None
     for t in spec.train:
         def train_inputs(t=t, previous=previous) -> dict:
-            d = {"clips_hash": _upstream(outputs, "export", "clips_hash"), "stage": t.stage, "model": spec.model,
+            d = {"clips_hash": outputs["export"]["clips_hash"], "stage": t.stage, "model": spec.model,
                  "steps": t.steps, "seed": spec.seed, "config": t.config, "trainable": t.trainable}
             if t.init_from:
                 d["init_from"] = {"path": str(t.init_from), "model_sha256": read_meta(t.init_from)["model_sha256"]}
             elif previous:
-                d["parent_sha256"] = _upstream(outputs, previous, "model_sha256")
+                d["parent_sha256"] = outputs[previous]["model_sha256"]
             return d
 
         def train_run(inputs, prev, t=t, previous=previous) -> dict:
@@ -337,7 +338,7 @@ def plan(spec: BuildSpec, out: Path, hashes: FileHashes, outputs: dict[str, dict
         previous = f"train/stage{t.stage}"
     for s in spec.samples:
         def sample_inputs(s=s, last=previous) -> dict:
-            ckpt = read_meta(s.checkpoint)["model_sha256"] if s.checkpoint else _upstream(outputs, last, "model_sha256")
+            ckpt = read_meta(s.checkpoint)["model_sha256"] if s.checkpoint else outputs[last]["model_sha256"]
             return {"checkpoint_sha256": ckpt, "image": hashes(s.image), "audio": hashes(s.audio), "params": s.params}
 
         def sample_run(inputs, prev, s=s, last=previous) -> dict:
@@ -512,26 +513,22 @@ def build(build_file: str | Path, out: str | Path, dry_run: bool = False) -> Bui
     old = Lock.load(out)
     new = Lock(build_file=str(spec.file))
     hashes = FileHashes(out / "build" / "file_hashes.json")
-    outputs: dict[str, dict | None] = {}
+    outputs: dict[str, dict] = {}
     results = []
     for step in plan(spec, out, hashes, outputs):
         prev = old.steps.get(step.name)
-        try:
-            inputs = step.inputs()
-        except _Pending as pending:
-            inputs, reason = None, f"after {pending.args[0]}"
+        inputs = step.inputs()
+        if prev is None:
+            reason = "never run"
+        elif prev["key"] != digest(inputs):
+            reason = "; ".join(changes(prev["inputs"], inputs))
         else:
-            if prev is None:
-                reason = "never run"
-            elif prev["key"] != digest(inputs):
-                reason = "; ".join(changes(prev["inputs"], inputs))
-            else:
-                reason = None if step.present(prev) else "its outputs are missing or changed"
+            reason = None if step.present(prev) else "its outputs are missing or changed"
         if reason is None:
             new.steps[step.name], outputs[step.name] = prev, prev["outputs"]
             results.append(StepResult(step.name, "up to date"))
         elif dry_run:
-            outputs[step.name] = None
+            outputs[step.name] = _Pending(step.name)
             results.append(StepResult(step.name, "would run", reason))
         else:
             log.info("%s: %s", step.name, reason)
