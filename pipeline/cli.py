@@ -66,19 +66,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.demo_corpus import DEMO_PORT, build_demo_corpus
-    from pipeline.plan import available_stages
-    from pipeline.runner import CurateOptions, curate
-    from pipeline.serve import LoopbackServer
+    from pipeline.demo import DemoOptions, render, run_demo
 
-    root = Path(args.dir)
-    sources = build_demo_corpus(root, port=DEMO_PORT)
-    with LoopbackServer(root, port=DEMO_PORT):
-        summary = curate(CurateOptions(sources=str(sources), out=str(root / "out"), stages=tuple(available_stages()),
-                                       num_cpus=args.num_cpus))
-    print(summary.render())
-    print(f"\nmanifests: {root / 'out' / 'manifests'}   (emo manifest show {root / 'out'})")
-    return 0
+    result = run_demo(DemoOptions(root=Path(args.dir), num_cpus=args.num_cpus,
+                                  train_steps=tuple(args.train_steps), sample_seconds=args.sample_seconds,
+                                  sample_steps=args.sample_steps))
+    print(render(result))
+    return 0 if result["watermark"]["present"] else 3
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -188,9 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8642)
     s.set_defaults(func=_cmd_serve)
 
-    dm = sub.add_parser("demo", help="build the demo corpus, serve it on loopback and curate it end to end")
+    dm = sub.add_parser("demo", help="sources to video: demo corpus, curate, export, train tiny, sample, detect, audit",
+                        description="The whole path on the bundled demo corpus, on one machine without a GPU "
+                                    "(about 10 minutes on 2 cores). Writes everything under --dir.")
     dm.add_argument("--dir", default="demo")
     dm.add_argument("--num-cpus", type=int)
+    dm.add_argument("--train-steps", type=int, nargs=3, default=[150, 40, 40], metavar=("S1", "S2", "S3"),
+                    help="training steps of stages 1, 2 and 3")
+    dm.add_argument("--sample-seconds", type=float, default=6.0, help="seconds of speech to animate")
+    dm.add_argument("--sample-steps", type=int, default=8, help="DDIM steps per window")
     dm.set_defaults(func=_cmd_demo)
 
     e = sub.add_parser("export", help="judge near-duplicates, split train/val by identity, write the dataset card")
