@@ -2,8 +2,8 @@
 
     python -m model.sample --checkpoint CKPT --image portrait.jpg --audio speech.wav --out video.mp4
 
-The face in the portrait is found and cropped as the face-crop stage does (mediapipe's bundled
-BlazeFace, a generous square around the largest face), resized to the model's image size. The
+The face in the portrait is found and cropped as the face-crop stage does (its detector, its
+crop window and margin, stages/face_crops.py), resized to the model's image size. The
 audio's features cover its whole length at --fps; the video is generated in windows of f frames,
 each conditioned on the last n generated frames of the window before (zeros for the first), so
 the video is continuous and memory does not grow with the audio's length: each window is decoded,
@@ -39,60 +39,44 @@ from model.latents import load_codec
 
 log = logging.getLogger("emo.sample")
 
-FACE_MARGIN = 0.5  # of the face box's side, added on each side: room for the head to move
+FACE_MASK_GROW = 0.2  # the reference face box grown by this on each side: the head's room to move
 MIN_WATERMARK_SIZE = 256  # frames smaller than this are upscaled before the mark goes in
 
 
-def detect_largest_face(rgb: np.ndarray) -> np.ndarray | None:
-    """[x0, y0, x1, y1] pixels of the largest face mediapipe's bundled full-range BlazeFace finds, or None."""
-    import mediapipe as mp
+def largest_face(rgb: np.ndarray) -> np.ndarray | None:
+    """[x0, y0, x1, y1] pixels of the largest face the face stage's detector finds, or None."""
+    from stages.face_detectors import MediapipeDetector
 
-    h, w = rgb.shape[:2]
-    with mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5) as fd:
-        result = fd.process(np.ascontiguousarray(rgb))
-    boxes = []
-    for d in result.detections or []:
-        b = d.location_data.relative_bounding_box
-        boxes.append([b.xmin * w, b.ymin * h, (b.xmin + b.width) * w, (b.ymin + b.height) * h])
-    if not boxes:
+    detector = MediapipeDetector()
+    try:
+        dets = detector.detect(np.ascontiguousarray(rgb))
+    finally:
+        detector.close()
+    if not dets:
         return None
-    return max(np.array(boxes), key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
-
-
-def square_window(box: np.ndarray, margin: float, width: int, height: int) -> np.ndarray:
-    """Square [x0, y0, x1, y1] around `box` with `margin` x its side on each side, kept inside the image."""
-    side = min(max(box[2] - box[0], box[3] - box[1]) * (1 + 2 * margin), width, height)
-    cx = np.clip((box[0] + box[2]) / 2, side / 2, width - side / 2)
-    cy = np.clip((box[1] + box[3]) / 2, side / 2, height - side / 2)
-    return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+    return max((d.box for d in dets), key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
 
 
 def crop_reference(rgb: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(size, size, 3) face crop of a portrait and its (size, size) face-region mask in {0, 1}.
 
-    A square FACE_MARGIN around the largest face, as the face-crop stage crops; the centre square
-    (and a whole-frame mask) with a warning when no face is found.
+    Cropped as the face stage crops a track (stages/face_crops.py): a square window DEFAULT_MARGIN
+    around the face, shifted to stay inside the photo. The stage's face mask is the union of a
+    clip's boxes; one photo has one box, grown by 20% to leave the head room to move. With no
+    face found: the centre square and a whole-frame mask, with a warning.
     """
+    from stages.face_crops import DEFAULT_MARGIN, box_mask, crop_frame, crop_window
+
     h, w = rgb.shape[:2]
-    box = detect_largest_face(rgb)
+    box = largest_face(rgb)
     if box is None:
         log.warning("no face found in the portrait: using its centre square crop")
         side = min(h, w)
         window = np.array([(w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2])
-    else:
-        window = square_window(box, FACE_MARGIN, w, h)
-    x0, y0, x1, y1 = window
-    scale = size / (x1 - x0)
-    affine = np.array([[scale, 0, -scale * x0], [0, scale, -scale * y0]])
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-    crop = cv2.warpAffine(rgb, affine, (size, size), flags=interp, borderMode=cv2.BORDER_REPLICATE)
-    mask = np.ones((size, size), np.float32)
-    if box is not None:  # the face box grown by 20% (the head moves), mapped into the crop
-        grow = 0.2 * np.array([-(box[2] - box[0]), -(box[3] - box[1]), box[2] - box[0], box[3] - box[1]])
-        fx0, fy0, fx1, fy1 = np.clip(((box + grow) - np.tile(window[:2], 2)) * scale, 0, size)
-        mask[:] = 0
-        mask[int(fy0) : int(np.ceil(fy1)), int(fx0) : int(np.ceil(fx1))] = 1
-    return crop, mask
+        return crop_frame(rgb, window, size), np.ones((size, size), np.float32)
+    window, _ = crop_window(box[None], DEFAULT_MARGIN, w, h)
+    mask = box_mask(box[None], window, size, grow=FACE_MASK_GROW) > 0
+    return crop_frame(rgb, window, size), mask.astype(np.float32)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -17,6 +17,10 @@ from PIL import Image
 
 from stages.video_io import write_mp4
 
+# The crop window's margin, as a fraction of the face's side on each side: the face stage's default,
+# and the sampler's for a reference portrait, so the model sees faces framed as it was trained.
+DEFAULT_MARGIN = 0.25
+
 
 def crop_window(boxes: np.ndarray, margin: float, width: int, height: int) -> tuple[np.ndarray, bool]:
     """Square [x0, y0, x1, y1] around the union of `boxes`, `margin` x its side added on each side.

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from stages.base import Resources, Stage, StageContext, StageError
-from stages.face_crops import box_mask, crop_window, write_png
+from stages.face_crops import DEFAULT_MARGIN, box_mask, crop_window, write_png
 from stages.face_detectors import Detection, box_iou, make_detector
 from stages.face_measures import TrackMeasurer
 from stages.face_tracker import FaceTracker, Track, track_boxes
@@ -83,7 +83,7 @@ class FaceStage(Stage):
         min_face_px: int = 64,
         min_track_frames: int = 25,
         max_gap_samples: int = 2,
-        margin: float = 0.25,
+        margin: float = DEFAULT_MARGIN,
         crop_size: int = 512,
         smooth_frames: int = 5,
     ):
