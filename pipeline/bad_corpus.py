@@ -12,6 +12,7 @@ import csv
 import gzip
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -64,13 +65,15 @@ def talking_clip(path: str | Path, seconds: float = 2.0, start: int = 0, audio: 
 
 def encode(path: Path, frames: list[np.ndarray], codec: str = "libx264", pix_fmt: str = "yuv420p",
            fmt: str = "mp4", pts_ms: list[int] | None = None, rotation: int | None = None,
-           audio: np.ndarray | None = None, options: dict[str, str] | None = None) -> Path:
+           audio: np.ndarray | None = None, options: dict[str, str] | None = None,
+           codec_options: dict[str, str] | None = None) -> Path:
     """Frames (RGB) in any codec, pixel format and container PyAV has; `pts_ms` for variable frame rate."""
     with av.open(str(path), "w", format=fmt, options=options or {}) as c:
         h, w = frames[0].shape[:2]
         astream = _aac_stream(c) if audio is not None else None  # every stream before the first packet
         vs = c.add_stream(codec, rate=int(FPS))
         vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt
+        vs.options = codec_options or {}
         if pts_ms is not None:
             vs.codec_context.time_base = Fraction(1, 1000)
         if rotation is not None:
@@ -204,14 +207,22 @@ def _trunc_fast(d: Path, b: Path, u: str) -> str:
     return _file(d, "truncated_faststart.mp4", data[: len(data) // 2])
 
 
-@kind("corrupt_frames", "?", "noise written over a third of the coded frames")
-def _corrupt(d: Path, b: Path, u: str) -> str:
-    data = bytearray(b.read_bytes())
-    rng = np.random.default_rng(1)
-    mdat = data.find(b"mdat") + 8
-    for start in range(mdat + 2000, mdat + (len(data) - mdat) // 2, 3000):
-        data[start:start + 400] = rng.bytes(400)
-    return _file(d, "corrupt.mp4", bytes(data))
+def _noise_over_packets(src: Path, kind: str, every: int, seed: int) -> bytes:
+    """The file's bytes with noise over the middle of every `every`-th packet of its first `kind` stream."""
+    data = bytearray(src.read_bytes())
+    rng = np.random.default_rng(seed)
+    with av.open(str(src)) as c:
+        packets = [(p.pos, p.size) for p in c.demux(getattr(c.streams, kind)[0]) if p.size and p.pos is not None]
+    for pos, size in packets[1::every]:  # the first packet stays whole, so the file still probes
+        a, n = pos + size // 4, size // 2
+        data[a:a + n] = rng.bytes(n)
+    return bytes(data)
+
+
+kind("corrupt_frames", "?", "noise over half of every third coded video frame")(
+    lambda d, b, u: _file(d, "corrupt_video.mp4", _noise_over_packets(b, "video", 3, 1)))
+kind("corrupt_audio", "?", "noise over half of every audio packet")(
+    lambda d, b, u: _file(d, "corrupt_audio.mp4", _noise_over_packets(b, "audio", 1, 2)))
 
 
 @kind("one_frame", "?", "a video of one frame")
@@ -221,7 +232,8 @@ def _one(d: Path, b: Path, u: str) -> str:
 
 @kind("8k_header_tiny_payload", "?", "an mp4 that declares 7680x4320 and holds 4 KB of its frame data")
 def _8k(d: Path, b: Path, u: str) -> str:
-    p = encode(d / ".8k.mp4", [np.zeros((4320, 7680, 3), np.uint8)] * 2, options={"movflags": "faststart"})
+    p = encode(d / ".8k.mp4", [np.zeros((4320, 7680, 3), np.uint8)], options={"movflags": "faststart"},
+               codec_options={"preset": "ultrafast"})
     data = p.read_bytes()
     p.unlink()
     return _file(d, "8k.mp4", data[: data.find(b"mdat") + 4096])
@@ -229,12 +241,16 @@ def _8k(d: Path, b: Path, u: str) -> str:
 
 @kind("wide_1280x16", "?", "an extreme aspect ratio, 80:1")
 def _wide(d: Path, b: Path, u: str) -> str:
-    return str(encode(d / "wide.mp4", [fill(f, (1280, 16)) for f in carphone_frames(50)]))
+    return str(encode(d / "wide.mp4", [_squash(f, (1280, 16)) for f in carphone_frames(50)]))
 
 
 @kind("tall_16x1280", "?", "an extreme aspect ratio, 1:80")
 def _tall(d: Path, b: Path, u: str) -> str:
-    return str(encode(d / "tall.mp4", [fill(f, (16, 1280)) for f in carphone_frames(50)]))
+    return str(encode(d / "tall.mp4", [_squash(f, (16, 1280)) for f in carphone_frames(50)]))
+
+
+def _squash(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR))
 
 
 @kind("variable_frame_rate", "?", "frame intervals from 10 ms to 120 ms")
@@ -247,12 +263,12 @@ def _vfr(d: Path, b: Path, u: str) -> str:
 @kind("rotated_90", "?", "portrait phone video: stored sideways, with a 90 degree display matrix")
 def _rot(d: Path, b: Path, u: str) -> str:
     frames = [np.ascontiguousarray(np.rot90(f, 1)) for f in carphone_frames(50)]
-    return str(encode(d / "rotated.mp4", frames, rotation=90, audio=speech(2.0)))
+    return str(encode(d / "rotated.mp4", frames, rotation=-90, audio=speech(2.0)))  # display: turn back clockwise
 
 
 @kind("sideways_no_metadata", "?", "stored sideways without a display matrix")
 def _sideways(d: Path, b: Path, u: str) -> str:
-    frames = [np.ascontiguousarray(np.rot90(f, 1)) for f in carphone_frames(50)]
+    frames = [np.ascontiguousarray(np.rot90(fill(f, (352, 288)), 1)) for f in carphone_frames(50)]
     return str(encode(d / "sideways.mp4", frames, audio=speech(2.0)))
 
 
@@ -357,5 +373,8 @@ def build_bad_corpus(root: str | Path, base_url: str) -> Path:
         w = csv.writer(fh)
         w.writerow(["uri", "license", "consent", "title", "notes"])
         for k in KINDS:
-            w.writerow([k.make(files, base, base_url.rstrip("/")), "CC-BY-4.0", "yes", k.name, k.expect])
+            t0 = time.perf_counter()
+            uri = k.make(files, base, base_url.rstrip("/"))
+            print(k.name, round(time.perf_counter() - t0, 2))
+            w.writerow([uri, "CC-BY-4.0", "yes", k.name, k.expect])
     return root / "sources.csv"

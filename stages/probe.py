@@ -25,15 +25,7 @@ def probe_media(path: Path) -> dict[str, Any]:
             raise StageError("no_video_stream", "the file has no video stream" + (" (audio only)" if astreams else ""))
         vs = vstreams[0]
         vs.thread_type = "AUTO"
-        first = None
-        try:
-            for frame in container.decode(vs):
-                first = frame
-                break
-        except (av.error.FFmpegError, ValueError) as e:
-            raise StageError("undecodable", f"no frame could be decoded: {e}") from e
-        if first is None:
-            raise StageError("undecodable", "the video stream has no decodable frames")
+        first = _first_frame(container, vs)
         fps = float(vs.average_rate or vs.guessed_rate or 0) or None
         duration = None
         if vs.duration is not None and vs.time_base is not None:
@@ -58,7 +50,30 @@ def probe_media(path: Path) -> dict[str, Any]:
         }
 
 
-CLIP_LEVEL = 0.999  # |sample| at or above this is clipped (full scale is 1.0)
+# |sample| at or above this counts as clipped. Not 1.0: a lossy codec rings around a flat top, so
+# audio clipped at full scale decodes to peaks spread between about 0.9 and 1.3.
+CLIP_LEVEL = 0.9
+
+
+def _first_frame(container: av.container.InputContainer, vs: av.VideoStream, max_packets: int = 250) -> av.VideoFrame:
+    """The first frame that decodes. Packets the decoder rejects are skipped, as the stages skip them."""
+    rejected, last_error = 0, None
+    try:
+        for i, packet in enumerate(container.demux(vs)):
+            if i >= max_packets:
+                break
+            try:
+                frames = packet.decode()
+            except (av.error.FFmpegError, ValueError) as e:
+                rejected, last_error = rejected + 1, e
+                continue
+            if frames:
+                return frames[0]
+    except av.error.FFmpegError as e:  # the demuxer gave up
+        last_error = e
+    declared = f"{vs.codec_context.width}x{vs.codec_context.height} {vs.codec_context.name}"
+    raise StageError("undecodable", f"no frame of the {declared} stream decodes ({rejected} packets rejected"
+                     + (f"; last error: {last_error})" if last_error else ")"))
 
 
 def extract_audio(path: Path, wav: Path, rate: int = 16000) -> dict[str, float]:
