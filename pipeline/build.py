@@ -135,8 +135,8 @@ def load_build_file(path: str | Path) -> BuildSpec:
     top = _At(root, file).keys(("sources", "curate", "export", "train", "samples"), required=("sources",))
     spec = BuildSpec(file=file, sources=_sources(top["sources"]), stages=[], curate_config={})
     _curate(spec, top.get("curate"))
-    if "export" in top:
-        spec.val_fraction = float(top["export"].keys(("val_fraction",))["val_fraction"].value((int, float), "a number"))
+    if "export" in top and (v := top["export"].keys(("val_fraction",)).get("val_fraction")):
+        spec.val_fraction = float(v.value((int, float), "a number"))
     if "train" in top:
         _train(spec, top["train"])
     for item in top["samples"].items() if "samples" in top else []:

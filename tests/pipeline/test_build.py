@@ -31,12 +31,13 @@ OVERFIT = {"overfit_batch": True, "batch_size": 1, "cond_drop_prob": 0.0}
 STAGE1_STEPS = 30
 
 
-def cut(src: Path, dst: Path, start_s: float, seconds: float) -> Path:
-    """A piece of a video with its audio (16 kHz mono), re-encoded: footage of its own."""
+def cut(src: Path, dst: Path, start_s: float, seconds: float, mirror: bool = False) -> Path:
+    """A piece of a video with its audio (16 kHz mono), re-encoded (and mirrored): footage of its own."""
     with av.open(str(src)) as c:
         fps = float(c.streams.video[0].average_rate)
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)
                   if start_s <= float(f.pts * f.time_base) < start_s + seconds]
+    frames = [np.ascontiguousarray(f[:, ::-1]) for f in frames] if mirror else frames
     with av.open(str(src)) as c:
         resampler = av.AudioResampler(format="flt", layout="mono", rate=16000)
         audio = np.concatenate([g.to_ndarray().reshape(-1) for f in c.decode(audio=0) for g in resampler.resample(f)])
@@ -54,13 +55,17 @@ def one_cpu_thread():
 
 @pytest.fixture(scope="module")
 def footage(demo_corpus, tmp_path_factory) -> dict[str, Path]:
-    """Three pieces of talking.mp4 where someone speaks, a portrait and 0.5 s of speech to sample with."""
+    """Three pieces of talking.mp4 where someone speaks, a portrait and 0.5 s of speech to sample with.
+
+    c, the source a test adds, is mirrored: all three show the same man, and export's near-duplicate
+    rule (across sources) would otherwise fold c's clips into a's and leave the training set as it was.
+    """
     d = tmp_path_factory.mktemp("footage")
     talking = demo_corpus / "talking.mp4"
     wav, sr = sf.read(str(demo_corpus / "speech.wav"), dtype="float32")
     sf.write(d / "speech.wav", wav[10 * sr:int(10.5 * sr)], sr)
     return {"a": cut(talking, d / "a.mp4", 10, 6), "b": cut(talking, d / "b.mp4", 22, 5),
-            "c": cut(talking, d / "c.mp4", 15, 5), "portrait": demo_corpus / "portraits" / "hanks.png",
+            "c": cut(talking, d / "c.mp4", 15, 5, mirror=True), "portrait": demo_corpus / "portraits" / "hanks.png",
             "speech": d / "speech.wav", "curate_config": demo_corpus / "config.yaml"}
 
 
@@ -153,7 +158,7 @@ def test_changing_a_training_setting_retrains_from_that_stage_on(base, footage, 
                                "train/stage2": "ran", "train/stage3": "ran", "sample/hanks": "ran"}
     assert {p: t for p, t in files(out).items() if p in manifests} == manifests  # curation and export untouched
     assert read_meta(out / "train" / "stage2")["config"]["learning_rate"] == 1e-3
-    assert read_meta(out / "train" / "stage2")["parent"]["path"].startswith(str(base[1] / "train" / "stage1"))
+    assert read_meta(out / "train" / "stage2")["parent"]["path"].startswith(str(out / "train" / "stage1"))
 
 
 def test_adding_a_source_curates_only_it_then_reruns_what_reads_the_dataset(base, footage, tmp_path):
@@ -258,3 +263,18 @@ def test_a_bad_build_file_is_an_error_that_names_the_line(footage, tmp_path, tex
     assert str(e.value).startswith(f"{bf}:{line}: ") and words in str(e.value)
     assert cli_main(["build", str(bf), "--out", str(tmp_path / "out")]) == 2
     assert f"{bf}:{line}: " in capsys.readouterr().err
+
+
+def test_the_example_build_files_are_valid(base, demo_corpus, tmp_path):
+    """examples/ as shipped, next to a demo corpus and the base build standing in for runs/demo."""
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    shutil.copytree(examples, tmp_path / "examples")
+    (tmp_path / "demo").symlink_to(demo_corpus)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "demo").symlink_to(base[1])
+    spec = load_build_file(tmp_path / "examples" / "build.yaml")
+    assert [t.stage for t in spec.train] == [1, 2, 3] and len(spec.sources) == 2
+    report = build(tmp_path / "examples" / "finetune.yaml", tmp_path / "mine", dry_run=True)
+    assert set(actions(report)) == {"curate", "export", "train/stage3", "sample/hanks-speech"}
+    assert set(actions(report).values()) == {"would run"}
+    assert not (tmp_path / "mine").exists()
