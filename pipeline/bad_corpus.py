@@ -2,8 +2,9 @@
 
 `build_bad_corpus(root, base_url)` writes the files under root/files, and root/sources.csv listing
 every kind: local files, and URLs on a LoopbackServer over root/files (base_url) whose /fault/
-paths misbehave. A kind's `expect` is "<stage>:<reason>" of the first stage that fails on it, or
-"ok" when the input is unusual but usable (then `why` says why passing is right).
+paths misbehave. A kind's `expect` is "<stage>:<reason>" of the first stage that fails on it; for an
+input that is odd but usable, it is what must show in the stages' counters or the quality rejections
+("<stage>:<counter>[=<n>]", "quality:<rule>"), and `why` says why passing is right.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import csv
 import gzip
 import os
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -135,13 +135,14 @@ def _closed_port() -> int:
 @dataclass(frozen=True)
 class Kind:
     name: str
-    expect: str  # "<stage>:<reason>" of the first stage that fails, or "ok"
+    expect: str  # "<stage>:<reason>" of the first stage that fails; for a usable input, a counter it must show
     what: str
     make: Callable[[Path, Path, str], str]  # (files dir, base clip, base URL) -> the input's URI
     why: str = ""
 
 
 KINDS: list[Kind] = []
+DECODES = "decoded and turned into RGB: the face is found (quality rejects the 176x144 source for its resolution)"
 
 
 def kind(name: str, expect: str, what: str, why: str = ""):
@@ -199,7 +200,8 @@ def _wav(d: Path, b: Path, u: str) -> str:
     return str(d / "speech.wav")
 
 
-@kind("truncated_faststart", "?", "the first half of an mp4 whose index is at the front")
+@kind("truncated_faststart", "download:frames_past_end", "the first half of an mp4 whose index is at the front",
+      "it opens and the first 15 frames decode; the download counts the frames its index places past the end")
 def _trunc_fast(d: Path, b: Path, u: str) -> str:
     p = encode(d / ".faststart.mp4", carphone_frames(50), audio=speech(2.0), options={"movflags": "faststart"})
     data = p.read_bytes()
@@ -219,18 +221,21 @@ def _noise_over_packets(src: Path, kind: str, every: int, seed: int) -> bytes:
     return bytes(data)
 
 
-kind("corrupt_frames", "?", "noise over half of every third coded video frame")(
+kind("corrupt_frames", "faces:undecodable", "noise over half of every third coded video frame",
+     "shots decodes past the bad packets (31 of 50 frames); the face stage's reader stops at the first one: a gap")(
     lambda d, b, u: _file(d, "corrupt_video.mp4", _noise_over_packets(b, "video", 3, 1)))
-kind("corrupt_audio", "?", "noise over half of every audio packet")(
+kind("corrupt_audio", "download:audio_corrupt_packets", "noise over half of every audio packet",
+     "the packets the decoder rejects are skipped and counted; the rest is too little to hold speech")(
     lambda d, b, u: _file(d, "corrupt_audio.mp4", _noise_over_packets(b, "audio", 1, 2)))
 
 
-@kind("one_frame", "?", "a video of one frame")
+@kind("one_frame", "faces:dropped_single_detection", "a video of one frame",
+      "it decodes; a face seen once is no track, so no candidate clip exists")
 def _one(d: Path, b: Path, u: str) -> str:
     return str(encode(d / "one_frame.mp4", carphone_frames(1)))
 
 
-@kind("8k_header_tiny_payload", "?", "an mp4 that declares 7680x4320 and holds 4 KB of its frame data")
+@kind("8k_header_tiny_payload", "download:undecodable", "an mp4 that declares 7680x4320 and holds 4 KB of its frame data")
 def _8k(d: Path, b: Path, u: str) -> str:
     p = encode(d / ".8k.mp4", [np.zeros((4320, 7680, 3), np.uint8)], options={"movflags": "faststart"},
                codec_options={"preset": "ultrafast"})
@@ -239,12 +244,12 @@ def _8k(d: Path, b: Path, u: str) -> str:
     return _file(d, "8k.mp4", data[: data.find(b"mdat") + 4096])
 
 
-@kind("wide_1280x16", "?", "an extreme aspect ratio, 80:1")
+@kind("wide_1280x16", "faces:frame_too_small", "an extreme aspect ratio, 80:1")
 def _wide(d: Path, b: Path, u: str) -> str:
     return str(encode(d / "wide.mp4", [_squash(f, (1280, 16)) for f in carphone_frames(50)]))
 
 
-@kind("tall_16x1280", "?", "an extreme aspect ratio, 1:80")
+@kind("tall_16x1280", "faces:frame_too_small", "an extreme aspect ratio, 1:80")
 def _tall(d: Path, b: Path, u: str) -> str:
     return str(encode(d / "tall.mp4", [_squash(f, (16, 1280)) for f in carphone_frames(50)]))
 
@@ -253,20 +258,23 @@ def _squash(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR))
 
 
-@kind("variable_frame_rate", "?", "frame intervals from 10 ms to 120 ms")
+@kind("variable_frame_rate", "quality:low_fps", "frame intervals from 10 ms to 120 ms",
+      "every frame decodes at its own time stamp; the average rate, 15 fps, is under the quality minimum")
 def _vfr(d: Path, b: Path, u: str) -> str:
     gaps = np.random.default_rng(2).integers(10, 120, 50)
     return str(encode(d / "vfr.mp4", carphone_frames(50), pts_ms=[0, *np.cumsum(gaps[:-1]).tolist()],
                       audio=speech(float(gaps.sum()) / 1000)))
 
 
-@kind("rotated_90", "?", "portrait phone video: stored sideways, with a 90 degree display matrix")
+@kind("rotated_90", "download:rotation=270", "portrait phone video: stored sideways, with a display matrix",
+      "usable: the rotation is read and the stages turn frames upright (176x144 as displayed)")
 def _rot(d: Path, b: Path, u: str) -> str:
     frames = [np.ascontiguousarray(np.rot90(f, 1)) for f in carphone_frames(50)]
     return str(encode(d / "rotated.mp4", frames, rotation=-90, audio=speech(2.0)))  # display: turn back clockwise
 
 
-@kind("sideways_no_metadata", "?", "stored sideways without a display matrix")
+@kind("sideways_no_metadata", "faces:crops=1", "stored sideways without a display matrix",
+      "a gap: the face stage finds the turned face and does not flag it sideways, so a sideways crop is made")
 def _sideways(d: Path, b: Path, u: str) -> str:
     frames = [np.ascontiguousarray(np.rot90(fill(f, (352, 288)), 1)) for f in carphone_frames(50)]
     return str(encode(d / "sideways.mp4", frames, audio=speech(2.0)))
@@ -281,27 +289,29 @@ def _pixfmt(name: str, codec: str, pix_fmt: str, fmt: str = "mp4", size: tuple[i
     return make
 
 
-kind("yuv444p", "?", "4:4:4 chroma (High 4:4:4 profile)")(_pixfmt("yuv444p", "libx264", "yuv444p"))
-kind("10_bit", "?", "10-bit 4:2:0 H.264")(_pixfmt("yuv420p10", "libx264", "yuv420p10le"))
-kind("gray", "?", "grayscale H.264")(_pixfmt("gray", "libx264", "gray"))
-kind("rgb_h264", "?", "RGB H.264 (libx264rgb)")(_pixfmt("rgb", "libx264rgb", "rgb24"))
-kind("mjpeg_avi", "?", "Motion JPEG in AVI, full-range yuvj422p")(_pixfmt("mjpeg", "mjpeg", "yuvj422p", "avi"))
-kind("odd_size_vp9_mkv", "?", "175x143 VP9 in Matroska named .mp4: odd sizes, wrong extension")(
+kind("yuv444p", "faces:tracks=1", "4:4:4 chroma (High 4:4:4 profile)", DECODES)(_pixfmt("yuv444p", "libx264", "yuv444p"))
+kind("10_bit", "faces:tracks=1", "10-bit 4:2:0 H.264", DECODES)(_pixfmt("yuv420p10", "libx264", "yuv420p10le"))
+kind("gray", "faces:tracks=1", "grayscale H.264", DECODES)(_pixfmt("gray", "libx264", "gray"))
+kind("rgb_h264", "faces:tracks=1", "RGB H.264 (libx264rgb)", DECODES)(_pixfmt("rgb", "libx264rgb", "rgb24"))
+kind("mjpeg_avi", "faces:tracks=1", "Motion JPEG in AVI, full-range yuvj422p", DECODES)(_pixfmt("mjpeg", "mjpeg", "yuvj422p", "avi"))
+kind("odd_size_vp9_mkv", "download:mime=video/x-matroska", "175x143 VP9 in Matroska named .mp4",
+     "the bytes say Matroska, the name is ignored; odd sizes decode")(
     lambda d, b, u: os.replace(_pixfmt("odd", "libvpx-vp9", "yuv420p", "matroska", (175, 143))(d, b, u),
                                d / "odd_vp9.mp4") or str(d / "odd_vp9.mp4"))
 
 
-@kind("long_silence", "?", "2 s of video over 60 s of digital silence")
+@kind("long_silence", "diarize:silent", "2 s of video over 60 s of digital silence")
 def _silence(d: Path, b: Path, u: str) -> str:
     return str(encode(d / "silence.mp4", carphone_frames(50), audio=np.zeros(60 * 16000, np.float32)))
 
 
-@kind("clipped_audio", "?", "speech amplified 30x and clipped")
+@kind("clipped_audio", "download:audio_clipped", "speech amplified 30x and clipped",
+      "usable, and counted: no quality rule judges clipping yet")
 def _clipped(d: Path, b: Path, u: str) -> str:
     return str(encode(d / "clipped.mp4", carphone_frames(50, 7), audio=np.clip(speech(2.0) * 30, -1, 1)))
 
 
-@kind("no_audio", "?", "a video with no audio stream")
+@kind("no_audio", "diarize:no_audio", "a video with no audio stream")
 def _silent_film(d: Path, b: Path, u: str) -> str:
     return str(encode(d / "no_audio.mp4", carphone_frames(50, 3)))
 
@@ -313,11 +323,11 @@ def _copy_as(name: str) -> Callable[[Path, Path, str], str]:
     return make
 
 
-kind("non_ascii_name", "ok", "vidéo ñ 日本語 🎬.mp4", "names never reach a path: storage is by content")(
+kind("non_ascii_name", "download:ok", "vidéo ñ 日本語 🎬.mp4", "names never reach a path: storage is by content")(
     _copy_as("vidéo ñ 日本語 🎬.mp4"))
-kind("hostile_name", "ok", "a name full of shell syntax", "names are never passed to a shell or used as paths")(
+kind("hostile_name", "download:ok", "a name full of shell syntax", "names are never passed to a shell or used as paths")(
     _copy_as(";rm -rf ~ $(reboot) `id` 'q\" .mp4"))
-kind("dash_newline_name", "ok", "a name that starts with a dash and holds a newline", "as above")(
+kind("dash_newline_name", "download:ok", "a name that starts with a dash and holds a newline", "as above")(
     _copy_as("-rf\nx.mp4"))
 
 
@@ -356,7 +366,7 @@ kind("html_as_video", "download:not_media", "an HTML page served as video/mp4")(
     lambda d, b, u: f"{u}/fault/html/base.mp4")
 kind("connection_refused", "download:connection_error", "a port nobody listens on")(
     lambda d, b, u: f"http://127.0.0.1:{_closed_port()}/base.mp4")
-kind("dropped_connection", "ok", "the server drops the connection halfway", "the download resumes with a Range request")(
+kind("dropped_connection", "download:http_retries=1", "the server drops the connection halfway", "the download resumes with a Range request")(
     lambda d, b, u: f"{u}/fault/truncate/base.mp4")
 
 
@@ -373,8 +383,6 @@ def build_bad_corpus(root: str | Path, base_url: str) -> Path:
         w = csv.writer(fh)
         w.writerow(["uri", "license", "consent", "title", "notes"])
         for k in KINDS:
-            t0 = time.perf_counter()
             uri = k.make(files, base, base_url.rstrip("/"))
-            print(k.name, round(time.perf_counter() - t0, 2))
             w.writerow([uri, "CC-BY-4.0", "yes", k.name, k.expect])
     return root / "sources.csv"

@@ -21,7 +21,7 @@ import requests
 import urllib3
 
 from stages.base import Resources, Stage, StageContext, StageError
-from stages.probe import extract_audio, probe_media
+from stages.probe import extract_audio, frames_past_end, probe_media
 from stages.sniff import AUDIO, VIDEO, sniff
 
 PLATFORM_HOSTS = re.compile(r"(^|\.)(youtube\.com|youtu\.be|vimeo\.com|tiktok\.com|dailymotion\.com|twitch\.tv)$")
@@ -248,6 +248,8 @@ class DownloadStage(Stage):
             path.unlink()
         meta: dict[str, Any] = {"sha256": sha, "bytes": size, "mime": mime, "source_id": sha[:16], "media_path": rel}
         meta.update(probe_media(dest))
+        if missing := frames_past_end(dest):
+            ctx.count("frames_past_end", missing)
         if meta["has_audio"]:
             wav = ctx.path("audio", f"{sha[:16]}.wav")
             if not wav.exists():

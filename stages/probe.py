@@ -55,6 +55,20 @@ def probe_media(path: Path) -> dict[str, Any]:
 CLIP_LEVEL = 0.9
 
 
+def frames_past_end(path: Path) -> int:
+    """Video frames the container's index places beyond the end of the file: a cut-off download or copy.
+
+    Decoders stop quietly where the bytes end, so this is the one place the loss is visible.
+    """
+    size = path.stat().st_size
+    try:
+        with av.open(str(path)) as c:
+            entries = c.streams.video[0].index_entries if c.streams.video else []
+            return sum(1 for i in range(len(entries)) if entries[i].pos + entries[i].size > size)
+    except (av.error.FFmpegError, OSError):
+        return 0
+
+
 def _first_frame(container: av.container.InputContainer, vs: av.VideoStream, max_packets: int = 250) -> av.VideoFrame:
     """The first frame that decodes. Packets the decoder rejects are skipped, as the stages skip them."""
     rejected, last_error = 0, None
