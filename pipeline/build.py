@@ -153,7 +153,7 @@ def _sources(at: _At) -> list[dict[str, Any]]:
         entry = item
         if isinstance(item.node, yaml.MappingNode):
             keys = item.keys(SOURCE_FILE_COLUMNS, required=("uri",))
-            meta = {k: str(v.value()) for k, v in keys.items() if k != "uri"}
+            meta = {k: _text(v.value()) for k, v in keys.items() if k != "uri"}
             entry = keys["uri"]
         uri = entry.value(str, "a file, folder, URL or sources file")
         if urlparse(uri).scheme in ("http", "https"):
@@ -172,6 +172,11 @@ def _sources(at: _At) -> list[dict[str, Any]]:
     if not rows:
         at.fail("no sources")
     return list(rows.values())
+
+
+def _text(v: Any) -> str:
+    """A sources-file field as text; YAML reads an unquoted `consent: yes` as True."""
+    return {True: "yes", False: "no"}.get(v, str(v)) if isinstance(v, bool) else str(v)
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:

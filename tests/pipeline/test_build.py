@@ -8,6 +8,7 @@ curation runs every stage in seconds. One base build (two pieces; curate, export
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -51,6 +52,14 @@ def one_cpu_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def cli():
+    """`emo` in-process; its logging.basicConfig would leave a handler on this test's captured stderr."""
+    handlers = logging.root.handlers[:]
+    yield cli_main
+    logging.root.handlers[:] = handlers
 
 
 @pytest.fixture(scope="module")
@@ -124,14 +133,14 @@ def test_first_build_runs_every_step(base):
     assert (out / "samples" / "hanks.mp4").is_file()
 
 
-def test_a_rebuild_with_nothing_changed_does_nothing(base, capsys):
+def test_a_rebuild_with_nothing_changed_does_nothing(base, cli, capsys):
     bf, out, _ = base
     before = files(out)
     report = build(bf, out)
     assert report.ran == [] and set(actions(report).values()) == {"up to date"}
     assert "nothing to do: all 6 steps are up to date" in report.render()
     assert files(out) == before  # not one file written, the lock included
-    assert cli_main(["build", str(bf), "--out", str(out)]) == 0
+    assert cli(["build", str(bf), "--out", str(out)]) == 0
     assert "nothing to do" in capsys.readouterr().out
 
 
@@ -254,14 +263,14 @@ BAD = [
 
 
 @pytest.mark.parametrize("text,line,words", BAD)
-def test_a_bad_build_file_is_an_error_that_names_the_line(footage, tmp_path, text, line, words, capsys):
+def test_a_bad_build_file_is_an_error_that_names_the_line(footage, tmp_path, text, line, words, cli, capsys):
     shutil.copyfile(footage["a"], tmp_path / "a.mp4")
     bf = tmp_path / "build.yaml"
     bf.write_text(text)
     with pytest.raises(BuildFileError) as e:
         load_build_file(bf)
     assert str(e.value).startswith(f"{bf}:{line}: ") and words in str(e.value)
-    assert cli_main(["build", str(bf), "--out", str(tmp_path / "out")]) == 2
+    assert cli(["build", str(bf), "--out", str(tmp_path / "out")]) == 2
     assert f"{bf}:{line}: " in capsys.readouterr().err
 
 
