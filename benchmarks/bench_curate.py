@@ -43,6 +43,11 @@ from benchmarks.media import compose_talking_corpus
 
 DEFAULT_DIR = Path("bench-out/curate")  # git-ignored
 GOALS = {"ratio_to_decode": 4.0, "scaling_efficiency": 0.8, "memory_growth": 1.25}
+RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")  # named like workers, but Ray's own daemons
+
+
+class RunFailed(RuntimeError):
+    """A curate subprocess that exited badly or ran past its time limit."""
 
 
 def corpus(root: Path, n_sources: int, seconds: float) -> tuple[Path, list[Path]]:
@@ -118,7 +123,7 @@ class TreeSampler:
             self.cpu[p.pid] = t.user + t.system
             if p.pid == self.root.pid:
                 mb["driver_mb"] += rss
-            elif cmd.startswith("ray::") or "default_worker.py" in cmd:
+            elif (cmd.startswith("ray::") or "default_worker.py" in cmd) and not cmd.startswith(RAY_AGENTS):
                 mb["workers_mb"] += rss
                 worker_max, workers = max(worker_max, rss), workers + 1
             else:
@@ -130,8 +135,11 @@ class TreeSampler:
             self.peak[k] = max(self.peak[k], v)
 
 
-def run_curate(sources: Path, out: Path, num_cpus: int | None, pin: bool) -> dict:
-    """`curate` in a fresh subprocess on a fresh OUT; its timings, sampled memory and CPU, stage seconds."""
+def run_curate(sources: Path, out: Path, num_cpus: int | None, pin: bool, timeout: float) -> dict:
+    """`curate` in a fresh subprocess on a fresh OUT; its timings, sampled memory and CPU, stage seconds.
+
+    A run past `timeout` seconds (a hung worker) is killed, with every process of its tree.
+    """
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     cmd = [sys.executable, "-m", "benchmarks.bench_curate", "--child", str(sources), str(out)]
@@ -144,14 +152,29 @@ def run_curate(sources: Path, out: Path, num_cpus: int | None, pin: bool) -> dic
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
                                 preexec_fn=(lambda: os.sched_setaffinity(0, affinity)) if affinity else None)
         with TreeSampler(proc.pid) as sampler:
-            stdout, _ = proc.communicate()
+            try:
+                stdout, _ = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_tree(proc.pid)
+                proc.communicate()
+                raise RunFailed(f"{out.name}: no result after {timeout:.0f} s, killed; see {out / 'bench.log'}") from None
     wall = time.perf_counter() - t0
     if proc.returncode:
-        raise RuntimeError(f"curate subprocess exited {proc.returncode}; see {out / 'bench.log'}")
+        raise RunFailed(f"{out.name}: curate subprocess exited {proc.returncode}; see {out / 'bench.log'}")
     result = json.loads(stdout.strip().splitlines()[-1])
     return {**result, "process_s": wall, "cores": len(affinity) if affinity else len(cores),
             "cpu_s": sum(sampler.cpu.values()), "peak_workers": sampler.max_workers, **sampler.peak,
             **stage_seconds(out)}
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant, listed before the first dies so none is missed."""
+    root = psutil.Process(pid)
+    for p in [*root.children(recursive=True), root]:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
 
 
 def stage_seconds(out: Path) -> dict:
@@ -178,45 +201,75 @@ def child(sources: str, out: str, num_cpus: int | None) -> None:
     print(json.dumps({"ray_init_s": t1 - t0, "curate_s": t2 - t1, "e2e_s": t2 - t0}), flush=True)
 
 
+class Runner:
+    """Composes corpora on demand and runs curate on them, each run with a time limit that grows with its media."""
+
+    def __init__(self, out: Path, seconds: float, timeout_factor: float):
+        self.out, self.seconds, self.timeout_factor = out, seconds, timeout_factor
+
+    def __call__(self, label: str, n_sources: int, num_cpus: int, pin: bool) -> dict:
+        sources, _ = corpus(self.out, n_sources, self.seconds)
+        timeout = 600 + self.timeout_factor * n_sources * self.seconds
+        return run_curate(sources, self.out / "runs" / label, num_cpus, pin, timeout)
+
+
 def main(out: str | Path = DEFAULT_DIR, sources: int = 10, source_seconds: float = 60.0, scaling: bool = True,
-         memory: bool = True, memory_sources: int | None = None, pin: bool = True) -> list[dict]:
+         memory: bool = True, memory_sources: int | None = None, pin: bool = True,
+         timeout_factor: float = 15.0) -> list[dict]:
     """Every measurement above; returns run_all rows (floor, curate, scaling, memory) and prints the report."""
     out = Path(out)
+    run = Runner(out, source_seconds, timeout_factor)
     media_s = sources * source_seconds
-    base, paths = corpus(out, sources, source_seconds)
+    _, paths = corpus(out, sources, source_seconds)
     floor = decode_floor(paths)
     print(f"corpus: {sources} x {source_seconds:g} s of 1280x720 at 25 fps = {media_s / 60:.1f} min, "
           f"{floor['frames']} frames; decode floor {floor['seconds']:.1f} s ({floor['frames'] / floor['seconds']:.0f} fps)")
-    cores = len(os.sched_getaffinity(0))
-    main_run = run_curate(base, out / "runs" / f"cpus{cores}", cores, pin)
-    ratio = main_run["e2e_s"] / floor["seconds"]
     rows = [{"name": "decode floor", "media_s": media_s, "frames": floor["frames"], "seconds": floor["seconds"],
-             "fps": floor["frames"] / floor["seconds"]},
-            {"name": "curate, all stages", "cores": main_run["cores"], "seconds": main_run["e2e_s"],
-             "ray_init_s": main_run["ray_init_s"], "ratio_to_decode": ratio,
-             "core_s_per_media_s": main_run["e2e_s"] * main_run["cores"] / media_s,
-             "cpu_s_per_media_s": main_run["cpu_s"] / media_s, "runs_not_ok": main_run["runs_not_ok"]}]
+             "fps": floor["frames"] / floor["seconds"]}]
+    cores = len(os.sched_getaffinity(0))
+    try:
+        main_run = run(f"cpus{cores}", sources, cores, pin)
+    except RunFailed as e:
+        print(f"curate: {e}")
+        return [*rows, {"name": "curate, all stages", "error": str(e)}]
+    rows.append({"name": "curate, all stages", "cores": main_run["cores"], "seconds": main_run["e2e_s"],
+                 "ray_init_s": main_run["ray_init_s"], "ratio_to_decode": main_run["e2e_s"] / floor["seconds"],
+                 "core_s_per_media_s": main_run["e2e_s"] * main_run["cores"] / media_s,
+                 "cpu_s_per_media_s": main_run["cpu_s"] / media_s, "runs_not_ok": main_run["runs_not_ok"],
+                 **{f"share_{k}": v / (sum(main_run["stage_s"].values()) or 1.0) for k, v in main_run["stage_s"].items()}})
     print(render_curate(main_run, floor, media_s))
     if scaling:
-        t1 = run_curate(base, out / "runs" / "cpus1", 1, pin)
-        t2 = main_run if cores == 2 else run_curate(base, out / "runs" / "cpus2", 2, pin)
-        eff = (t1["e2e_s"] / t2["e2e_s"]) / 2
-        rows.append({"name": "scaling 1 -> 2 CPUs", "t1_s": t1["e2e_s"], "t2_s": t2["e2e_s"], "efficiency": eff,
-                     "pinned": pin})
-        print(f"scaling: 1 CPU {t1['e2e_s']:.1f} s, 2 CPUs {t2['e2e_s']:.1f} s"
-              f"{' (process trees pinned to 1 and 2 cores)' if pin else ' (not pinned)'}: "
-              f"efficiency {eff:.2f} (goal >= {GOALS['scaling_efficiency']}) {_verdict(eff >= GOALS['scaling_efficiency'])}")
+        rows.append(scaling_row(run, main_run, sources, cores, pin))
     if memory:
-        rows += memory_rows(out, main_run, sources, memory_sources or sources, source_seconds, cores)
+        rows += memory_rows(run, main_run, sources, memory_sources or sources, cores)
     return rows
 
 
-def memory_rows(out: Path, main_run: dict, sources: int, n: int, seconds: float, cores: int) -> list[dict]:
+def scaling_row(run: Runner, main_run: dict, sources: int, cores: int, pin: bool) -> dict:
+    """Scaling efficiency from 1 to 2 CPUs; on a 2-core machine the main run is the 2-CPU run."""
+    try:
+        t1 = run("cpus1", sources, 1, pin)["e2e_s"]
+        t2 = main_run["e2e_s"] if cores == 2 else run("cpus2", sources, 2, pin)["e2e_s"]
+    except RunFailed as e:
+        print(f"scaling: {e}")
+        return {"name": "scaling 1 -> 2 CPUs", "error": str(e)}
+    eff = (t1 / t2) / 2
+    print(f"scaling: 1 CPU {t1:.1f} s, 2 CPUs {t2:.1f} s"
+          f"{' (process trees pinned to 1 and 2 cores)' if pin else ' (not pinned)'}: "
+          f"efficiency {eff:.2f} (goal >= {GOALS['scaling_efficiency']}) {_verdict(eff >= GOALS['scaling_efficiency'])}")
+    return {"name": "scaling 1 -> 2 CPUs", "t1_s": t1, "t2_s": t2, "efficiency": eff, "pinned": pin}
+
+
+def memory_rows(run: Runner, main_run: dict, sources: int, n: int, cores: int) -> list[dict]:
     """Peak RSS at 1x and 4x `n` sources; the main run is the 1x run when `n` is the main corpus."""
     if n != sources:
-        print(f"memory: on a smaller base of {n} sources ({n * seconds / 60:g} min), not the main corpus")
-    one = main_run if n == sources else run_curate(corpus(out, n, seconds)[0], out / "runs" / f"mem{n}", cores, False)
-    four = run_curate(corpus(out, 4 * n, seconds)[0], out / "runs" / f"mem{4 * n}", cores, False)
+        print(f"memory: on a smaller base of {n} sources ({n * run.seconds / 60:g} min), not the main corpus")
+    try:
+        one = main_run if n == sources else run(f"mem{n}", n, cores, False)
+        four = run(f"mem{4 * n}", 4 * n, cores, False)
+    except RunFailed as e:
+        print(f"memory: {e}")
+        return [{"name": "memory 1x vs 4x", "error": str(e)}]
     rows = []
     print(f"{'peak RSS MiB':16} {'driver':>8} {'workers':>8} {'1 worker':>9} {'ray daemons':>12} {'tree':>8} {'workers n':>10}")
     for label, r in ((f"1x ({n} src)", one), (f"4x ({4 * n} src)", four)):
@@ -263,6 +316,8 @@ if __name__ == "__main__":
     parser.add_argument("--memory-sources", type=int,
                         help="base for the memory comparison (1x vs 4x), when 4x the main corpus is too slow")
     parser.add_argument("--no-pin", action="store_true", help="scaling runs: do not pin the tree to N cores")
+    parser.add_argument("--timeout-factor", type=float, default=15.0,
+                        help="a curate run is killed after 600 s + this many seconds per media second")
     parser.add_argument("--child", nargs=2, metavar=("SOURCES", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--num-cpus", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -272,4 +327,4 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
     n = args.sources or (max(1, round(args.minutes * 60 / args.source_seconds)) if args.minutes else 10)
     main(args.dir, n, args.source_seconds, scaling=not args.skip_scaling, memory=not args.skip_memory,
-         memory_sources=args.memory_sources, pin=not args.no_pin)
+         memory_sources=args.memory_sources, pin=not args.no_pin, timeout_factor=args.timeout_factor)
