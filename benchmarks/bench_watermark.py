@@ -88,15 +88,16 @@ def detection(videos: dict[str, Path], work: Path, window: int, per_video: int, 
             unmarked.append(plain)
             marked = work / f"{name}_{k}_marked.mp4"
             write_mp4(marked, (embed(f, ident) for f in frames), 25.0)
-            found["as generated"].append(_found(marked, ident))
+            found["as generated"].append((plain.stem, *_found(marked, ident)))
             for attack, (scale, crf) in ATTACKS.items():
-                found[attack].append(_found(reencode(marked, work / "attacked.mp4", scale, crf), ident))
+                found[attack].append((plain.stem, *_found(reencode(marked, work / "attacked.mp4", scale, crf), ident)))
     rows = []
     for attack, results in found.items():
-        hits = sum(ok for ok, _, _ in results)
+        hits = sum(ok for _, ok, _, _ in results)
         rows.append(_rate_row(f"detected, {attack}", hits, len(results),
-                              wrong_id=sum(wrong for _, wrong, _ in results),
-                              mean_bit_accuracy=float(np.mean([acc for _, _, acc in results]))))
+                              wrong_id=sum(wrong for _, _, wrong, _ in results),
+                              mean_bit_accuracy=float(np.mean([acc for _, _, _, acc in results])),
+                              missed=",".join(name for name, ok, _, _ in results if not ok)))
     return rows, unmarked
 
 
@@ -141,6 +142,7 @@ def render(rows: list[dict]) -> str:
         extra = ""
         if "wrong_id" in r:
             extra = f"  wrong id {r['wrong_id']}, mean bit accuracy {r['mean_bit_accuracy']:.3f}"
+            extra += f"; missed: {r['missed']}" if r["missed"] else ""
         elif r.get("flagged"):
             extra = f"  flagged: {r['flagged']}"
         lines.append(f"{r['name']:48} {r['hits']:>4}/{r['n']:<4} {r['rate']:7.1%} "
