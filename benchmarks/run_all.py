@@ -1,7 +1,13 @@
 """`make bench`: run every benchmark script present and print one table.
 
-Each benchmarks/bench_*.py exposes main() -> list of result dicts (name plus figures).
-Speed claims are ratios against a baseline measured in the same run (decode-only, usually).
+    python -m benchmarks.run_all [bench_curate bench_watermark ...]   (no names: all of them)
+
+Each benchmarks/bench_*.py is found by its name and exposes main() -> list of result dicts (name
+plus figures), run here with its defaults: bench_shots, bench_faces, bench_diarize, bench_train,
+bench_curate (end-to-end curate of 10 minutes of 720p against the decode floor, 1 -> 2 CPU scaling,
+memory at 1x and 4x: the slow one) and bench_watermark (detection after a CRF 28 half-size
+re-encode, false positives on real footage). Speed claims are ratios against a baseline measured
+in the same run (decode-only, usually).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ def main() -> int:
     here = Path(__file__).parent
     names = sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_"))
     only = set(sys.argv[1:])
+    sys.argv = sys.argv[:1]  # a benchmark that parses its own arguments must not see our names
     rows: list[dict] = []
     for name in names:
         if only and name not in only:
