@@ -42,6 +42,7 @@ import psutil
 from benchmarks.media import compose_talking_corpus
 
 DEFAULT_DIR = Path("bench-out/curate")  # git-ignored
+REPO = Path(__file__).resolve().parents[1]
 GOALS = {"ratio_to_decode": 4.0, "scaling_efficiency": 0.8, "memory_growth": 1.25}
 RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")  # named like workers, but Ray's own daemons
 
@@ -140,6 +141,7 @@ def run_curate(sources: Path, out: Path, num_cpus: int | None, pin: bool, timeou
 
     A run past `timeout` seconds (a hung worker) is killed, with every process of its tree.
     """
+    sources, out = sources.resolve(), out.resolve()
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     cmd = [sys.executable, "-m", "benchmarks.bench_curate", "--child", str(sources), str(out)]
@@ -149,7 +151,7 @@ def run_curate(sources: Path, out: Path, num_cpus: int | None, pin: bool, timeou
     affinity = cores[:num_cpus] if pin and num_cpus and num_cpus < len(cores) else None
     t0 = time.perf_counter()
     with open(out / "bench.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO,
                                 preexec_fn=(lambda: os.sched_setaffinity(0, affinity)) if affinity else None)
         with TreeSampler(proc.pid) as sampler:
             try:
