@@ -190,6 +190,29 @@ def test_adding_a_source_curates_only_it_then_reruns_what_reads_the_dataset(base
     assert lock["steps"]["train/stage1"]["outputs"]["manifest_hash"] == lock["steps"]["export"]["outputs"]["clips_hash"]
 
 
+def test_a_dropped_source_leaves_the_dataset(base, footage, tmp_path):
+    out = copy_out(base, tmp_path)
+    store = ManifestStore(out)
+    gone = next(r for r in store.read("sources").to_pylist() if r["uri"] == str(footage["b"]))
+    report = build(write(tmp_path / "build.yaml", build_doc(footage, sources=("a",))), out)
+    assert actions(report)["curate"] == actions(report)["export"] == "ran"
+    lock = json.loads((out / "emo.lock").read_text())["steps"]
+    assert lock["curate"]["outputs"]["processed"] == {}  # nothing to curate, only rows to forget
+    assert gone["source_id"] not in {r["source_id"] for r in store.read("sources").to_pylist()}
+    assert gone["source_id"] not in {c["source_id"] for c in store.read("clips").to_pylist()}
+    assert not store.has_shard("tracks", gone["source_id"])
+
+
+def test_changing_a_curate_setting_redoes_that_stage_for_every_source(base, footage, tmp_path):
+    out = copy_out(base, tmp_path)
+    doc = build_doc(footage)
+    doc["curate"]["config"]["quality"]["rules"]["low_sync"] = 0.01
+    report = build(write(tmp_path / "build.yaml", doc), out)
+    assert report.steps[0].reason == "config.quality.rules.low_sync: 0.0 -> 0.01"
+    lock = json.loads((out / "emo.lock").read_text())["steps"]
+    assert lock["curate"]["outputs"]["processed"] == {"quality": 2}  # shots, faces, diarize kept
+
+
 def test_the_lock_chains_the_sample_back_to_the_sources(base, footage):
     _, out, _ = base
     lock = json.loads((out / "emo.lock").read_text())
@@ -216,7 +239,10 @@ def test_the_lock_chains_the_sample_back_to_the_sources(base, footage):
 
 
 def test_a_fine_tune_starts_from_its_parent_and_records_it(base, footage, tmp_path):
-    """Same data, seed and fixed batch as the parent's stage 1: the first loss is where the parent ended."""
+    """Same data, seed and fixed batch as the parent's stage 1: the first loss is where the parent ended.
+
+    Measured (one CPU thread): parent 1.165 -> 0.00143 in 30 steps, fine-tune's first 0.00120.
+    """
     out = copy_out(base, tmp_path)
     parent = base[1] / "train" / "stage1"
     doc = build_doc(footage)
