@@ -28,6 +28,8 @@ from pipeline.demo_corpus import decode, fill, packaged_media
 from stages.video_io import write_mp4
 
 FPS = 25.0
+N = 30  # frames of most kinds: 1.2 s, enough for a face track (25 frames) and a fast test
+SECONDS = N / 25.0
 SPEECH_AT_S = 10.6  # pyannote's sample.wav: one speaker talks from 10.57 s to 14.70 s
 
 
@@ -142,7 +144,7 @@ class Kind:
 
 
 KINDS: list[Kind] = []
-DECODES = "decoded and turned into RGB: the face is found (quality rejects the 176x144 source for its resolution)"
+DECODES = "decoded and turned into RGB: the face is found (quality rejects the 176x144 source for its size)"
 
 
 def kind(name: str, expect: str, what: str, why: str = ""):
@@ -186,24 +188,24 @@ def _png(d: Path, b: Path, u: str) -> str:
 
 @kind("audio_only_mp4", "download:no_video_stream", "an mp4 container holding only AAC speech")
 def _audio_mp4(d: Path, b: Path, u: str) -> str:
-    return str(audio_only(d / "audio_only.mp4", speech(2.0)))
+    return str(audio_only(d / "audio_only.mp4", speech(SECONDS)))
 
 
 @kind("mp3", "download:no_video_stream", "an MP3 of speech")
 def _mp3(d: Path, b: Path, u: str) -> str:
-    return str(audio_only(d / "speech.mp3", speech(2.0), fmt="mp3", codec="libmp3lame"))
+    return str(audio_only(d / "speech.mp3", speech(SECONDS), fmt="mp3", codec="libmp3lame"))
 
 
 @kind("wav", "download:no_video_stream", "a WAV of speech")
 def _wav(d: Path, b: Path, u: str) -> str:
-    sf.write(d / "speech.wav", speech(2.0), 16000)
+    sf.write(d / "speech.wav", speech(SECONDS), 16000)
     return str(d / "speech.wav")
 
 
 @kind("truncated_faststart", "download:frames_past_end", "the first half of an mp4 whose index is at the front",
-      "it opens and the first 15 frames decode; the download counts the frames its index places past the end")
+      "it opens and the frames that are there decode; the download counts those its index places past the end")
 def _trunc_fast(d: Path, b: Path, u: str) -> str:
-    p = encode(d / ".faststart.mp4", carphone_frames(50), audio=speech(2.0), options={"movflags": "faststart"})
+    p = encode(d / ".faststart.mp4", carphone_frames(N), audio=speech(SECONDS), options={"movflags": "faststart"})
     data = p.read_bytes()
     p.unlink()
     return _file(d, "truncated_faststart.mp4", data[: len(data) // 2])
@@ -222,7 +224,7 @@ def _noise_over_packets(src: Path, kind: str, every: int, seed: int) -> bytes:
 
 
 kind("corrupt_frames", "faces:undecodable", "noise over half of every third coded video frame",
-     "shots decodes past the bad packets (31 of 50 frames); the face stage's reader stops at the first one: a gap")(
+     "shots decodes past the bad packets; the face stage's reader stops at the first one and sees no frame: a gap")(
     lambda d, b, u: _file(d, "corrupt_video.mp4", _noise_over_packets(b, "video", 3, 1)))
 kind("corrupt_audio", "download:audio_corrupt_packets", "noise over half of every audio packet",
      "the packets the decoder rejects are skipped and counted; the rest is too little to hold speech")(
@@ -246,12 +248,12 @@ def _8k(d: Path, b: Path, u: str) -> str:
 
 @kind("wide_1280x16", "faces:frame_too_small", "an extreme aspect ratio, 80:1")
 def _wide(d: Path, b: Path, u: str) -> str:
-    return str(encode(d / "wide.mp4", [_squash(f, (1280, 16)) for f in carphone_frames(50)]))
+    return str(encode(d / "wide.mp4", [_squash(f, (1280, 16)) for f in carphone_frames(N)]))
 
 
 @kind("tall_16x1280", "faces:frame_too_small", "an extreme aspect ratio, 1:80")
 def _tall(d: Path, b: Path, u: str) -> str:
-    return str(encode(d / "tall.mp4", [_squash(f, (16, 1280)) for f in carphone_frames(50)]))
+    return str(encode(d / "tall.mp4", [_squash(f, (16, 1280)) for f in carphone_frames(N)]))
 
 
 def _squash(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -261,30 +263,30 @@ def _squash(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 @kind("variable_frame_rate", "quality:low_fps", "frame intervals from 10 ms to 120 ms",
       "every frame decodes at its own time stamp; the average rate, 15 fps, is under the quality minimum")
 def _vfr(d: Path, b: Path, u: str) -> str:
-    gaps = np.random.default_rng(2).integers(10, 120, 50)
-    return str(encode(d / "vfr.mp4", carphone_frames(50), pts_ms=[0, *np.cumsum(gaps[:-1]).tolist()],
+    gaps = np.random.default_rng(2).integers(10, 120, N)
+    return str(encode(d / "vfr.mp4", carphone_frames(N), pts_ms=[0, *np.cumsum(gaps[:-1]).tolist()],
                       audio=speech(float(gaps.sum()) / 1000)))
 
 
 @kind("rotated_90", "download:rotation=270", "portrait phone video: stored sideways, with a display matrix",
       "usable: the rotation is read and the stages turn frames upright (176x144 as displayed)")
 def _rot(d: Path, b: Path, u: str) -> str:
-    frames = [np.ascontiguousarray(np.rot90(f, 1)) for f in carphone_frames(50)]
-    return str(encode(d / "rotated.mp4", frames, rotation=-90, audio=speech(2.0)))  # display: turn back clockwise
+    frames = [np.ascontiguousarray(np.rot90(f, 1)) for f in carphone_frames(N)]
+    return str(encode(d / "rotated.mp4", frames, rotation=-90, audio=speech(SECONDS)))  # display: turn back clockwise
 
 
 @kind("sideways_no_metadata", "faces:crops=1", "stored sideways without a display matrix",
       "a gap: the face stage finds the turned face and does not flag it sideways, so a sideways crop is made")
 def _sideways(d: Path, b: Path, u: str) -> str:
-    frames = [np.ascontiguousarray(np.rot90(fill(f, (352, 288)), 1)) for f in carphone_frames(50)]
-    return str(encode(d / "sideways.mp4", frames, audio=speech(2.0)))
+    frames = [np.ascontiguousarray(np.rot90(fill(f, (352, 288)), 1)) for f in carphone_frames(N)]
+    return str(encode(d / "sideways.mp4", frames, audio=speech(SECONDS)))
 
 
 def _pixfmt(name: str, codec: str, pix_fmt: str, fmt: str = "mp4", size: tuple[int, int] | None = None):
     def make(d: Path, b: Path, u: str) -> str:
-        frames = carphone_frames(50) if size is None else [fill(f, size) for f in carphone_frames(50)]
+        frames = carphone_frames(N) if size is None else [fill(f, size) for f in carphone_frames(N)]
         ext = {"mp4": "mp4", "matroska": "mkv", "avi": "avi"}[fmt]
-        return str(encode(d / f"{name}.{ext}", frames, codec=codec, pix_fmt=pix_fmt, fmt=fmt, audio=speech(2.0)))
+        return str(encode(d / f"{name}.{ext}", frames, codec=codec, pix_fmt=pix_fmt, fmt=fmt, audio=speech(SECONDS)))
 
     return make
 
@@ -300,20 +302,20 @@ kind("odd_size_vp9_mkv", "download:mime=video/x-matroska", "175x143 VP9 in Matro
                                d / "odd_vp9.mp4") or str(d / "odd_vp9.mp4"))
 
 
-@kind("long_silence", "diarize:silent", "2 s of video over 60 s of digital silence")
+@kind("long_silence", "diarize:silent", "1.2 s of video over 20 s of digital silence")
 def _silence(d: Path, b: Path, u: str) -> str:
-    return str(encode(d / "silence.mp4", carphone_frames(50), audio=np.zeros(60 * 16000, np.float32)))
+    return str(encode(d / "silence.mp4", carphone_frames(N), audio=np.zeros(20 * 16000, np.float32)))
 
 
 @kind("clipped_audio", "download:audio_clipped", "speech amplified 30x and clipped",
       "usable, and counted: no quality rule judges clipping yet")
 def _clipped(d: Path, b: Path, u: str) -> str:
-    return str(encode(d / "clipped.mp4", carphone_frames(50, 7), audio=np.clip(speech(2.0) * 30, -1, 1)))
+    return str(encode(d / "clipped.mp4", carphone_frames(N, 7), audio=np.clip(speech(SECONDS) * 30, -1, 1)))
 
 
 @kind("no_audio", "diarize:no_audio", "a video with no audio stream")
 def _silent_film(d: Path, b: Path, u: str) -> str:
-    return str(encode(d / "no_audio.mp4", carphone_frames(50, 3)))
+    return str(encode(d / "no_audio.mp4", carphone_frames(N, 3)))
 
 
 def _copy_as(name: str) -> Callable[[Path, Path, str], str]:
@@ -378,7 +380,7 @@ def build_bad_corpus(root: str | Path, base_url: str) -> Path:
     root = Path(root)
     files = root / "files"
     files.mkdir(parents=True, exist_ok=True)
-    base = talking_clip(files / "base.mp4", 2.0)
+    base = talking_clip(files / "base.mp4", SECONDS)
     with open(root / "sources.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["uri", "license", "consent", "title", "notes"])
