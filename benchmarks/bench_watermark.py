@@ -3,7 +3,8 @@
 Inputs: the demo corpus's real clips (pipeline/demo_corpus.py: talking, interview, cuts) and
 the packaged real videos they are made from (carphone, bunny, bikes), cut into windows of
 `--window` frames. Each window is marked with model/watermark.embed (a different checkpoint id
-per window), written as `emo sample` writes (stages/video_io.write_mp4, CRF 20), then attacked:
+per window) at its own size and scaled to the sampler's 512x512, written as `emo sample` writes
+(stages/video_io.write_mp4, CRF 20), then attacked:
 decoded and re-encoded with PyAV/libx264 at CRF 28, at full size and at half size (the decoder's
 scaler, as a re-upload would). `detect_video` must find the mark and read back the right id.
 
@@ -21,6 +22,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 from scipy.stats import beta
 
@@ -75,26 +77,36 @@ def _rate_row(name: str, hits: int, n: int, **extra) -> dict:
     return {"name": name, "hits": hits, "n": n, "rate": hits / n if n else 0.0, "ci95_lo": lo, "ci95_hi": hi, **extra}
 
 
-def detection(videos: dict[str, Path], work: Path, window: int, per_video: int, seed: int) -> tuple[list[dict], list[Path]]:
-    """Mark every window, attack it every way; rows per attack, and the unmarked window files for the FP count."""
+def detection(videos: dict[str, Path], work: Path, window: int, per_video: int, seed: int,
+              sampler_size: int | None) -> tuple[list[dict], list[Path]]:
+    """Mark every window, attack it every way; rows per size and attack, and the unmarked window files for the FP count.
+
+    Each window is marked at its own size and, with `sampler_size`, also scaled to the square the
+    sampler writes (512 for sd15), where the half-size copy still has more pixels than the mark's grid.
+    """
     rng = np.random.default_rng(seed)
-    found = {a: [] for a in ("as generated", *ATTACKS)}
+    sizes = ["native", *([f"{sampler_size}x{sampler_size}"] if sampler_size else [])]
+    found = {(size, a): [] for size in sizes for a in ("as generated", *ATTACKS)}
     unmarked: list[Path] = []
     for name, path in videos.items():
         for k, frames in enumerate(windows(path, window, per_video)):
-            ident = int(rng.integers(0, 2**32))
             plain = work / f"{name}_{k}.mp4"
             write_mp4(plain, frames, 25.0)
             unmarked.append(plain)
-            marked = work / f"{name}_{k}_marked.mp4"
-            write_mp4(marked, (embed(f, ident) for f in frames), 25.0)
-            found["as generated"].append((plain.stem, *_found(marked, ident)))
-            for attack, (scale, crf) in ATTACKS.items():
-                found[attack].append((plain.stem, *_found(reencode(marked, work / "attacked.mp4", scale, crf), ident)))
+            for size in sizes:
+                if size != "native":
+                    frames = [cv2.resize(f, (sampler_size, sampler_size), interpolation=cv2.INTER_AREA) for f in frames]
+                ident = int(rng.integers(0, 2**32))
+                marked = work / "marked.mp4"
+                write_mp4(marked, (embed(f, ident) for f in frames), 25.0)
+                found[size, "as generated"].append((plain.stem, *_found(marked, ident)))
+                for attack, (scale, crf) in ATTACKS.items():
+                    attacked = reencode(marked, work / "attacked.mp4", scale, crf)
+                    found[size, attack].append((plain.stem, *_found(attacked, ident)))
     rows = []
-    for attack, results in found.items():
+    for (size, attack), results in found.items():
         hits = sum(ok for _, ok, _, _ in results)
-        rows.append(_rate_row(f"detected, {attack}", hits, len(results),
+        rows.append(_rate_row(f"detected, {size}, {attack}", hits, len(results),
                               wrong_id=sum(wrong for _, _, wrong, _ in results),
                               mean_bit_accuracy=float(np.mean([acc for _, _, _, acc in results])),
                               missed=",".join(name for name, ok, _, _ in results if not ok)))
@@ -122,22 +134,25 @@ def false_positives(videos: dict[str, Path], unmarked: list[Path], work: Path) -
     return rows
 
 
-def main(out: str | Path = DEFAULT_DIR, window: int = 50, per_video: int = 6, seed: int = 0) -> list[dict]:
+def main(out: str | Path = DEFAULT_DIR, window: int = 50, per_video: int = 6, seed: int = 0,
+         sampler_size: int | None = 512) -> list[dict]:
     """Detection rates per attack and false-positive rates, as run_all rows; prints them with counts."""
     out = Path(out)
     work = out / "work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     videos = real_videos(out)
-    rows, unmarked = detection(videos, work, window, per_video, seed)
+    rows, unmarked = detection(videos, work, window, per_video, seed, sampler_size)
     rows += false_positives(videos, unmarked, work)
-    print(f"{len(videos)} real videos ({', '.join(videos)}), windows of {window} frames, at most {per_video} each")
+    sizes = {n: next(iter(read_frames(v)))[1].shape[1::-1] for n, v in videos.items()}
+    print(f"{len(videos)} real videos ({', '.join(f'{n} {w}x{h}' for n, (w, h) in sizes.items())}), "
+          f"windows of {window} frames, at most {per_video} each")
     print(render(rows))
     return rows
 
 
 def render(rows: list[dict]) -> str:
-    lines = [f"{'':48} {'count':>9} {'rate':>7} {'95% interval':>15}"]
+    lines = [f"{'':56} {'count':>9} {'rate':>7} {'95% interval':>15}"]
     for r in rows:
         extra = ""
         if "wrong_id" in r:
@@ -145,7 +160,7 @@ def render(rows: list[dict]) -> str:
             extra += f"; missed: {r['missed']}" if r["missed"] else ""
         elif r.get("flagged"):
             extra = f"  flagged: {r['flagged']}"
-        lines.append(f"{r['name']:48} {r['hits']:>4}/{r['n']:<4} {r['rate']:7.1%} "
+        lines.append(f"{r['name']:56} {r['hits']:>4}/{r['n']:<4} {r['rate']:7.1%} "
                      f"[{r['ci95_lo']:5.1%}, {r['ci95_hi']:5.1%}]{extra}")
     return "\n".join(lines)
 
@@ -156,6 +171,8 @@ if __name__ == "__main__":
     parser.add_argument("--window", type=int, default=50, help="frames per window (2 s at 25 fps)")
     parser.add_argument("--per-video", type=int, default=6, help="windows taken from each video, at most")
     parser.add_argument("--seed", type=int, default=0, help="seed of the checkpoint ids embedded")
+    parser.add_argument("--sampler-size", type=int, default=512,
+                        help="also mark each window scaled to this square (the sampler's output size); 0: skip")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    main(args.dir, args.window, args.per_video, args.seed)
+    main(args.dir, args.window, args.per_video, args.seed, args.sampler_size or None)
