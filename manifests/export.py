@@ -155,6 +155,7 @@ def dataset_card(store: ManifestStore, command: str, config: dict[str, Any]) -> 
     return {
         "created_at": datetime.now(UTC).isoformat(),
         "manifest_hash": store.content_hash(["sources", "clips"]),
+        "clips_hash": store.content_hash(["clips"]),  # what a checkpoint trained on this export records
         "clips": len(clips),
         "hours": sum((c["end_s"] - c["start_s"]) for c in clips) / 3600,
         "identities": len({c["identity_id"] or c["source_id"] for c in clips}),
@@ -167,7 +168,8 @@ def dataset_card(store: ManifestStore, command: str, config: dict[str, Any]) -> 
 
 
 def render_card(card: dict[str, Any]) -> str:
-    lines = ["# Dataset card", "", f"- manifest hash: `{card['manifest_hash']}`", f"- created: {card['created_at']}",
+    lines = ["# Dataset card", "", f"- manifest hash: `{card['manifest_hash']}`",
+             f"- clips hash (recorded by checkpoints trained on it): `{card['clips_hash']}`", f"- created: {card['created_at']}",
              f"- clips kept: {card['clips']} ({card['hours'] * 60:.2f} minutes, {card['identities']} identities)",
              f"- candidates rejected: {card['rejected_candidates']}", f"- command: `{card['command']}`", ""]
     for key, table in card["hours_by"].items():

@@ -98,6 +98,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     if args.trace:
         print(json.dumps(audit.trace(args.out, args.trace), indent=2, default=str))
         return 0
+    for line in audit.build_lineage(args.out):  # when OUT was made by `emo build`
+        print(line)
     print(audit.report(args.out))
     return 0
 
