@@ -63,8 +63,10 @@ def _map(ds: ray.data.Dataset, worker_cls: type, stages: list[Stage], out: str, 
 
     A worker process that dies (killed, crashed, or ended by the worker after a stuck stage) is
     replaced and its batch retried: the retry skips every stage whose `stage_runs` row is on disk.
-    Every death of one (stage, source) counts towards max_worker_deaths, after which the worker
-    records it as failed, so the retries Ray is allowed below always suffice.
+    Each death is charged to the (stage, source) that was running, which the worker records as
+    failed after max_worker_deaths, so retries always end. Actor tasks may retry without bound
+    (Ray Data's default, stated here because the time limit relies on it): an actor's death also
+    fails the batches queued behind the one that killed it, and a bound would count those too.
     """
     gpu_cluster = ray.cluster_resources().get("GPU", 0) > 0
     remote: dict[str, Any] = {"num_cpus": max(s.resources.num_cpus for s in stages),
@@ -72,19 +74,19 @@ def _map(ds: ray.data.Dataset, worker_cls: type, stages: list[Stage], out: str, 
     memory = max(s.resources.memory_mb or 0 for s in stages)
     if memory:
         remote["memory"] = memory * 1024 * 1024
-    retries = len(stages) * (settings.max_worker_deaths + 1)
     # DownloadWorker wraps one stage, ChainWorker a list of them.
     kwargs: dict[str, Any] = {"out": out, "settings": settings}
     kwargs.update({"stage": stages[0]} if worker_cls is DownloadWorker else {"stages": stages})
     if any(s.uses_model for s in stages):
-        # Ray Data's own defaults for actor pools are the same restarts but unbounded retries.
         return ds.map_batches(worker_cls, fn_constructor_kwargs=kwargs, batch_size=1, batch_format="pyarrow",
                               compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max_workers),
-                              max_restarts=-1, max_task_retries=retries, **remote)
+                              max_restarts=-1, max_task_retries=-1, **remote)
 
     def fn(batch, _kwargs=kwargs, _cls=worker_cls):
         return _cls(**_kwargs)(batch)
 
+    # A task holds one batch: its deaths are its own, at most max_worker_deaths per stage.
+    retries = len(stages) * (settings.max_worker_deaths + 1)
     return ds.map_batches(fn, batch_size=1, batch_format="pyarrow", max_retries=retries, **remote)
 
 
