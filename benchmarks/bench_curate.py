@@ -265,7 +265,7 @@ def scaling_row(run: Runner, main_run: dict, sources: int, cores: int, pin: bool
 def memory_rows(run: Runner, main_run: dict, sources: int, n: int, cores: int) -> list[dict]:
     """Peak RSS at 1x and 4x `n` sources; the main run is the 1x run when `n` is the main corpus."""
     if n != sources:
-        print(f"memory: on a smaller base of {n} sources ({n * run.seconds / 60:g} min), not the main corpus")
+        print(f"memory: on a smaller base of {n} sources ({n * run.seconds / 60:.1f} min), not the main corpus")
     try:
         one = main_run if n == sources else run(f"mem{n}", n, cores, False)
         four = run(f"mem{4 * n}", 4 * n, cores, False)
@@ -279,10 +279,12 @@ def memory_rows(run: Runner, main_run: dict, sources: int, n: int, cores: int) -
               f"{r['ray_daemons_mb']:12.0f} {r['tree_mb']:8.0f} {r['peak_workers']:10d}")
         rows.append({"name": f"memory {label}", "seconds": r["e2e_s"],
                      **{k: r[k] for k in ("driver_mb", "workers_mb", "worker_max_mb", "ray_daemons_mb", "tree_mb")}})
+    # Judged per process: the tree also grows when a bigger corpus keeps more actors busy at once.
     growth = {k: four[k] / max(one[k], 1.0) for k in ("driver_mb", "worker_max_mb", "tree_mb")}
-    flat = all(g <= GOALS["memory_growth"] for g in growth.values())
+    flat = growth["driver_mb"] <= GOALS["memory_growth"] and growth["worker_max_mb"] <= GOALS["memory_growth"]
     print("growth 4x/1x: " + ", ".join(f"{k[:-3]} {g:.2f}" for k, g in growth.items())
-          + f" (flat: each <= {GOALS['memory_growth']}) {_verdict(flat)}")
+          + f" (flat: driver and largest worker <= {GOALS['memory_growth']}; the tree also counts how many"
+          f" actors ran at once) {_verdict(flat)}")
     rows.append({"name": "memory growth 4x/1x", **{k[:-3]: g for k, g in growth.items()}, "flat": flat})
     return rows
 
