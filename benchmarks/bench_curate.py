@@ -19,7 +19,11 @@ In one run it measures:
   1x and 4x the corpus (4x lists 4x as many distinct sources). RSS counts the shared pages of
   Ray's object store in every process that touched them, so sums over processes overstate.
 
-Goals (issue 9): curate <= 4x the decode floor, efficiency >= 0.8, memory flat in corpus size.
+Goals (issue 9): curate <= 4x the decode floor, efficiency >= 0.8, memory flat in corpus size
+(judged on the driver and the largest worker: the tree also grows with how many actors run at once).
+
+Smoke run (about 5 minutes on 2 cores): --sources 2 --source-seconds 10 --memory-sources 1.
+Every curate run leaves its OUT and log under DIR/runs/ (cpusN, memN), for a look afterwards.
 """
 
 from __future__ import annotations
@@ -90,7 +94,7 @@ class TreeSampler:
         self.root, self.interval = psutil.Process(pid), interval
         self.peak = {"driver_mb": 0.0, "workers_mb": 0.0, "worker_max_mb": 0.0, "ray_daemons_mb": 0.0, "tree_mb": 0.0}
         self.cpu: dict[int, float] = {}
-        self.max_workers = 0
+        self.max_workers = self.max_actors = 0  # Ray worker processes; of them, Ray Data map actors
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -112,7 +116,7 @@ class TreeSampler:
 
     def _sample(self) -> None:
         mb = {"driver_mb": 0.0, "workers_mb": 0.0, "ray_daemons_mb": 0.0}
-        worker_max, workers = 0.0, 0
+        worker_max, workers, actors = 0.0, 0, 0
         for p in [self.root, *self.root.children(recursive=True)]:
             try:
                 with p.oneshot():
@@ -127,11 +131,13 @@ class TreeSampler:
             elif (cmd.startswith("ray::") or "default_worker.py" in cmd) and not cmd.startswith(RAY_AGENTS):
                 mb["workers_mb"] += rss
                 worker_max, workers = max(worker_max, rss), workers + 1
+                actors += cmd.startswith("ray::MapWorker")
             else:
                 mb["ray_daemons_mb"] += rss
         mb["tree_mb"] = sum(mb.values())
         mb["worker_max_mb"] = worker_max
         self.max_workers = max(self.max_workers, workers)
+        self.max_actors = max(self.max_actors, actors)
         for k, v in mb.items():
             self.peak[k] = max(self.peak[k], v)
 
@@ -165,7 +171,7 @@ def run_curate(sources: Path, out: Path, num_cpus: int | None, pin: bool, timeou
         raise RunFailed(f"{out.name}: curate subprocess exited {proc.returncode}; see {out / 'bench.log'}")
     result = json.loads(stdout.strip().splitlines()[-1])
     return {**result, "process_s": wall, "cores": len(affinity) if affinity else len(cores),
-            "cpu_s": sum(sampler.cpu.values()), "peak_workers": sampler.max_workers, **sampler.peak,
+            "cpu_s": sum(sampler.cpu.values()), "peak_workers": sampler.max_workers, "peak_actors": sampler.max_actors, **sampler.peak,
             **stage_seconds(out)}
 
 
@@ -250,16 +256,19 @@ def main(out: str | Path = DEFAULT_DIR, sources: int = 10, source_seconds: float
 def scaling_row(run: Runner, main_run: dict, sources: int, cores: int, pin: bool) -> dict:
     """Scaling efficiency from 1 to 2 CPUs; on a 2-core machine the main run is the 2-CPU run."""
     try:
-        t1 = run("cpus1", sources, 1, pin)["e2e_s"]
-        t2 = main_run["e2e_s"] if cores == 2 else run("cpus2", sources, 2, pin)["e2e_s"]
+        r1 = run("cpus1", sources, 1, pin)
+        r2 = main_run if cores == 2 else run("cpus2", sources, 2, pin)
     except RunFailed as e:
         print(f"scaling: {e}")
         return {"name": "scaling 1 -> 2 CPUs", "error": str(e)}
+    t1, t2 = r1["e2e_s"], r2["e2e_s"]
     eff = (t1 / t2) / 2
     print(f"scaling: 1 CPU {t1:.1f} s, 2 CPUs {t2:.1f} s"
           f"{' (process trees pinned to 1 and 2 cores)' if pin else ' (not pinned)'}: "
-          f"efficiency {eff:.2f} (goal >= {GOALS['scaling_efficiency']}) {_verdict(eff >= GOALS['scaling_efficiency'])}")
-    return {"name": "scaling 1 -> 2 CPUs", "t1_s": t1, "t2_s": t2, "efficiency": eff, "pinned": pin}
+          f"efficiency {eff:.2f} (goal >= {GOALS['scaling_efficiency']}) {_verdict(eff >= GOALS['scaling_efficiency'])}; "
+          f"map actors at once: {r1['peak_actors']} and {r2['peak_actors']}")
+    return {"name": "scaling 1 -> 2 CPUs", "t1_s": t1, "t2_s": t2, "efficiency": eff, "pinned": pin,
+            "actors_1cpu": r1["peak_actors"], "actors_2cpu": r2["peak_actors"]}
 
 
 def memory_rows(run: Runner, main_run: dict, sources: int, n: int, cores: int) -> list[dict]:
