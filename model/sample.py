@@ -91,6 +91,22 @@ def checkpoint_hash(meta: dict) -> str:
 
 
 @torch.no_grad()
+def denoise(scheduler, steps: int, shape: tuple[int, ...], eps_fn, generator: torch.Generator,
+            device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """One window's reverse diffusion with any diffusers scheduler: noise in, latents out.
+
+    `eps_fn(model_input, t)` predicts the noise of the scheduler-scaled input. The noise is drawn
+    on the CPU generator, so a seed gives the same video on any device.
+    """
+    scheduler.set_timesteps(steps, device=device)
+    latents = torch.randn(shape, generator=generator).to(device, dtype) * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        eps = eps_fn(scheduler.scale_model_input(latents, t), t)
+        latents = scheduler.step(eps, t, latents.float()).prev_sample.to(dtype)
+    return latents
+
+
+@torch.no_grad()
 def generate(model, codec, config, scheduler, ref_image: torch.Tensor, face_mask: torch.Tensor,
              audio: torch.Tensor, speed: float, steps: int, guidance_ref: float, guidance_audio: float,
              generator: torch.Generator, device, dtype, ident: int) -> Iterator[np.ndarray]:
@@ -116,16 +132,15 @@ def generate(model, codec, config, scheduler, ref_image: torch.Tensor, face_mask
         index = torch.arange(start, start + f).clamp(max=total - 1)
         window_audio = audio[index].to(device, dtype)[None].expand(3, -1, -1, -1)  # (3, f, 2m+1, L*D)
         reference = model.encode_reference(ref_latent.expand(3, -1, -1, -1), motion.expand(3, -1, -1, -1, -1))
-        scheduler.set_timesteps(steps, device=device)
-        noise = torch.randn((1, f, c, hw, hw), generator=generator)  # CPU generator: same noise on any device
-        latents = noise.to(device, dtype) * scheduler.init_noise_sigma
-        for t in scheduler.timesteps:
-            x = scheduler.scale_model_input(latents, t).expand(3, -1, -1, -1, -1)  # (1, f, ...) -> (3, f, ...)
-            eps = model(x, t.reshape(1).to(device), audio=window_audio, face_mask=face_mask, speed=speeds,
-                        reference=reference, reference_keep=reference_keep, audio_keep=audio_keep)
+
+        def guided_eps(x: torch.Tensor, t: torch.Tensor, window_audio=window_audio, reference=reference) -> torch.Tensor:
+            eps = model(x.expand(3, -1, -1, -1, -1), t.reshape(1).to(device), audio=window_audio,  # (1, f, ...) -> (3, f, ...)
+                        face_mask=face_mask, speed=speeds, reference=reference, reference_keep=reference_keep,
+                        audio_keep=audio_keep)
             e_none, e_ref, e_full = eps.float().chunk(3)
-            guided = e_none + guidance_ref * (e_ref - e_none) + guidance_audio * (e_full - e_ref)
-            latents = scheduler.step(guided, t, latents.float()).prev_sample.to(dtype)
+            return e_none + guidance_ref * (e_ref - e_none) + guidance_audio * (e_full - e_ref)
+
+        latents = denoise(scheduler, steps, (1, f, c, hw, hw), guided_eps, generator, device, dtype)
         motion = latents[:, -n:]  # (1, f, C, h, w) -> (1, n, C, h, w): the next window's motion frames
         frames = to_uint8(codec.decode(latents[0, :count].float()))  # (count, H, W, 3)
         for frame in frames:
@@ -134,8 +149,20 @@ def generate(model, codec, config, scheduler, ref_image: torch.Tensor, face_mask
             yield watermark.embed(frame, ident)
 
 
+SCHEDULERS = {"ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler",
+              "unipc": "UniPCMultistepScheduler"}
+
+
+def make_scheduler(name: str, noise_schedule: dict):
+    """A diffusers scheduler by short name, on the noise schedule the checkpoint was trained with."""
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; known: {', '.join(SCHEDULERS)}")
+    return getattr(diffusers, SCHEDULERS[name]).from_config(noise_schedule)
+
+
 def sample(args) -> dict:
-    from diffusers import DDIMScheduler
     from PIL import Image
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
@@ -143,7 +170,7 @@ def sample(args) -> dict:
     model, config, meta = load_checkpoint(args.checkpoint, ema=True, device=device)
     model = model.to(dtype)
     codec = load_codec(config.codec, meta["vae_path"]).to(device)
-    scheduler = DDIMScheduler(**meta["noise_schedule"])
+    scheduler = make_scheduler(args.scheduler, meta["noise_schedule"])
     model_hash = checkpoint_hash(meta)
     ident = watermark.checkpoint_id(model_hash)
 
@@ -161,8 +188,8 @@ def sample(args) -> dict:
     audio = audio_windows(feats, config.audio_context)  # (T, 2m+1, L*D)
 
     generator = torch.Generator().manual_seed(args.seed)
-    params = {k: getattr(args, k) for k in ("image", "audio", "fps", "steps", "guidance_ref", "guidance_audio",
-                                            "seed", "speed")}
+    params = {k: getattr(args, k) for k in ("image", "audio", "fps", "scheduler", "steps", "guidance_ref",
+                                            "guidance_audio", "seed", "speed")}
     record = {"checkpoint": meta["dir"], "checkpoint_sha256": model_hash, "checkpoint_id": f"{ident:08x}",
               "manifest_hash": meta.get("manifest_hash"), "stage": meta.get("stage"), "step": meta.get("step"),
               "params": params, "frames": n_frames, "audio_seconds": seconds, "device": str(device),
@@ -189,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", required=True, help="speech as a 16 kHz mono wav")
     p.add_argument("--out", required=True, help="output mp4; a JSON provenance sidecar goes next to it")
     p.add_argument("--fps", type=float, default=25.0)
-    p.add_argument("--steps", type=int, default=20, help="DDIM steps per window")
+    p.add_argument("--scheduler", default="ddim", choices=list(SCHEDULERS), help="diffusers sampler")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps per window")
     p.add_argument("--guidance-ref", type=float, default=2.0, help="classifier-free guidance scale on the reference")
     p.add_argument("--guidance-audio", type=float, default=3.5, help="classifier-free guidance scale on the audio")
     p.add_argument("--seed", type=int, default=0)
