@@ -22,7 +22,7 @@ import pytest
 from manifests import ManifestStore
 from manifests.store import rows_to_table
 from pipeline import plan
-from pipeline.bad_corpus import talking_clip
+from pipeline.bad_corpus import carphone_frames, talking_clip
 from pipeline.runner import CurateOptions, curate
 from pipeline.serve import LoopbackServer
 from stages.base import StageContext
@@ -85,9 +85,9 @@ def runs_by_source(store: ManifestStore) -> dict[str, dict[str, dict]]:
 def test_worker_killed_mid_model_stage_is_retried_and_a_raising_stage_is_recorded(ray_local, tmp_path, monkeypatch):
     media = tmp_path / "in"
     media.mkdir()
-    files = [talking_clip(media / f"talk{i}.mp4", seconds=2.0, start=15 * i) for i in range(3)]
+    files = [talking_clip(media / f"talk{i}.mp4", seconds=1.2, start=15 * i) for i in range(3)]
     tiny = media / "tiny.mp4"  # 32x32: the face stage raises frame_too_small on it
-    write_mp4(tiny, [f[:32, :32] for f in _frames(50)], 25.0)
+    write_mp4(tiny, [f[:32, :32] for f in carphone_frames(30)], 25.0)
     files.append(tiny)
     marker = tmp_path / "killed.json"
     monkeypatch.setitem(plan.STAGES, "faces", f"{__name__}:FacesKilledMidSource")
@@ -138,11 +138,6 @@ def test_worker_killed_mid_model_stage_is_retried_and_a_raising_stage_is_recorde
     assert all(runs[sid["talk0.mp4"]][s]["status"] == "ok" for s in ALL_STAGES[1:])
     assert not any((out / ".attempts").iterdir())
 
-
-def _frames(n: int):
-    from pipeline.bad_corpus import carphone_frames
-
-    return carphone_frames(n)
 
 
 class StalledFifo:
