@@ -23,6 +23,7 @@ from manifests import ManifestStore
 from manifests.store import rows_to_table
 from pipeline import plan
 from pipeline.bad_corpus import carphone_frames, talking_clip
+from pipeline.plan import PipelineSettings, load_config
 from pipeline.runner import CurateOptions, curate
 from pipeline.serve import LoopbackServer
 from stages.base import StageContext
@@ -64,6 +65,17 @@ class FacesKilledMidSource(FaceStage):
             return super().process(source, ctx)
         finally:
             self._detector.detect = type(self._detector).detect.__get__(self._detector)
+
+
+def test_time_limit_scales_with_the_source_and_settings_are_checked(tmp_path):
+    settings = PipelineSettings.from_config({"pipeline": {"source_timeout_s": 10, "timeout_per_media_s": 2}})
+    assert settings.time_limit("faces", {"duration_s": 30.0}) == 70
+    assert settings.time_limit("faces", {"n_frames": 250, "fps": 25.0}) == 30  # no duration: frames / fps
+    assert settings.time_limit("download", {}) == PipelineSettings().download_timeout_s
+    config = tmp_path / "c.yaml"
+    config.write_text("pipeline:\n  source_timeout: 5\n")  # misspelt: fails before any work
+    with pytest.raises(ValueError, match="unknown pipeline settings"):
+        load_config(config)
 
 
 def write_sources(path: Path, files: list[Path | str]) -> Path:
