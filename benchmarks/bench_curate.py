@@ -223,7 +223,7 @@ class Runner:
 
 def main(out: str | Path = DEFAULT_DIR, sources: int = 10, source_seconds: float = 60.0, scaling: bool = True,
          memory: bool = True, memory_sources: int | None = None, pin: bool = True,
-         timeout_factor: float = 15.0) -> list[dict]:
+         timeout_factor: float = 4.0) -> list[dict]:
     """Every measurement above; returns run_all rows (floor, curate, scaling, memory) and prints the report."""
     out = Path(out)
     run = Runner(out, source_seconds, timeout_factor)
@@ -329,7 +329,7 @@ if __name__ == "__main__":
     parser.add_argument("--memory-sources", type=int,
                         help="base for the memory comparison (1x vs 4x), when 4x the main corpus is too slow")
     parser.add_argument("--no-pin", action="store_true", help="scaling runs: do not pin the tree to N cores")
-    parser.add_argument("--timeout-factor", type=float, default=15.0,
+    parser.add_argument("--timeout-factor", type=float, default=4.0,
                         help="a curate run is killed after 600 s + this many seconds per media second")
     parser.add_argument("--child", nargs=2, metavar=("SOURCES", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--num-cpus", type=int, help=argparse.SUPPRESS)
