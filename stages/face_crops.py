@@ -69,6 +69,8 @@ class CropWriter:
         self.window, self.size = window, size
         self._q: queue.Queue = queue.Queue(maxsize=8)
         self._error: BaseException | None = None
+        self._stopped = False  # the stop marker was taken off the queue
+        self._written = 0
         self._thread = threading.Thread(target=self._run, args=(path, fps), daemon=True)
         self._thread.start()
 
@@ -77,12 +79,14 @@ class CropWriter:
             write_mp4(path, self._frames(), fps)
         except BaseException as e:  # reported by close(); keep draining so add() never blocks forever
             self._error = e
-            while self._q.get() is not None:
+            while not self._stopped and self._q.get() is not None:
                 pass
 
     def _frames(self):
         while (frame := self._q.get()) is not None:
+            self._written += 1
             yield frame
+        self._stopped = True
 
     def add(self, rgb: np.ndarray) -> None:
         self._q.put(crop_frame(rgb, self.window, self.size))
@@ -91,4 +95,6 @@ class CropWriter:
         self._q.put(None)
         self._thread.join()
         if self._error is not None:
+            if not self._written:
+                raise RuntimeError("no frames reached the crop writer (the decode ended before the track)") from self._error
             raise self._error

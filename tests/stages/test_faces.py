@@ -280,3 +280,28 @@ def test_dlib_embeddings_tell_people_apart_on_real_photos(demo_corpus):
         for b in names[i + 1:]:
             assert 1 - people[a][0] @ people[b][0] > DLIB_SAME_PERSON, (a, b)
     det.close()
+
+
+def test_crop_writer_with_no_frames_fails_instead_of_hanging(tmp_path):
+    """A track whose frames never arrive (the decode ended early): close() raises at once. It used to
+    wait forever for a stop marker the writer thread had already consumed, hanging the Ray actor."""
+    import threading
+
+    from stages.face_crops import CropWriter
+
+    writer = CropWriter(tmp_path / "never.mp4", 25.0, np.array([0.0, 0.0, 10.0, 10.0]), 16)
+    outcome: list[BaseException | None] = []
+
+    def close():
+        try:
+            writer.close()
+            outcome.append(None)
+        except BaseException as e:  # noqa: BLE001 - the test inspects it
+            outcome.append(e)
+
+    t = threading.Thread(target=close, daemon=True)
+    t.start()
+    t.join(timeout=20)
+    assert not t.is_alive(), "CropWriter.close() hung"
+    assert isinstance(outcome[0], RuntimeError) and "no frames" in str(outcome[0])
+    assert not (tmp_path / "never.mp4").exists()
