@@ -8,6 +8,7 @@ every track and writes the crops of tracks that pass the cheap checks (size, len
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Iterator
@@ -288,9 +289,13 @@ class FaceStage(Stage):
                 for m in [m for m in active if m.last <= i]:
                     m.close()
                     active.remove(m)
-        finally:
-            for m in active + pending:
-                m.close()
+        except BaseException:
+            for m in active + pending:  # the decode's own error is the one to report
+                with contextlib.suppress(Exception):
+                    m.close()
+            raise
+        for m in active + pending:  # tracks that outlast the decoded frames (the decode ended early)
+            m.close()
 
     def _row(self, plan: dict[str, Any], width: int, height: int, source: dict, ctx: StageContext) -> dict[str, Any]:
         track, m, frames, boxes = plan["track"], plan["measurer"], plan["frames"], plan["boxes"]
