@@ -308,7 +308,7 @@ def test_the_example_build_files_are_valid(base, demo_corpus, tmp_path):
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "demo").symlink_to(base[1])
     spec = load_build_file(tmp_path / "examples" / "build.yaml")
-    assert [t.stage for t in spec.train] == [1, 2, 3] and len(spec.sources) == 2
+    assert [t.stage for t in spec.train] == [1, 2, 3] and len(spec.sources) == 3
     report = build(tmp_path / "examples" / "finetune.yaml", tmp_path / "mine", dry_run=True)
     assert set(actions(report)) == {"curate", "export", "train/stage3", "sample/hanks-speech"}
     assert set(actions(report).values()) == {"would run"}
