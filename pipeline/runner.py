@@ -58,7 +58,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 def _map(ds: ray.data.Dataset, worker_cls: type, stages: list[Stage], out: str, max_workers: int,
-         settings: PipelineSettings) -> ray.data.Dataset:
+         settings: PipelineSettings, n_items: int) -> ray.data.Dataset:
     """Stages fused as one Ray Data operator: an actor pool when any holds a model, tasks otherwise.
 
     A worker process that dies (killed, crashed, or ended by the worker after a stuck stage) is
@@ -67,6 +67,10 @@ def _map(ds: ray.data.Dataset, worker_cls: type, stages: list[Stage], out: str, 
     failed after max_worker_deaths, so retries always end. Actor tasks may retry without bound
     (Ray Data's default, stated here because the time limit relies on it): an actor's death also
     fails the batches queued behind the one that killed it, and a bound would count those too.
+
+    The pool starts at its full size (min(max_workers, sources)) and gives each actor one source
+    at a time: an autoscaling pool that starts at one actor, or actors that queue several sources
+    each, leave CPUs idle while one actor works through a queue (measured by bench_curate).
     """
     gpu_cluster = ray.cluster_resources().get("GPU", 0) > 0
     remote: dict[str, Any] = {"num_cpus": max(s.resources.num_cpus for s in stages),
@@ -79,7 +83,8 @@ def _map(ds: ray.data.Dataset, worker_cls: type, stages: list[Stage], out: str, 
     kwargs.update({"stage": stages[0]} if worker_cls is DownloadWorker else {"stages": stages})
     if any(s.uses_model for s in stages):
         return ds.map_batches(worker_cls, fn_constructor_kwargs=kwargs, batch_size=1, batch_format="pyarrow",
-                              compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max_workers),
+                              compute=ray.data.ActorPoolStrategy(size=max(1, min(max_workers, n_items)),
+                                                                 max_tasks_in_flight_per_actor=1),
                               max_restarts=-1, max_task_retries=-1, **remote)
 
     def fn(batch, _kwargs=kwargs, _cls=worker_cls):
@@ -141,7 +146,7 @@ def curate(opts: CurateOptions) -> Summary:
         log.info("download: %d inputs, %d already fetched", len(inputs), len(inputs) - len(pending))
         if pending:
             ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-            ds = _map(ds, DownloadWorker, [by_name["download"]], out, max_workers, settings)
+            ds = _map(ds, DownloadWorker, [by_name["download"]], out, max_workers, settings, len(pending))
             for _ in ds.iter_batches(batch_size=None):
                 pass
 
@@ -170,7 +175,7 @@ def _run_media_stages(store: ManifestStore, stages: list[Stage], out: str, max_w
         return
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     for group in operator_groups(stages, ray.cluster_resources().get("GPU", 0) > 0):
-        ds = _map(ds, ChainWorker, group, out, max_workers, settings)
+        ds = _map(ds, ChainWorker, group, out, max_workers, settings, len(items))
     for _ in ds.iter_batches(batch_size=None):
         pass
 
