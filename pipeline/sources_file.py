@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -29,7 +30,15 @@ def _normalise_uri(uri: str, base: Path) -> str:
     if scheme in ("http", "https", "file") or (scheme and len(scheme) > 1):
         return uri
     p = Path(uri).expanduser()
-    return str((p if p.is_absolute() else base / p).resolve())
+    return _absolute(p if p.is_absolute() else base / p)
+
+
+def _absolute(p: Path) -> str:
+    """The resolved path; a symlink loop stays as written (absolute) for the download to fail on, with its row."""
+    try:
+        return str(p.resolve())
+    except (RuntimeError, OSError):
+        return os.path.normpath(os.path.abspath(p))
 
 
 def _row(raw: dict[str, Any], base: Path, where: str) -> dict[str, Any]:
@@ -51,7 +60,7 @@ def read_sources(path: str | Path) -> list[dict[str, Any]]:
         raise SourcesFileError(f"{path}: no such file or folder")
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(path).parts))
-        raws = [{"uri": str(p.resolve()), "title": p.name} for p in files]
+        raws = [{"uri": _absolute(p), "title": p.name} for p in files]
         where = [f"{path}" for _ in raws]
         base = path
     else:

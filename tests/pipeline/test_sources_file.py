@@ -56,3 +56,13 @@ def test_bad_sources_files_name_the_line(tmp_path, name, text, match):
     f.write_text(text)
     with pytest.raises(SourcesFileError, match=match):
         read_sources(f)
+
+
+def test_a_symlink_loop_is_an_input_not_a_crash(tmp_path):
+    """resolve() raises on a loop; the input is kept as written, for the download to fail on with its row."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "s.csv").write_text("uri\na\n")
+    (row,) = read_sources(tmp_path / "s.csv")
+    assert row["uri"] == str(tmp_path / "a")
+    assert read_sources(tmp_path) == [] or all(r["uri"].startswith(str(tmp_path)) for r in read_sources(tmp_path))
