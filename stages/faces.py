@@ -245,8 +245,8 @@ class FaceStage(Stage):
 
     def _check_sideways(self, probes: list[np.ndarray]) -> None:
         """No upright face anywhere: if faces show up with the frame turned, say so instead of 'no faces'."""
-        hits = sum(any(d.score > 0.7 for d in self._detector.detect(np.ascontiguousarray(np.rot90(p, k))))
-                   for p in probes for k in (1, 3))
+        hits = sum(any(d.score > 0.7 for k in (1, 3) for d in self._detector.detect(np.ascontiguousarray(np.rot90(p, k))))
+                   for p in probes)  # frames with a face when turned either way
         if probes and hits >= max(1, len(probes) // 2):
             raise StageError("sideways_video", f"no upright faces, but faces in {hits} of {len(probes)} sampled frames "
                              "turned 90 degrees: the video is rotated without rotation metadata")
