@@ -15,6 +15,7 @@ import av
 import numpy as np
 
 from stages.base import StageError
+from stages.video_io import SkipCorrupt
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +60,18 @@ def decode_small(path: str | Path, size: tuple[int, int] = (48, 27), threads: in
         rate = float(vs.average_rate or vs.guessed_rate or 25.0)
         scaler = av.video.reformatter.VideoReformatter()
         w, h = size
+        frames = SkipCorrupt(container, vs)
         try:
-            packets = container.demux(vs)
-            for packet in packets:
-                try:
-                    frames = packet.decode()
-                except (av.error.FFmpegError, ValueError):
-                    corrupt += 1
-                    continue
-                for frame in frames:
-                    t = _seconds(frame, tb, pts, rate)
-                    small = scaler.reformat(frame, width=w, height=h, format="rgb24", interpolation=interpolation)
-                    out.append(small.to_ndarray())
-                    pts.append(t)
-                    last_duration = float(frame.duration * tb) if frame.duration and tb else 1.0 / rate
+            for frame in frames:
+                t = _seconds(frame, tb, pts, rate)
+                small = scaler.reformat(frame, width=w, height=h, format="rgb24", interpolation=interpolation)
+                out.append(small.to_ndarray())
+                pts.append(t)
+                last_duration = float(frame.duration * tb) if frame.duration and tb else 1.0 / rate
         except av.error.FFmpegError as e:  # the demuxer itself gave up: keep what decoded
             corrupt += 1
             log.debug("demux stopped early in %s: %s", path, e)
+        corrupt += frames.corrupt
     if not out:
         raise StageError("undecodable", "no frame could be decoded")
     return SmallFrames(np.stack(out), np.asarray(pts, np.float64), pts[-1] + last_duration, corrupt)

@@ -10,6 +10,7 @@ import numpy as np
 import soundfile as sf
 
 from stages.base import StageError
+from stages.video_io import SkipCorrupt
 
 
 def probe_media(path: Path) -> dict[str, Any]:
@@ -103,15 +104,13 @@ def extract_audio(path: Path, wav: Path, rate: int = 16000) -> dict[str, float]:
         with av.open(str(path)) as c:
             if not c.streams.audio:
                 raise StageError("no_audio_stream", "no audio stream")
-            for packet in c.demux(c.streams.audio[0]):
-                try:
-                    frames = packet.decode()
-                except (av.error.FFmpegError, ValueError):
-                    corrupt += 1
-                    continue
+            frames = SkipCorrupt(c, c.streams.audio[0])
+            try:
                 for frame in frames:
                     chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
-            chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
+                chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
+            finally:
+                corrupt = frames.corrupt
     except av.error.FFmpegError as e:  # the demuxer itself gave up: keep what decoded
         if not chunks:
             raise StageError("audio_undecodable", str(e)) from e

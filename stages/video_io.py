@@ -10,6 +10,23 @@ import av
 import numpy as np
 
 
+class SkipCorrupt:
+    """The decoded frames of one stream, packet by packet: a packet the decoder rejects is skipped and
+    counted in `corrupt`, and the stream goes on past it. The demuxer's own errors still raise."""
+
+    def __init__(self, container: av.container.InputContainer, stream: av.stream.Stream):
+        self.container, self.stream, self.corrupt = container, stream, 0
+
+    def __iter__(self):
+        for packet in self.container.demux(self.stream):
+            try:
+                frames = packet.decode()
+            except (av.error.FFmpegError, ValueError):
+                self.corrupt += 1
+                continue
+            yield from frames
+
+
 def write_mp4(
     path: str | Path,
     frames: Iterable[np.ndarray],
