@@ -41,3 +41,14 @@ def server(demo_corpus):
 
     with LoopbackServer(demo_corpus, slow_s=1.0) as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def one_cpu_thread():
+    """One torch thread: on a shared 2-core machine, two spinning OpenMP threads run ~10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -72,14 +72,9 @@ def build_clips(out: Path) -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    """One torch thread: on a shared 2-core machine, two spinning OpenMP threads run ~10x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _torch_on_one_thread(one_cpu_thread):
+    """Every model test module runs torch on one thread (tests/conftest.py says why)."""
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -47,11 +47,8 @@ def cut(src: Path, dst: Path, start_s: float, seconds: float, mirror: bool = Fal
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _torch_on_one_thread(one_cpu_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
