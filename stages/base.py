@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,3 +94,13 @@ class Stage:
     def config_hash(self) -> str:
         blob = json.dumps({"stage": self.name, **self.config()}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def temp_sibling(path: Path, suffix: str = ".tmp") -> Path:
+    """A hidden name beside `path`, unique to this writer: write there, then os.replace onto `path`.
+
+    Unique per process and call, so two workers writing the same content-addressed file at once
+    (the same bytes from two URIs) never rename each other's half-written file.
+    """
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urljoin, urlparse
 import requests
 import urllib3
 
-from stages.base import Resources, Stage, StageContext, StageError
+from stages.base import Resources, Stage, StageContext, StageError, temp_sibling
 from stages.probe import extract_audio, frames_past_end, probe_media
 from stages.sniff import AUDIO, VIDEO, sniff
 
@@ -233,7 +233,7 @@ class DownloadStage(Stage):
         rel = f"media/{sha[:2]}/{sha}{ext}"
         dest = ctx.path(rel)
         if not dest.exists():
-            tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+            tmp = temp_sibling(dest)
             if is_temp:
                 os.replace(path, tmp)
             elif self.link_local:

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from stages.base import temp_sibling
 from stages.video_io import write_mp4
 
 # The crop window's margin, as a fraction of the face's side on each side: the face stage's default,
@@ -57,7 +58,7 @@ def box_mask(boxes: np.ndarray, window: np.ndarray, size: int, grow: float = 0.0
 
 
 def write_png(path: Path, mask: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
+    tmp = temp_sibling(path, ".tmp.png")
     Image.fromarray(mask).save(tmp)
     tmp.replace(path)
 

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import soundfile as sf
 
-from stages.base import StageError
+from stages.base import StageError, temp_sibling
 from stages.video_io import SkipCorrupt
 
 
@@ -117,7 +117,7 @@ def extract_audio(path: Path, wav: Path, rate: int = 16000) -> dict[str, float]:
     if corrupt and not chunks:
         raise StageError("audio_undecodable", f"all {corrupt} audio packets were rejected by the decoder")
     audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    tmp = wav.with_name(f".{wav.name}.tmp")
+    tmp = temp_sibling(wav)
     sf.write(str(tmp), audio, rate, subtype="FLOAT", format="WAV")
     tmp.replace(wav)
     clipped = float(np.mean(np.abs(audio) >= CLIP_LEVEL)) if len(audio) else 0.0

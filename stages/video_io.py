@@ -9,6 +9,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from stages.base import temp_sibling
+
 
 class SkipCorrupt:
     """The decoded frames of one stream, packet by packet: a packet the decoder rejects is skipped and
@@ -41,7 +43,7 @@ def write_mp4(
     Writes to a temporary name and renames, so a reader never sees half a file. Returns frames written.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.mp4")
+    tmp = temp_sibling(path, ".tmp.mp4")
     n = 0
     with av.open(str(tmp), "w", format="mp4") as c:
         for k, v in (metadata or {}).items():

@@ -160,3 +160,20 @@ def test_audio_only_and_image_sources_are_rejected_with_reasons(demo_corpus, tmp
     assert fetch(str(demo_corpus / "speech.wav"), tmp_path)["error"].startswith("no_video_stream:")
     assert fetch(str(demo_corpus / "portraits" / "hanks.png"), tmp_path)["error"].startswith("not_media:")
     assert os.listdir(tmp_path / "media")  # the wav was stored before probing found no video
+
+
+def test_two_writers_of_the_same_content_never_clash(demo_corpus, tmp_path):
+    """The same bytes from several URIs are fetched at once by different workers and land on one
+    content-addressed path: each writer has its own temporary name, so every write succeeds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import soundfile as sf
+
+    from stages.probe import extract_audio
+
+    wav = tmp_path / "same.wav"
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: extract_audio(demo_corpus / "talking.mp4", wav), range(8)))
+    assert all(abs(r["seconds"] - 30.0) < 0.1 for r in results)
+    assert abs(sf.info(str(wav)).duration - 30.0) < 0.1
+    assert [p.name for p in tmp_path.iterdir()] == ["same.wav"]  # no temporary left behind
