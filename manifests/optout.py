@@ -60,7 +60,7 @@ def optout(out: str | Path, ref: str, reason: str = "opt-out request") -> dict[s
         for key in store.shard_keys("stage_runs"):
             if key.endswith(f"-{sid}"):
                 store.shard_path("stage_runs", key).unlink()
-        for folder in ("crops", "clips"):
+        for folder in ("masks", "clips", "crops"):  # crops/: written by earlier versions
             d = store.out / folder / sid
             if d.exists():
                 removed_files += sum(1 for p in d.rglob("*") if p.is_file())

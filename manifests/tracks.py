@@ -14,7 +14,7 @@ f32list = pa.list_(pa.float32())
 
 TRACKS = table_schema(
     "tracks",
-    1,
+    2,  # 2: no crop_path; the quality stage writes crops of kept clips only
     [
         pa.field("source_id", pa.string(), nullable=False),
         pa.field("shot_id", pa.string(), nullable=False),
@@ -38,9 +38,8 @@ TRACKS = table_schema(
         pa.field("exposure", pa.float32()),  # mean luma of the face region, 0..1
         pa.field("crop_box", pa.list_(pa.float32())),  # [x0, y0, x1, y1] square crop in source pixels
         pa.field("crop_size", pa.int32()),
-        pa.field("reasons", pa.list_(pa.string())),  # cheap checks failed (short, small_face): no crop when any
-        pa.field("crop_path", pa.string()),  # relative to OUT; null when the track failed the cheap checks
-        pa.field("face_mask_path", pa.string()),
+        pa.field("reasons", pa.list_(pa.string())),  # cheap checks failed (short, small_face, no_mesh...): no clips
+        pa.field("face_mask_path", pa.string()),  # under OUT/masks/, in crop_box pixels; null when reasons
         pa.field("lip_mask_path", pa.string()),
         pa.field("embedding", f32list),  # identity embedding (L2-normalised ArcFace); null for mediapipe
         pa.field("identity_id", pa.string()),  # null here; stages.face_identity.cluster_identities fills it

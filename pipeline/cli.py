@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Download, shot-detect, face-crop, diarize and filter SOURCES into Parquet manifests under OUT. "
                                    "Rerunning resumes: finished work is skipped.")
     c.add_argument("sources", help="a .csv, .jsonl or .parquet sources file (column 'uri' required), or a folder of media files")
-    c.add_argument("--out", required=True, help="output folder (manifests, media, crops)")
+    c.add_argument("--out", required=True, help="output folder (manifests, media, masks, clips)")
     c.add_argument("--stages", help="comma-separated stages to run (default: all available)")
     c.add_argument("--config", help="YAML of {stage: {setting: value}}, plus a `pipeline:` section of time limits and retries (see README)")
     c.add_argument("--address", help="join an existing Ray cluster ('auto' or host:port); default starts a local Ray")

@@ -1,14 +1,17 @@
-"""EMO-ready face crops: one square window per track, its H.264 video, and its face-region and lip masks.
+"""EMO-ready face crops: one square window per track, its face-region and lip masks, and crop videos.
 
 The window is square around the union of the track's boxes plus a margin (EMO crops generously so
 the head can move inside a still window); the face-region mask is that union, as EMO's face
-locator uses it; the lip mask is the union of the lips' boxes.
+locator uses it; the lip mask is the union of the lips' boxes. `write_crops` writes the crop videos
+of any number of frame ranges in one decode of the source.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -16,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from stages.base import temp_sibling
-from stages.video_io import write_mp4
+from stages.video_io import iter_frames, to_rgb, write_mp4
 
 # The crop window's margin, as a fraction of the face's side on each side: the face stage's default,
 # and the sampler's for a reference portrait, so the model sees faces framed as it was trained.
@@ -99,3 +102,53 @@ class CropWriter:
             if not self._written:
                 raise RuntimeError("no frames reached the crop writer (the decode ended before the track)") from self._error
             raise self._error
+
+
+@dataclass
+class CropJob:
+    """One crop video: source frames [first, end) (decoder indices, as the face stage counts them)."""
+
+    path: Path
+    first: int
+    end: int
+    window: np.ndarray  # [x0, y0, x1, y1] in displayed-frame pixels
+    size: int
+    fps: float
+
+
+def write_crops(video: Path, rotation: int, jobs: list[CropJob]) -> None:
+    """Write every job's crop video in one decode of `video`; frames outside every job are never converted.
+
+    Raises when the decode ends before a job's last frame (the source changed since the face stage).
+    """
+    pending = sorted(jobs, key=lambda j: j.first)
+    active: list[tuple[CropJob, CropWriter]] = []
+    stop = max((j.end for j in jobs), default=0)
+    try:
+        for i, frame in iter_frames(video, rotation):
+            if i >= stop:
+                break
+            while pending and pending[0].first <= i:
+                job = pending.pop(0)
+                active.append((job, CropWriter(job.path, job.fps, job.window, job.size)))
+            if not active:
+                continue
+            rgb = to_rgb(frame, rotation)
+            for _, writer in active:
+                writer.add(rgb)
+            for done in [a for a in active if a[0].end <= i + 1]:
+                active.remove(done)
+                done[1].close()
+    except BaseException:
+        for _, writer in active:  # the decode's own error is the one to report
+            with contextlib.suppress(Exception):
+                writer.close()
+        raise
+    for job, writer in active:
+        with contextlib.suppress(Exception):
+            writer.close()
+        job.path.unlink(missing_ok=True)
+    short = [j for j, _ in active] + pending
+    if short:
+        raise RuntimeError(f"{video.name}: decoding ended before frame {short[0].end - 1}, which the face stage "
+                           f"decoded: {len(short)} crop(s) not written (was the file changed?)")

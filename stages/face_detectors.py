@@ -97,8 +97,6 @@ class MediapipeDetector:
                 dets.append(Detection(box, float(d.score[0]), kps))
         return nms(dets)
 
-        self._embedder: DlibEmbedder | None | bool = None  # False once known to be unavailable
-
     def embed(self, rgb: np.ndarray, det: Detection) -> np.ndarray | None:
         if self._embedder is None:
             try:

@@ -1,18 +1,14 @@
 """TrackMeasurer: everything measured on one track's frames in the second decode pass.
 
-Per frame: face-mesh landmarks (-> head pose, rotation speed, mouth opening) and, when the track
-passed the cheap checks, its crop. At sampled frames: blur and exposure of the face region, and an
+Per frame: face-mesh landmarks (-> head pose, rotation speed, mouth opening). At sampled frames: blur and exposure of the face region, and an
 identity embedding at the track's best few detections when the backend gives one.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 
-from stages.face_crops import CropWriter
 from stages.face_detectors import Detection
 from stages.face_landmarks import FaceMesher, lip_box, mouth_open
 from stages.head_pose import fill_gaps, head_pose, rotation_speed
@@ -32,8 +28,8 @@ def blur_exposure(rgb: np.ndarray, box: np.ndarray) -> tuple[float, float]:
 
 class TrackMeasurer:
     def __init__(self, frames: np.ndarray, boxes: np.ndarray, samples: set[int], dets: dict[int, Detection],
-                 embed=None, crop: tuple[Path, float, np.ndarray, int] | None = None):
-        """`crop` is (path, fps, window, size) for tracks that get a crop video; `embed(rgb, det)` or None."""
+                 embed=None):
+        """`embed(rgb, det)` gives an identity embedding, or is None."""
         self.frames, self.boxes, self.samples = frames, boxes, samples
         self.pts: list[np.ndarray | None] = [None] * len(frames)
         self.quality: list[tuple[float, float]] = []
@@ -42,7 +38,6 @@ class TrackMeasurer:
         self._embed_at = {f: dets[f] for f in best}
         self._embed = embed
         self._mesher = FaceMesher()
-        self._writer = CropWriter(*crop) if crop else None
 
     @property
     def first(self) -> int:
@@ -62,16 +57,12 @@ class TrackMeasurer:
             emb = self._embed(rgb, self._embed_at[index])
             if emb is not None:
                 self.embeddings.append(emb)
-        if self._writer:
-            self._writer.add(rgb)
 
     def close(self) -> None:
-        """Release the mesher and finish the crop video; safe to call twice."""
-        mesher, writer, self._mesher, self._writer = self._mesher, self._writer, None, None
+        """Release the mesher; safe to call twice."""
+        mesher, self._mesher = self._mesher, None
         if mesher:
             mesher.close()
-        if writer:
-            writer.close()
 
     def lip_boxes(self) -> np.ndarray:
         return np.array([lip_box(p) for p in self.pts if p is not None]).reshape(-1, 4)

@@ -1,9 +1,11 @@
-"""The face stage: face tracks per shot, their head pose, speed and mouth opening, and EMO-ready crops.
+"""The face stage: face tracks per shot, their head pose, speed and mouth opening, crop windows and masks.
 
 Two decode passes over a source. Pass 1 detects faces every `stride` frames, links them into
 tracks within each shot (never across a cut) and pins each track's first and last frame by
 detecting near it in the frames between samples. Pass 2 runs the face mesh on every frame of
-every track and writes the crops of tracks that pass the cheap checks (size, length).
+every track. No video is encoded here: each track gets a crop window, and the quality stage
+writes crops of only the clips it keeps, straight from the source (one encode, and none for
+footage that is rejected).
 """
 
 from __future__ import annotations
@@ -11,12 +13,10 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import av
-import cv2
 import numpy as np
 
 from stages.base import Resources, Stage, StageContext, StageError
@@ -24,36 +24,12 @@ from stages.face_crops import DEFAULT_MARGIN, box_mask, crop_window, write_png
 from stages.face_detectors import Detection, box_iou, make_detector
 from stages.face_measures import TrackMeasurer
 from stages.face_tracker import FaceTracker, Track, track_boxes
+from stages.video_io import iter_frames, to_rgb
 
 log = logging.getLogger(__name__)
 DARK_LUMA = 0.06  # mean luma under which a sampled frame counts as black
 SIDEWAYS_DEG = 60  # eye line steeper than this: the face lies on its side (or the video is turned)
-MIN_MESH_FRACTION = 0.5  # a cropped track whose face mesh fits less often than this loses its crop
-
-
-def iter_frames(path: Path, rotation: int) -> Iterator[tuple[int, av.VideoFrame]]:
-    """(decoder index, frame) for every decodable frame; `to_rgb` turns one upright when it is needed."""
-    with av.open(str(path)) as c:
-        vs = c.streams.video[0]
-        vs.thread_type = "AUTO"
-        i = 0
-        try:
-            for frame in c.decode(vs):
-                yield i, frame
-                i += 1
-        except av.error.FFmpegError as e:  # a damaged tail: keep what decoded
-            log.warning("%s: decoding stopped at frame %d: %s", path.name, i, e)
-
-
-def to_rgb(frame: av.VideoFrame, rotation: int) -> np.ndarray:
-    """RGB in display orientation: PyAV gives stored pixels; the display matrix turns them `rotation` deg CCW."""
-    if frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
-        # OpenCV's SIMD BT.601 conversion costs about half of swscale's rgb24 path at 720p.
-        rgb = cv2.cvtColor(frame.to_ndarray(format="yuv420p"), cv2.COLOR_YUV2RGB_I420)
-    else:
-        rgb = frame.to_ndarray(format="rgb24")
-    k = (rotation // 90) % 4
-    return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
+MIN_MESH_FRACTION = 0.5  # a track whose face mesh fits less often than this gives no clips
 
 
 def eye_line_angle(track: Track) -> float:
@@ -66,7 +42,7 @@ def eye_line_angle(track: Track) -> float:
 
 
 class FaceStage(Stage):
-    """Face tracks of one source, with per-frame measures and crops, as `tracks` rows."""
+    """Face tracks of one source, with per-frame measures, crop windows and masks, as `tracks` rows."""
 
     name = "faces"
     table = "tracks"
@@ -95,8 +71,8 @@ class FaceStage(Stage):
         stride: run the detector every `stride` frames; boxes between samples are interpolated.
         min_confidence: detector score threshold.
         min_track_confidence: tracks whose mean detection score is lower are dropped (cartoon faces, patterns).
-        min_face_px: cheap check: median face box side in pixels below which a track gets no crop.
-        min_track_frames: cheap check: tracks shorter than this get no crop.
+        min_face_px: cheap check: median face box side in pixels below which a track gives no clips.
+        min_track_frames: cheap check: tracks shorter than this give no clips.
         max_gap_samples: samples a track may miss in a row (occlusion, blink of the detector) and go on.
         margin: crop window = union of the track's boxes grown by this fraction of its side on each side.
         crop_size: side of the square crop video and masks, in pixels.
@@ -263,13 +239,9 @@ class FaceStage(Stage):
                   (["off_frame"] if np.mean(outside > 0.2 * (raw[:, 2] - raw[:, 0])) > 0.5 else []) + \
                   (["sideways"] if abs(eye_line_angle(track)) > SIDEWAYS_DEG else [])
         window, clipped = crop_window(boxes, self.margin, width, height)
-        crop = None
-        if not reasons:
-            crop_path = ctx.path("crops", source["source_id"], f"{track_id}.mp4")
-            crop = (crop_path, float(source.get("fps") or 25.0), window, self.crop_size)
         return {"track_id": track_id, "shot_id": shot_id, "track": track, "frames": frames, "boxes": boxes,
-                "sides": sides, "reasons": reasons, "window": window, "clipped": clipped, "crop": crop,
-                "measurer": TrackMeasurer(frames, boxes, samples, track.dets, self._detector.embed, crop)}
+                "sides": sides, "reasons": reasons, "window": window, "clipped": clipped,
+                "measurer": TrackMeasurer(frames, boxes, samples, track.dets, self._detector.embed)}
 
     def _measure(self, path: Path, rotation: int, plans: list[dict[str, Any]], width: int, height: int) -> None:
         """Pass 2: feed every track its frames, in one decode."""
@@ -305,22 +277,20 @@ class FaceStage(Stage):
             "boxes": boxes.astype(np.float32).tolist(), "face_size_px": float(np.median(plan["sides"])),
             "det_confidence": float(np.mean([d.score for d in track.dets.values()])), "n_detections": len(track.dets),
             "crop_box": plan["window"].astype(np.float32).tolist(), "crop_size": self.crop_size,
-            "reasons": plan["reasons"], "crop_path": None, "face_mask_path": None, "lip_mask_path": None,
+            "reasons": plan["reasons"], "face_mask_path": None, "lip_mask_path": None,
             "identity_id": None, "backend": self.backend,
             "notes": "crop window shrunk to the frame's short side" if plan["clipped"] else None,
             **m.measures(width, height),
         }
-        if plan["crop"] and row["mesh_fraction"] < MIN_MESH_FRACTION:
-            plan["crop"][0].unlink(missing_ok=True)  # no landmarks, no lip mask: useless for training
-            row["reasons"] = [*row["reasons"], "no_mesh"]
-        elif plan["crop"]:
-            crop_path = plan["crop"][0]
-            face_mask = crop_path.with_name(f"{plan['track_id']}.face.png")
-            lip_mask = crop_path.with_name(f"{plan['track_id']}.lips.png")
+        if not row["reasons"] and row["mesh_fraction"] < MIN_MESH_FRACTION:
+            row["reasons"] = ["no_mesh"]  # no landmarks, no lip mask: useless for training
+        if not row["reasons"]:  # the quality stage may cut clips from this track
+            face_mask = ctx.path("masks", source["source_id"], f"{plan['track_id']}.face.png")
+            lip_mask = face_mask.with_name(f"{plan['track_id']}.lips.png")
             write_png(face_mask, box_mask(boxes, plan["window"], self.crop_size))
             write_png(lip_mask, box_mask(m.lip_boxes(), plan["window"], self.crop_size, grow=0.1))
-            row.update(crop_path=ctx.rel(crop_path), face_mask_path=ctx.rel(face_mask), lip_mask_path=ctx.rel(lip_mask))
-            ctx.count("crops")
+            row.update(face_mask_path=ctx.rel(face_mask), lip_mask_path=ctx.rel(lip_mask))
+            ctx.count("croppable")
         for reason in row["reasons"]:
             ctx.count(f"no_crop_{reason}")
         return row

@@ -1,7 +1,9 @@
 """quality: cut candidate clips inside shots where one face is speaking, and judge every one.
 
 Every rule in quality.yaml is evaluated and recorded for every candidate; a candidate is kept
-only when it fails none. Kept clips get their own crop mp4 and 16 kHz wav under OUT/clips/.
+only when it fails none. Kept clips get their own crop mp4 and 16 kHz wav under OUT/clips/: the
+crops are cut straight from the source by each track's crop window, all in one decode, so the only
+video encoded is what is kept, and it is encoded once.
 Near-duplicates are a corpus-level rule, judged at export (manifests/export.py).
 """
 
@@ -17,7 +19,7 @@ import soundfile as sf
 import yaml
 
 from stages.base import Resources, Stage, StageContext
-from stages.video_io import read_frames, write_mp4
+from stages.face_crops import CropJob, write_crops
 
 DEFAULTS = yaml.safe_load((Path(__file__).with_name("quality.yaml")).read_text())
 
@@ -68,6 +70,8 @@ class QualityStage(Stage):
                     continue
                 ctx.count("kept")
                 clips.append({**self._clip(cand_id, source, track, seg, a, b, fps, measures, ctx), "rules": results})
+        if self.write_media and clips:
+            self._write_media(source, clips, {t["track_id"]: t for t in tracks}, ctx)
         return {"clips": clips, "rejections": rejections}
 
     # -- candidates ----------------------------------------------------------------------------------
@@ -135,7 +139,7 @@ class QualityStage(Stage):
             "low_speech_ratio": speech,
             "low_resolution": float(source.get("height") or 0),
             "low_fps": fps,
-            "no_crop": 0.0 if track.get("crop_path") else 1.0,
+            "no_crop": 1.0 if track.get("reasons") else 0.0,  # failed the face stage's cheap checks
         }
 
     def _judge(self, m: dict[str, float | None]) -> list[dict[str, Any]]:
@@ -158,28 +162,34 @@ class QualityStage(Stage):
         sid = source["source_id"]
         frames = list(track["frames"])
         i0, i1 = frames.index(a), frames.index(b - 1) + 1
-        crop = ctx.path("clips", sid, f"{clip_id}.mp4")
-        wav = ctx.path("clips", sid, f"{clip_id}.wav")
-        if self.write_media:
-            pics = (f for i, (_, f) in enumerate(read_frames(ctx.out / track["crop_path"])) if i0 <= i < i1)
-            write_mp4(crop, pics, fps)
-            if source.get("audio_path"):
-                info = sf.info(str(ctx.out / source["audio_path"]))
-                audio, rate = sf.read(str(ctx.out / source["audio_path"]), start=int(a / fps * info.samplerate),
-                                      stop=int(b / fps * info.samplerate), dtype="float32")
-            else:
-                audio, rate = np.zeros(int((b - a) / fps * 16000), np.float32), 16000
-            sf.write(str(wav), audio, rate, subtype="FLOAT")
         speed = track.get("head_speed") or []
         return {
             "clip_id": clip_id, "source_id": sid, "shot_id": track["shot_id"], "track_id": track["track_id"],
             "segment_id": seg and seg["segment_id"], "start_frame": a, "end_frame": b, "start_s": a / fps,
-            "end_s": b / fps, "n_frames": b - a, "fps": fps, "crop_path": ctx.rel(crop), "audio_path": ctx.rel(wav),
+            "end_s": b / fps, "n_frames": b - a, "fps": fps,
+            "crop_path": ctx.rel(ctx.path("clips", sid, f"{clip_id}.mp4")),
+            "audio_path": ctx.rel(ctx.path("clips", sid, f"{clip_id}.wav")),
             "face_mask_path": track.get("face_mask_path"), "lip_mask_path": track.get("lip_mask_path"),
             "head_speed": [float(x) for x in speed[i0:i1]], "face_size_px": m["face_too_small"],
             "sync_confidence": m["low_sync"], "vocal_type": seg and seg["vocal_type"],
             "category": source.get("category"), "language": (seg and seg.get("language")) or source.get("language"),
             "license": source.get("license"), "consent": source.get("consent"),
-            "identity_id": track.get("identity_id"), "split": None,
-            "sha256": hashlib.sha256(crop.read_bytes()).hexdigest() if crop.exists() else None,
+            "identity_id": track.get("identity_id"), "split": None, "sha256": None,
         }
+
+    def _write_media(self, source, clips, tracks, ctx: StageContext) -> None:
+        """Every kept clip's crop (one decode of the source for all of them), its wav, and the crop's sha256."""
+        jobs = [CropJob(ctx.out / c["crop_path"], c["start_frame"], c["end_frame"],
+                        np.asarray(tracks[c["track_id"]]["crop_box"], float), int(tracks[c["track_id"]]["crop_size"]),
+                        c["fps"]) for c in clips]
+        write_crops(ctx.out / source["media_path"], int(source.get("rotation") or 0), jobs)
+        audio_path = source.get("audio_path") and ctx.out / source["audio_path"]
+        rate = sf.info(str(audio_path)).samplerate if audio_path else 16000
+        for c in clips:
+            if audio_path:
+                audio, _ = sf.read(str(audio_path), start=int(c["start_s"] * rate), stop=int(c["end_s"] * rate),
+                                   dtype="float32")
+            else:
+                audio = np.zeros(int(c["n_frames"] / c["fps"] * rate), np.float32)
+            sf.write(str(ctx.out / c["audio_path"]), audio, rate, subtype="FLOAT")
+            c["sha256"] = hashlib.sha256((ctx.out / c["crop_path"]).read_bytes()).hexdigest()

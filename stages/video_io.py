@@ -1,15 +1,19 @@
-"""Writing H.264 mp4 files with PyAV (there is no ffmpeg binary): frames in, optional audio muxed."""
+"""Video in and out with PyAV (there is no ffmpeg binary): frame readers, and H.264 mp4 writing with optional audio."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 
 from stages.base import temp_sibling
+
+log = logging.getLogger(__name__)
 
 
 class SkipCorrupt:
@@ -103,3 +107,28 @@ def read_frames(path: str | Path, size: tuple[int, int] | None = None) -> Iterab
             if size:
                 frame = frame.reformat(width=size[0], height=size[1])
             yield t, frame.to_ndarray(format="rgb24")
+
+
+def iter_frames(path: Path, rotation: int) -> Iterator[tuple[int, av.VideoFrame]]:
+    """(decoder index, frame) for every decodable frame; `to_rgb` turns one upright when it is needed."""
+    with av.open(str(path)) as c:
+        vs = c.streams.video[0]
+        vs.thread_type = "AUTO"
+        i = 0
+        try:
+            for frame in c.decode(vs):
+                yield i, frame
+                i += 1
+        except av.error.FFmpegError as e:  # a damaged tail: keep what decoded
+            log.warning("%s: decoding stopped at frame %d: %s", path.name, i, e)
+
+
+def to_rgb(frame: av.VideoFrame, rotation: int) -> np.ndarray:
+    """RGB in display orientation: PyAV gives stored pixels; the display matrix turns them `rotation` deg CCW."""
+    if frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
+        # OpenCV's SIMD BT.601 conversion costs about half of swscale's rgb24 path at 720p.
+        rgb = cv2.cvtColor(frame.to_ndarray(format="yuv420p"), cv2.COLOR_YUV2RGB_I420)
+    else:
+        rgb = frame.to_ndarray(format="rgb24")
+    k = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb

@@ -12,6 +12,7 @@ import json
 import shutil
 
 import cv2
+import numpy as np
 import pytest
 
 from manifests import ManifestStore
@@ -37,24 +38,22 @@ def ingest(out, path):
 
 
 def fake_upstream(out, src, n=150, identity="person-a"):
-    """One shot; a big speaking face track with a real crop; a tiny second face; two speech segments."""
+    """One shot; a big speaking face track; a tiny second face that failed the cheap checks; two speech segments."""
     sid = src["source_id"]
     store = ManifestStore(out)
     shot = f"{sid}-s0000"
     store.write_shard("shots", sid, [{"source_id": sid, "shot_id": shot, "shot_index": 0, "start_s": 0.0,
                                       "end_s": n / FPS, "start_frame": 0, "end_frame": n, "transition_in": "start",
                                       "detector": "test"}])
-    crop = out / "crops" / sid / f"{shot}-t00.mp4"
-    crop.parent.mkdir(parents=True, exist_ok=True)
-    frames = [cv2.resize(f[40:250, 70:280], (128, 128)) for _, f in read_frames(out / src["media_path"])][:n]
-    write_mp4(crop, frames, FPS)
     base = {"source_id": sid, "shot_id": shot, "start_frame": 0, "end_frame": n, "frames": list(range(n)),
             "yaw": [5.0] * n, "pitch": [2.0] * n, "roll": [0.0] * n, "head_speed": [0.5] * n,
-            "mouth_open": [0.1] * n, "blur": 150.0, "exposure": 0.5, "backend": "test", "identity_id": identity}
+            "mouth_open": [0.1] * n, "blur": 150.0, "exposure": 0.5, "backend": "test", "identity_id": identity,
+            "crop_size": 128}
     tracks = [
         {**base, "track_id": f"{shot}-t00", "boxes": [[70, 40, 280, 250]] * n, "face_size_px": 210.0,
-         "crop_path": str(crop.relative_to(out))},
-        {**base, "track_id": f"{shot}-t01", "boxes": [[300, 10, 320, 30]] * n, "face_size_px": 20.0, "crop_path": None},
+         "crop_box": [70, 40, 280, 250], "reasons": []},
+        {**base, "track_id": f"{shot}-t01", "boxes": [[300, 10, 320, 30]] * n, "face_size_px": 20.0,
+         "crop_box": [295, 5, 325, 35], "reasons": ["small_face"]},
     ]
     store.write_shard("tracks", sid, tracks)
     segs = [
@@ -87,8 +86,15 @@ def test_clips_are_cut_inside_the_speaking_segment_and_every_failure_is_named(cu
     c = clips[0]
     assert c["start_frame"] == 10 and c["end_frame"] == 75 and c["n_frames"] == 65  # 0.4 s .. 3.0 s at 25 fps
     assert c["segment_id"].endswith("g0000") and c["license"] == "CC-BY-4.0" and len(c["head_speed"]) == 65
-    n = sum(1 for _ in read_frames(out / c["crop_path"]))
-    assert n == 65
+    clip = [f for _, f in read_frames(out / c["crop_path"])]
+    assert len(clip) == 65 and clip[0].shape == (128, 128, 3)
+    # Cut from the source by the track's crop window, at the clip's own frames (10 and 74).
+    source = [f for _, f in read_frames(out / src["media_path"])]
+    for k, i in ((0, 10), (64, 74)):
+        want = cv2.resize(source[i][40:250, 70:280], (128, 128), interpolation=cv2.INTER_AREA).astype(float)
+        errs = [np.abs(clip[k].astype(float) - cv2.resize(f[40:250, 70:280], (128, 128), interpolation=cv2.INTER_AREA)).mean()
+                for f in source[i - 3 : i + 4]]
+        assert np.abs(clip[k].astype(float) - want).mean() < 6 and int(np.argmin(errs)) == 3, errs
     import soundfile as sf
 
     assert abs(sf.info(str(out / c["audio_path"])).duration - 2.6) < 0.01
