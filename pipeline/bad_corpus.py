@@ -275,8 +275,9 @@ def _rot(d: Path, b: Path, u: str) -> str:
     return str(encode(d / "rotated.mp4", frames, rotation=-90, audio=speech(SECONDS)))  # display: turn back clockwise
 
 
-@kind("sideways_no_metadata", "faces:croppable=1", "stored sideways without a display matrix",
-      "a gap: the face stage finds the turned face and does not flag it sideways, so its clips would be sideways")
+@kind("sideways_no_metadata", "faces:sideways_video", "stored sideways without a display matrix",
+      "the detector's keypoints are unsure of the turned face, but the face mesh's head roll (about 100 degrees) "
+      "flags it")
 def _sideways(d: Path, b: Path, u: str) -> str:
     frames = [np.ascontiguousarray(np.rot90(fill(f, (352, 288)), 1)) for f in carphone_frames(N)]
     return str(encode(d / "sideways.mp4", frames, audio=speech(SECONDS)))

@@ -15,7 +15,7 @@ import av
 import numpy as np
 
 from stages.base import StageError
-from stages.video_io import SkipCorrupt
+from stages.video_io import LOOK_ONLY, SkipCorrupt
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ def decode_small(path: str | Path, size: tuple[int, int] = (48, 27), threads: in
         vs = container.streams.video[0]
         vs.thread_type = "AUTO"
         vs.codec_context.thread_count = threads
+        vs.codec_context.options = dict(LOOK_ONLY)  # cuts and fades only: no deblocking needed
         tb = float(vs.time_base or 0) or None
         rate = float(vs.average_rate or vs.guessed_rate or 25.0)
         scaler = av.video.reformatter.VideoReformatter()

@@ -87,15 +87,24 @@ class MediapipeDetector:
         windows = [(self._far, *t) for t in square_tiles(w, h)] if self.tiles else [(self._far, 0, 0, -1)]
         dets: list[Detection] = []
         for model, x, y, s in [(self._near, 0, 0, -1), *windows]:
-            tile = rgb if s < 0 else rgb[y : y + s, x : x + s]
-            th, tw = tile.shape[:2]
-            result = model.process(np.ascontiguousarray(tile))
-            for d in result.detections or []:
-                b = d.location_data.relative_bounding_box
-                box = np.array([b.xmin * tw + x, b.ymin * th + y, (b.xmin + b.width) * tw + x, (b.ymin + b.height) * th + y])
-                kps = np.array([[k.x * tw + x, k.y * th + y] for k in d.location_data.relative_keypoints])
-                dets.append(Detection(box, float(d.score[0]), kps))
+            dets += self._run(model, rgb if s < 0 else rgb[y : y + s, x : x + s], x, y)
         return nms(dets)
+
+    def detect_close(self, rgb: np.ndarray) -> list[Detection]:
+        """Faces that fill much of `rgb` (a window around a known face): the short-range model alone."""
+        return self._run(self._near, rgb, 0, 0)
+
+    @staticmethod
+    def _run(model, tile: np.ndarray, x: int, y: int) -> list[Detection]:
+        """One model on one window; boxes and keypoints moved to the frame's pixels by (x, y)."""
+        th, tw = tile.shape[:2]
+        out = []
+        for d in model.process(np.ascontiguousarray(tile)).detections or []:
+            b = d.location_data.relative_bounding_box
+            box = np.array([b.xmin * tw + x, b.ymin * th + y, (b.xmin + b.width) * tw + x, (b.ymin + b.height) * th + y])
+            kps = np.array([[k.x * tw + x, k.y * th + y] for k in d.location_data.relative_keypoints])
+            out.append(Detection(box, float(d.score[0]), kps))
+        return out
 
     def embed(self, rgb: np.ndarray, det: Detection) -> np.ndarray | None:
         if self._embedder is None:
@@ -171,6 +180,8 @@ class InsightfaceDetector:
         for i, b in enumerate(boxes):
             out.append(Detection(b[:4].astype(float), float(b[4]), None if kpss is None else kpss[i].astype(float)))
         return out
+
+    detect_close = detect  # SCRFD finds faces of any size in one pass
 
     def embed(self, rgb: np.ndarray, det: Detection) -> np.ndarray | None:
         from insightface.app.common import Face

@@ -64,6 +64,11 @@ class TrackMeasurer:
         if mesher:
             mesher.close()
 
+    def median_roll(self, width: int, height: int) -> float | None:
+        """Median head roll in degrees over the frames where the mesh fit, or None."""
+        rolls = [head_pose(p, width, height)[2] for p in self.pts if p is not None]
+        return float(np.median(rolls)) if rolls else None
+
     def lip_boxes(self) -> np.ndarray:
         return np.array([lip_box(p) for p in self.pts if p is not None]).reshape(-1, 4)
 
