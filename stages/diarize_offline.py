@@ -169,10 +169,19 @@ class ResemblyzerDiarizer:
             frame_labels = np.zeros(len(mel), int)
         else:
             centroids = _unit(np.stack([x[labels == j].mean(0) for j in range(k)]))
-            scores = _unit(window_embeddings(self.encoder, mel, dense, self.win) - mean) @ centroids.T
+            scores = _unit(self._dense_embeddings(mel, dense, coarse, e_coarse) - mean) @ centroids.T
             frame_labels = self._resegment(scores, dense, speech)
         turns = [Turn(round(s * HOP_S, 3), round(e * HOP_S, 3), lab) for s, e, lab in runs(frame_labels, speech)]
         return turns, regions
+
+    def _dense_embeddings(self, mel: np.ndarray, dense: np.ndarray, coarse: np.ndarray, e_coarse: np.ndarray) -> np.ndarray:
+        """d-vectors on the dense grid, reusing the coarse grid's where the centres coincide (a third of the LSTM)."""
+        pos = np.clip(np.searchsorted(coarse, dense), 0, len(coarse) - 1)
+        known = coarse[pos] == dense
+        out = np.empty((len(dense), e_coarse.shape[1]), np.float32)
+        out[known] = e_coarse[pos[known]]
+        out[~known] = window_embeddings(self.encoder, mel, dense[~known], self.win)
+        return out
 
     def _resegment(self, scores: np.ndarray, centers: np.ndarray, speech: np.ndarray) -> np.ndarray:
         """Frame labels from window scores spread by a triangular kernel, then Viterbi."""
