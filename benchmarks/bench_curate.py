@@ -7,6 +7,11 @@ In one run it measures:
 - the decode floor: PyAV decode of every video frame and every audio frame of the corpus, one
   file after another in this process, with the stages' thread settings (thread_type AUTO,
   FFmpeg's own thread count); no pixel conversion, which the stages pay on top;
+- the decode passes the stages make of each source, on one core (the first --pass-sources files,
+  scaled to the corpus): the shot stage and the face stage's detection pass decode look-only
+  (video_io.LOOK_ONLY), the face stage's mesh pass decodes exactly, and quality decodes exactly
+  again up to its last kept clip. Their sum over the cores is a lower bound on curate before any
+  model runs, in units of the floor;
 - `curate` with every available stage, in a fresh subprocess (Ray starts once per process) on a
   fresh OUT, with Ray given every core this process may use: wall time (Ray start-up included), its ratio to the floor,
   core-seconds and measured CPU-seconds per media second, and each stage's share of the
@@ -44,6 +49,7 @@ import av
 import psutil
 
 from benchmarks.media import compose_talking_corpus
+from stages.video_io import LOOK_ONLY
 
 DEFAULT_DIR = Path("bench-out/curate")  # git-ignored
 REPO = Path(__file__).resolve().parents[1]
@@ -85,6 +91,23 @@ def decode_floor(paths: list[Path]) -> dict:
                         frames += 1
     return {"seconds": time.perf_counter() - w0, "cpu_s": time.process_time() - c0, "frames": frames,
             "audio_s": audio_s}
+
+
+def decode_passes(paths: list[Path], n_files: int = 2) -> dict:
+    """CPU seconds of one exact and one look-only decode (one decoder thread) of the corpus, from `n_files` of it."""
+    out = {}
+    for name, options in (("exact", None), ("look_only", LOOK_ONLY)):
+        c0 = time.process_time()
+        for path in paths[:n_files]:
+            with av.open(str(path)) as c:
+                vs = c.streams.video[0]
+                vs.codec_context.thread_count = 1
+                if options:
+                    vs.codec_context.options = dict(options)
+                for _ in c.decode(vs):
+                    pass
+        out[name] = (time.process_time() - c0) * len(paths) / min(n_files, len(paths))
+    return out
 
 
 class TreeSampler:
@@ -223,7 +246,7 @@ class Runner:
 
 def main(out: str | Path = DEFAULT_DIR, sources: int = 10, source_seconds: float = 60.0, scaling: bool = True,
          memory: bool = True, memory_sources: int | None = None, pin: bool = True,
-         timeout_factor: float = 4.0) -> list[dict]:
+         timeout_factor: float = 4.0, pass_sources: int = 2) -> list[dict]:
     """Every measurement above; returns run_all rows (floor, curate, scaling, memory) and prints the report."""
     out = Path(out)
     run = Runner(out, source_seconds, timeout_factor)
@@ -235,6 +258,13 @@ def main(out: str | Path = DEFAULT_DIR, sources: int = 10, source_seconds: float
     rows = [{"name": "decode floor", "media_s": media_s, "frames": floor["frames"], "seconds": floor["seconds"],
              "fps": floor["frames"] / floor["seconds"]}]
     cores = len(os.sched_getaffinity(0))
+    passes = decode_passes(paths, pass_sources)
+    bound = (2 * passes["look_only"] + passes["exact"]) / cores  # shots + faces detection, faces mesh
+    print(f"one decode on one core: exact {passes['exact']:.1f} CPU-s, look-only {passes['look_only']:.1f} CPU-s. "
+          f"Shots, faces' detection pass and faces' mesh pass alone: {bound:.1f} s on {cores} cores = "
+          f"{bound / floor['seconds']:.2f}x the floor, before any model runs and before quality's decode")
+    rows.append({"name": "decode passes", "exact_cpu_s": passes["exact"], "look_only_cpu_s": passes["look_only"],
+                 "lower_bound_s": bound, "lower_bound_ratio": bound / floor["seconds"]})
     try:
         main_run = run(f"cpus{cores}", sources, cores, pin)
     except RunFailed as e:
@@ -331,6 +361,8 @@ if __name__ == "__main__":
     parser.add_argument("--no-pin", action="store_true", help="scaling runs: do not pin the tree to N cores")
     parser.add_argument("--timeout-factor", type=float, default=4.0,
                         help="a curate run is killed after 600 s + this many seconds per media second")
+    parser.add_argument("--pass-sources", type=int, default=2,
+                        help="files timed for the one-core decode passes (scaled to the corpus)")
     parser.add_argument("--child", nargs=2, metavar=("SOURCES", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--num-cpus", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -340,4 +372,5 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
     n = args.sources or (max(1, round(args.minutes * 60 / args.source_seconds)) if args.minutes else 10)
     main(args.dir, n, args.source_seconds, scaling=not args.skip_scaling, memory=not args.skip_memory,
-         memory_sources=args.memory_sources, pin=not args.no_pin, timeout_factor=args.timeout_factor)
+         memory_sources=args.memory_sources, pin=not args.no_pin, timeout_factor=args.timeout_factor,
+         pass_sources=args.pass_sources)
