@@ -37,7 +37,7 @@ TABLE_OF = {"shots": "shots", "faces": "tracks", "diarize": "segments"}
 class FacesKilledMidSource(FaceStage):
     """The real face stage; its worker process SIGKILLs itself inside the detector, on chosen sources.
 
-    `victim`: killed once, on its `kill_at_call`-th detector call (the marker file says it happened).
+    `victim`: killed once, on its `kill_at_call`-th detector call (whole-frame or near a face) (the marker file says it happened).
     `poison`: killed on every try, like a file that crashes the decoder each time.
     Test-only: the runner builds it from the stage registry, which the test points here.
     """
@@ -51,20 +51,24 @@ class FacesKilledMidSource(FaceStage):
         name = Path(source["uri"]).name
         first_time = name == self.victim and not Path(self.marker).exists()
         if first_time or name == self.poison:
-            real, calls = self._detector.detect, itertools.count()
+            calls = itertools.count()
 
-            def detect(rgb):
-                if next(calls) == self.kill_at_call:
-                    if first_time:
-                        Path(self.marker).write_text(json.dumps({"pid": os.getpid(), "at": time.time()}))
-                    os.kill(os.getpid(), signal.SIGKILL)
-                return real(rgb)
+            def killing(real):
+                def detect(rgb):
+                    if next(calls) == self.kill_at_call:
+                        if first_time:
+                            Path(self.marker).write_text(json.dumps({"pid": os.getpid(), "at": time.time()}))
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    return real(rgb)
+                return detect
 
-            self._detector.detect = detect
+            self._detector.detect = killing(self._detector.detect)
+            self._detector.detect_close = killing(self._detector.detect_close)
         try:
             return super().process(source, ctx)
         finally:
-            vars(self._detector).pop("detect", None)  # the class's own method again
+            for method in ("detect", "detect_close"):
+                vars(self._detector).pop(method, None)  # the class's own methods again
 
 
 def test_time_limit_scales_with_the_source_and_settings_are_checked(tmp_path):
