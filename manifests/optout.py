@@ -34,6 +34,42 @@ def load_tombstones(out: str | Path) -> tuple[set[str], set[str]]:
     return uris, shas
 
 
+def forget_inputs(store: ManifestStore, inputs: list[dict[str, Any]]) -> None:
+    """Drop these inputs' `sources` rows, download runs and partial downloads; their media stay."""
+    for r in inputs:
+        store.shard_path("sources", r["input_id"]).unlink(missing_ok=True)
+        store.shard_path("stage_runs", f"download-{r['input_id']}").unlink(missing_ok=True)
+        (store.out / "downloads" / f"{r['input_id']}.part").unlink(missing_ok=True)
+
+
+def remove_sources(store: ManifestStore, sids: set[str], inputs: list[dict[str, Any]]) -> int:
+    """Delete everything these sources gave: rows of every derived table, stage runs, masks, clips and the
+    trainer's cached features of their clips, and the stored media and audio that `inputs` name.
+    Returns the number of files deleted."""
+    removed = 0
+    for r in inputs:
+        for rel in (r["media_path"], r["audio_path"]):
+            if rel and (store.out / rel).exists():
+                (store.out / rel).unlink()
+                removed += 1
+    for sid in sids:
+        for table in DERIVED_TABLES:
+            store.shard_path(table, sid).unlink(missing_ok=True)
+        for key in store.shard_keys("stage_runs"):
+            if key.endswith(f"-{sid}"):
+                store.shard_path("stage_runs", key).unlink()
+        for folder in ("masks", "clips", "crops"):  # crops/: written by earlier versions
+            d = store.out / folder / sid
+            if d.exists():
+                removed += sum(1 for p in d.rglob("*") if p.is_file())
+                shutil.rmtree(d)
+        cache = store.out / "cache"  # the trainer's per-clip audio features (model/data.py), named by clip id
+        for p in list(cache.rglob(f"{sid}-*")) if cache.is_dir() else []:
+            p.unlink()
+            removed += 1
+    return removed
+
+
 def optout(out: str | Path, ref: str, reason: str = "opt-out request") -> dict[str, Any]:
     """Remove every source whose URI, sha256 or source_id is `ref`, with all it produced."""
     store = ManifestStore(out)
@@ -45,26 +81,8 @@ def optout(out: str | Path, ref: str, reason: str = "opt-out request") -> dict[s
     # The same bytes under any other URI go too: consent is about the content.
     victims = [r for r in sources if r in hits or (r["sha256"] and r["sha256"] in shas)]
     sids = {r["source_id"] for r in victims if r["source_id"]}
-    removed_files = 0
-    for r in victims:
-        store.shard_path("sources", r["input_id"]).unlink(missing_ok=True)
-        store.shard_path("stage_runs", f"download-{r['input_id']}").unlink(missing_ok=True)
-        for rel in (r["media_path"], r["audio_path"]):
-            if rel and (store.out / rel).exists():
-                (store.out / rel).unlink()
-                removed_files += 1
-        (store.out / "downloads" / f"{r['input_id']}.part").unlink(missing_ok=True)
-    for sid in sids:
-        for table in DERIVED_TABLES:
-            store.shard_path(table, sid).unlink(missing_ok=True)
-        for key in store.shard_keys("stage_runs"):
-            if key.endswith(f"-{sid}"):
-                store.shard_path("stage_runs", key).unlink()
-        for folder in ("masks", "clips", "crops"):  # crops/: written by earlier versions
-            d = store.out / folder / sid
-            if d.exists():
-                removed_files += sum(1 for p in d.rglob("*") if p.is_file())
-                shutil.rmtree(d)
+    forget_inputs(store, victims)
+    removed_files = remove_sources(store, sids, victims)
     tomb = {"at": datetime.now(UTC).isoformat(), "reason": reason, "ref": ref,
             "uris": sorted({r["uri"] for r in victims} | {r["final_url"] for r in victims if r["final_url"]}),
             "sha256": sorted(shas)}

@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 import yaml
 
 from manifests import ManifestStore
-from manifests.optout import DERIVED_TABLES
+from manifests.optout import forget_inputs, remove_sources
 from manifests.sources import SOURCE_FILE_COLUMNS
 from pipeline.lock import FileHashes, Lock, changes, record
 
@@ -396,12 +396,12 @@ def _forget_stale(store: ManifestStore, old: dict[str, str], new: dict[str, str]
 
     gone = {uri for uri, h in old.items() if new.get(uri) != h}
     rows = store.read("sources").to_pylist()
-    redo = set()  # source_ids every media stage redoes
-    for r in rows:
-        if r["uri"] in gone:
-            store.shard_path("sources", r["input_id"]).unlink(missing_ok=True)
-            store.shard_path("stage_runs", run_key("download", r["input_id"])).unlink(missing_ok=True)
-            redo.add(r["source_id"])
+    stale = [r for r in rows if r["uri"] in gone]
+    forget_inputs(store, stale)
+    redo = {r["source_id"] for r in stale if r["source_id"]}  # source_ids every media stage redoes
+    # Bytes no remaining input has: everything they gave goes, files included.
+    orphans = redo - {r["source_id"] for r in rows if r["uri"] not in gone}
+    remove_sources(store, orphans, [r for r in stale if r["source_id"] in orphans])
     media = [s for s in build_stages(spec.stages, spec.curate_config) if s.name != "download"]
     order = {s.name: i for i, s in enumerate(media)}
     current = {s.name: s.config_hash() for s in media}
@@ -413,9 +413,6 @@ def _forget_stale(store: ManifestStore, old: dict[str, str], new: dict[str, str]
     for sid, i in first.items():
         for s in media[i:]:
             store.shard_path("stage_runs", run_key(s.name, sid)).unlink(missing_ok=True)
-    for sid in redo - {r["source_id"] for r in rows if r["uri"] not in gone} - {None}:
-        for table in DERIVED_TABLES:  # bytes no remaining input has: what they gave goes too
-            store.shard_path(table, sid).unlink(missing_ok=True)
     if gone or first:
         log.info("curate: forgetting %d changed or dropped inputs; %d sources redo stages", len(gone), len(first))
 

@@ -198,6 +198,10 @@ def test_a_dropped_source_leaves_the_dataset(base, footage, tmp_path):
     assert gone["source_id"] not in {r["source_id"] for r in store.read("sources").to_pylist()}
     assert gone["source_id"] not in {c["source_id"] for c in store.read("clips").to_pylist()}
     assert not store.has_shard("tracks", gone["source_id"])
+    # Its files go with its rows: media, audio, masks and clips.
+    assert gone["media_path"] and not (out / gone["media_path"]).exists()
+    assert not (out / gone["audio_path"]).exists()
+    assert not [p for p in out.rglob("*") if gone["source_id"] in p.name]
 
 
 def test_changing_a_curate_setting_redoes_that_stage_for_every_source(base, footage, tmp_path):
