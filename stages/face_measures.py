@@ -38,6 +38,7 @@ class TrackMeasurer:
         self._embed_at = {f: dets[f] for f in best}
         self._embed = embed
         self._mesher = FaceMesher()
+        self._poses: np.ndarray | None = None
 
     @property
     def first(self) -> int:
@@ -64,10 +65,17 @@ class TrackMeasurer:
         if mesher:
             mesher.close()
 
+    def poses(self, width: int, height: int) -> np.ndarray:
+        """(N, 3) yaw, pitch, roll in degrees per frame; NaN where the mesh did not fit. Computed once."""
+        if self._poses is None:
+            self._poses = np.array([head_pose(p, width, height) if p is not None else (np.nan,) * 3
+                                    for p in self.pts]).reshape(-1, 3)
+        return self._poses
+
     def median_roll(self, width: int, height: int) -> float | None:
         """Median head roll in degrees over the frames where the mesh fit, or None."""
-        rolls = [head_pose(p, width, height)[2] for p in self.pts if p is not None]
-        return float(np.median(rolls)) if rolls else None
+        roll = self.poses(width, height)[:, 2]
+        return float(np.nanmedian(roll)) if np.isfinite(roll).any() else None
 
     def lip_boxes(self) -> np.ndarray:
         return np.array([lip_box(p) for p in self.pts if p is not None]).reshape(-1, 4)
@@ -75,7 +83,7 @@ class TrackMeasurer:
     def measures(self, width: int, height: int) -> dict:
         """Columns of the track's row that come from this pass (per-frame lists aligned with frames)."""
         ok = [p is not None for p in self.pts]
-        pose = np.array([head_pose(p, width, height) if p is not None else (np.nan,) * 3 for p in self.pts])
+        pose = self.poses(width, height)
         mouth = np.array([mouth_open(p) if p is not None else np.nan for p in self.pts])
         quality = np.array(self.quality).reshape(-1, 2)
         lm_frames = [int(f) for f, p in zip(self.frames, self.pts, strict=True) if p is not None and int(f) in self.samples]
