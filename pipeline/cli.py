@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", help="sources to video: demo corpus, curate, export, train tiny, sample, detect, audit",
                         description="The whole path on the bundled demo corpus, on one machine without a GPU "
-                                    "(about 3 minutes on 2 idle cores). Writes everything under --dir.")
+                                    "(about 2.5 minutes on 2 idle cores). Writes everything under --dir.")
     dm.add_argument("--dir", default="demo")
     dm.add_argument("--num-cpus", type=int)
     dm.add_argument("--train-steps", type=int, nargs=3, default=[150, 40, 40], metavar=("S1", "S2", "S3"),
