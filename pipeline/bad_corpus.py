@@ -223,8 +223,9 @@ def _noise_over_packets(src: Path, kind: str, every: int, seed: int) -> bytes:
     return bytes(data)
 
 
-kind("corrupt_frames", "faces:undecodable", "noise over half of every third coded video frame",
-     "shots decodes past the bad packets; the face stage's reader stops at the first one and sees no frame: a gap")(
+kind("corrupt_frames", "shots:corrupt_frames", "noise over half of every third coded video frame",
+     "every stage's reader skips the same rejected packets (10 here) and numbers the frames left the same way; "
+     "the short, small face track that remains is rejected by quality")(
     lambda d, b, u: _file(d, "corrupt_video.mp4", _noise_over_packets(b, "video", 3, 1)))
 kind("corrupt_audio", "download:audio_corrupt_packets", "noise over half of every audio packet",
      "the packets the decoder rejects are skipped and counted; the rest is too little to hold speech")(

@@ -117,20 +117,24 @@ def read_frames(path: str | Path, size: tuple[int, int] | None = None) -> Iterab
 def iter_frames(path: Path, rotation: int, look_only: bool = False) -> Iterator[tuple[int, av.VideoFrame]]:
     """(decoder index, frame) for every decodable frame; `to_rgb` turns one upright when it is needed.
 
-    `look_only` decodes with LOOK_ONLY's shortcuts (same frames, slightly different pixels).
+    Packets the decoder rejects are skipped (SkipCorrupt), as the shot stage's decode does, so every
+    stage numbers the frames of a damaged file the same way. `look_only` decodes with LOOK_ONLY's
+    shortcuts (same frames, slightly different pixels).
     """
     with av.open(str(path)) as c:
         vs = c.streams.video[0]
         vs.thread_type = "AUTO"
         if look_only:
             vs.codec_context.options = dict(LOOK_ONLY)
-        i = 0
+        frames, i = SkipCorrupt(c, vs), 0
         try:
-            for frame in c.decode(vs):
+            for frame in frames:
                 yield i, frame
                 i += 1
-        except av.error.FFmpegError as e:  # a damaged tail: keep what decoded
-            log.warning("%s: decoding stopped at frame %d: %s", path.name, i, e)
+        except av.error.FFmpegError as e:  # the demuxer itself gave up: keep what decoded
+            log.warning("%s: demuxing stopped at frame %d: %s", path.name, i, e)
+        if frames.corrupt:
+            log.warning("%s: %d corrupt packets skipped", path.name, frames.corrupt)
 
 
 def to_rgb(frame: av.VideoFrame, rotation: int) -> np.ndarray:
