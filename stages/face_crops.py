@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from stages.base import temp_sibling
-from stages.video_io import iter_frames, to_rgb, write_mp4
+from stages.video_io import AnchorNotFound, iter_frames, to_rgb, write_mp4
 
 # The crop window's margin, as a fraction of the face's side on each side: the face stage's default,
 # and the sampler's for a reference portrait, so the model sees faces framed as it was trained.
@@ -116,16 +116,39 @@ class CropJob:
     fps: float
 
 
-def write_crops(video: Path, rotation: int, jobs: list[CropJob]) -> None:
-    """Write every job's crop video in one decode of `video`; frames outside every job are never converted.
+def write_crops(video: Path, rotation: int, jobs: list[CropJob], anchors: list[tuple[int, float]] = (),
+                seek_gap: int = 250) -> None:
+    """Write every job's crop video, decoding `video` once; frames outside every job are never converted.
 
-    Raises when the decode ends before a job's last frame (the source changed since the face stage).
+    `anchors` are (frame index, PTS seconds) of frames an earlier full decode numbered (the shot
+    table's starts). A job more than `seek_gap` frames past what is being decoded starts a new
+    segment at the nearest anchor before it, reached by a seek instead of decoding the gap; when an
+    anchor's frame cannot be found, that segment decodes from the start. Raises when the decode
+    ends before a job's last frame (the source changed since the face stage).
     """
+    segments: list[tuple[tuple[int, float] | None, list[CropJob]]] = []
+    end = 0
+    for job in sorted(jobs, key=lambda j: j.first):
+        near = [a for a in anchors if end < a[0] <= job.first]
+        seek = job.first - end > seek_gap and bool(near)
+        if segments and not seek:
+            segments[-1][1].append(job)
+        else:
+            segments.append((max(near) if seek else None, [job]))
+        end = max(end, job.end)
+    for anchor, group in segments:
+        try:
+            _write_segment(video, rotation, group, anchor)
+        except AnchorNotFound:
+            _write_segment(video, rotation, group, None)
+
+
+def _write_segment(video: Path, rotation: int, jobs: list[CropJob], anchor: tuple[int, float] | None) -> None:
     pending = sorted(jobs, key=lambda j: j.first)
     active: list[tuple[CropJob, CropWriter]] = []
     stop = max((j.end for j in jobs), default=0)
     try:
-        for i, frame in iter_frames(video, rotation):
+        for i, frame in iter_frames(video, rotation, anchor=anchor):
             if i >= stop:
                 break
             while pending and pending[0].first <= i:

@@ -182,7 +182,9 @@ class QualityStage(Stage):
         jobs = [CropJob(ctx.out / c["crop_path"], c["start_frame"], c["end_frame"],
                         np.asarray(tracks[c["track_id"]]["crop_box"], float), int(tracks[c["track_id"]]["crop_size"]),
                         c["fps"]) for c in clips]
-        write_crops(ctx.out / source["media_path"], int(source.get("rotation") or 0), jobs)
+        shots = ctx.upstream("shots", source["source_id"]).to_pylist()  # their starts: places to seek to
+        write_crops(ctx.out / source["media_path"], int(source.get("rotation") or 0), jobs,
+                    anchors=[(int(s["start_frame"]), float(s["start_s"])) for s in shots if s["start_s"] is not None])
         audio_path = source.get("audio_path") and ctx.out / source["audio_path"]
         rate = sf.info(str(audio_path)).samplerate if audio_path else 16000
         for c in clips:

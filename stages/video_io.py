@@ -114,12 +114,20 @@ def read_frames(path: str | Path, size: tuple[int, int] | None = None) -> Iterab
             yield t, frame.to_ndarray(format="rgb24")
 
 
-def iter_frames(path: Path, rotation: int, look_only: bool = False) -> Iterator[tuple[int, av.VideoFrame]]:
+class AnchorNotFound(LookupError):
+    """After a seek, no decoded frame had the anchor's timestamp."""
+
+
+def iter_frames(path: Path, rotation: int, look_only: bool = False,
+                anchor: tuple[int, float] | None = None) -> Iterator[tuple[int, av.VideoFrame]]:
     """(decoder index, frame) for every decodable frame; `to_rgb` turns one upright when it is needed.
 
     Packets the decoder rejects are skipped (SkipCorrupt), as the shot stage's decode does, so every
     stage numbers the frames of a damaged file the same way. `look_only` decodes with LOOK_ONLY's
-    shortcuts (same frames, slightly different pixels).
+    shortcuts (same frames, slightly different pixels). `anchor` (index, PTS seconds), a frame whose
+    number and time an earlier full decode recorded (a shot's start), starts there: seek to the
+    keyframe before it, drop the frames before its PTS, number it `index`. Raises AnchorNotFound
+    when no frame has that PTS; nothing was yielded then.
     """
     with av.open(str(path)) as c:
         vs = c.streams.video[0]
@@ -127,6 +135,8 @@ def iter_frames(path: Path, rotation: int, look_only: bool = False) -> Iterator[
         if look_only:
             vs.codec_context.options = dict(LOOK_ONLY)
         frames, i = SkipCorrupt(c, vs), 0
+        if anchor is not None:
+            frames, i = _from_anchor(c, vs, frames, *anchor), anchor[0]
         try:
             for frame in frames:
                 yield i, frame
@@ -135,6 +145,29 @@ def iter_frames(path: Path, rotation: int, look_only: bool = False) -> Iterator[
             log.warning("%s: demuxing stopped at frame %d: %s", path.name, i, e)
         if frames.corrupt:
             log.warning("%s: %d corrupt packets skipped", path.name, frames.corrupt)
+
+
+def _from_anchor(c, vs, frames: SkipCorrupt, index: int, pts_s: float) -> Iterator[av.VideoFrame]:
+    tb = float(vs.time_base or 0)
+    rate = float(vs.average_rate or vs.guessed_rate or 25.0)
+    if not tb:
+        raise AnchorNotFound("the stream has no time base")
+    c.seek(int(round(pts_s / tb)), stream=vs, backward=True, any_frame=False)
+    tol = 0.25 / rate
+    it = iter(frames)
+    for frame in it:
+        if frame.pts is None:
+            raise AnchorNotFound("frames without timestamps")
+        t = float(frame.pts * tb)  # as stages/decode.py computes a shot's start_s
+        if t < pts_s - tol:
+            continue
+        if t > pts_s + tol:
+            raise AnchorNotFound(f"frame {index} at {pts_s:.3f} s not found after seeking (next: {t:.3f} s)")
+        yield frame
+        break
+    else:
+        raise AnchorNotFound(f"the stream ended before frame {index} at {pts_s:.3f} s")
+    yield from it
 
 
 def to_rgb(frame: av.VideoFrame, rotation: int) -> np.ndarray:
