@@ -134,17 +134,16 @@ def iter_frames(path: Path, rotation: int, look_only: bool = False,
         vs.thread_type = "AUTO"
         if look_only:
             vs.codec_context.options = dict(LOOK_ONLY)
-        frames, i = SkipCorrupt(c, vs), 0
-        if anchor is not None:
-            frames, i = _from_anchor(c, vs, frames, *anchor), anchor[0]
+        skip = SkipCorrupt(c, vs)
+        frames, i = (skip, 0) if anchor is None else (_from_anchor(c, vs, skip, *anchor), anchor[0])
         try:
             for frame in frames:
                 yield i, frame
                 i += 1
         except av.error.FFmpegError as e:  # the demuxer itself gave up: keep what decoded
             log.warning("%s: demuxing stopped at frame %d: %s", path.name, i, e)
-        if frames.corrupt:
-            log.warning("%s: %d corrupt packets skipped", path.name, frames.corrupt)
+        if skip.corrupt:
+            log.warning("%s: %d corrupt packets skipped", path.name, skip.corrupt)
 
 
 def _from_anchor(c, vs, frames: SkipCorrupt, index: int, pts_s: float) -> Iterator[av.VideoFrame]:
