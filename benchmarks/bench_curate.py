@@ -49,7 +49,7 @@ import av
 import psutil
 
 from benchmarks.media import compose_talking_corpus
-from stages.video_io import LOOK_ONLY
+from stages.decode import decode_only
 
 DEFAULT_DIR = Path("bench-out/curate")  # git-ignored
 REPO = Path(__file__).resolve().parents[1]
@@ -96,16 +96,10 @@ def decode_floor(paths: list[Path]) -> dict:
 def decode_passes(paths: list[Path], n_files: int = 2) -> dict:
     """CPU seconds of one exact and one look-only decode (one decoder thread) of the corpus, from `n_files` of it."""
     out = {}
-    for name, options in (("exact", None), ("look_only", LOOK_ONLY)):
+    for name, look_only in (("exact", False), ("look_only", True)):
         c0 = time.process_time()
         for path in paths[:n_files]:
-            with av.open(str(path)) as c:
-                vs = c.streams.video[0]
-                vs.codec_context.thread_count = 1
-                if options:
-                    vs.codec_context.options = dict(options)
-                for _ in c.decode(vs):
-                    pass
+            decode_only(path, threads=1, look_only=look_only)
         out[name] = (time.process_time() - c0) * len(paths) / min(n_files, len(paths))
     return out
 

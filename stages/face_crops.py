@@ -8,7 +8,6 @@ of any number of frame ranges in one decode of the source.
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from stages.base import temp_sibling
-from stages.video_io import AnchorNotFound, iter_frames, to_rgb, write_mp4
+from stages.video_io import AnchorNotFound, feed_ranges, write_mp4
 
 # The crop window's margin, as a fraction of the face's side on each side: the face stage's default,
 # and the sampler's for a reference portrait, so the model sees faces framed as it was trained.
@@ -143,35 +142,28 @@ def write_crops(video: Path, rotation: int, jobs: list[CropJob], anchors: list[t
             _write_segment(video, rotation, group, None)
 
 
-def _write_segment(video: Path, rotation: int, jobs: list[CropJob], anchor: tuple[int, float] | None) -> None:
-    pending = sorted(jobs, key=lambda j: j.first)
-    active: list[tuple[CropJob, CropWriter]] = []
-    stop = max((j.end for j in jobs), default=0)
-    try:
-        for i, frame in iter_frames(video, rotation, anchor=anchor):
-            if i >= stop:
-                break
-            while pending and pending[0].first <= i:
-                job = pending.pop(0)
-                active.append((job, CropWriter(job.path, job.fps, job.window, job.size)))
-            if not active:
-                continue
-            rgb = to_rgb(frame, rotation)
-            for _, writer in active:
-                writer.add(rgb)
-            for done in [a for a in active if a[0].end <= i + 1]:
-                active.remove(done)
-                done[1].close()
-    except BaseException:
-        for _, writer in active:  # the decode's own error is the one to report
-            with contextlib.suppress(Exception):
-                writer.close()
-        raise
-    for job, writer in active:
-        with contextlib.suppress(Exception):
+class _CropFeed:
+    """A feed_ranges consumer that writes one job's crop video; its writer starts at its first frame."""
+
+    def __init__(self, job: CropJob):
+        self.job, self.first, self.last = job, job.first, job.end - 1
+        self._writer: CropWriter | None = None
+
+    def observe(self, index: int, rgb: np.ndarray) -> None:
+        if self._writer is None:
+            self._writer = CropWriter(self.job.path, self.job.fps, self.job.window, self.job.size)
+        self._writer.add(rgb)
+
+    def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
             writer.close()
+
+
+def _write_segment(video: Path, rotation: int, jobs: list[CropJob], anchor: tuple[int, float] | None) -> None:
+    short = [f.job for f in feed_ranges(video, rotation, [_CropFeed(j) for j in jobs], anchor)]
+    for job in short:
         job.path.unlink(missing_ok=True)
-    short = [j for j, _ in active] + pending
     if short:
         raise RuntimeError(f"{video.name}: decoding ended before frame {short[0].end - 1}, which the face stage "
                            f"decoded: {len(short)} crop(s) not written (was the file changed?)")

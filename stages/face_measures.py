@@ -1,7 +1,8 @@
 """TrackMeasurer: everything measured on one track's frames in the second decode pass.
 
-Per frame: face-mesh landmarks (-> head pose, rotation speed, mouth opening). At sampled frames: blur and exposure of the face region, and an
-identity embedding at the track's best few detections when the backend gives one.
+Per frame: face-mesh landmarks (-> head pose, rotation speed, mouth opening). At sampled frames:
+blur and exposure of the face region, and an identity embedding at the track's best few
+detections when the backend gives one.
 """
 
 from __future__ import annotations

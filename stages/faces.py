@@ -13,7 +13,6 @@ footage that is rejected).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections import deque
 from pathlib import Path
@@ -27,7 +26,7 @@ from stages.face_crops import DEFAULT_MARGIN, box_mask, crop_window, write_png
 from stages.face_detectors import Detection, box_iou, make_detector, nms
 from stages.face_measures import TrackMeasurer
 from stages.face_tracker import FaceTracker, Track, track_boxes
-from stages.video_io import iter_frames, to_rgb
+from stages.video_io import feed_ranges, iter_frames, to_rgb
 
 log = logging.getLogger(__name__)
 DARK_LUMA = 0.06  # mean luma under which a sampled frame counts as black
@@ -263,29 +262,7 @@ class FaceStage(Stage):
 
     def _measure(self, path: Path, rotation: int, plans: list[dict[str, Any]], width: int, height: int) -> None:
         """Pass 2: feed every track its frames, in one decode."""
-        pending = sorted((p["measurer"] for p in plans), key=lambda m: m.first)
-        active: list[TrackMeasurer] = []
-        try:
-            for i, frame in iter_frames(path, rotation):
-                while pending and pending[0].first <= i:
-                    active.append(pending.pop(0))
-                if not active:
-                    if not pending:
-                        break
-                    continue
-                rgb = to_rgb(frame, rotation)
-                for m in active:
-                    m.observe(i, rgb)
-                for m in [m for m in active if m.last <= i]:
-                    m.close()
-                    active.remove(m)
-        except BaseException:
-            for m in active + pending:  # the decode's own error is the one to report
-                with contextlib.suppress(Exception):
-                    m.close()
-            raise
-        for m in active + pending:  # tracks that outlast the decoded frames (the decode ended early)
-            m.close()
+        feed_ranges(path, rotation, [p["measurer"] for p in plans])
 
     def _row(self, plan: dict[str, Any], width: int, height: int, source: dict, ctx: StageContext) -> dict[str, Any]:
         track, m, frames, boxes = plan["track"], plan["measurer"], plan["frames"], plan["boxes"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
@@ -144,6 +145,41 @@ def iter_frames(path: Path, rotation: int, look_only: bool = False,
             log.warning("%s: demuxing stopped at frame %d: %s", path.name, i, e)
         if skip.corrupt:
             log.warning("%s: %d corrupt packets skipped", path.name, skip.corrupt)
+
+
+def feed_ranges(path: Path, rotation: int, consumers: list, anchor: tuple[int, float] | None = None) -> list:
+    """One decode of `path` giving each consumer its frames, `first` to `last` (decoder indices, inclusive).
+
+    A consumer has `first`, `last`, `observe(index, rgb)` and `close()`; it is closed after its last
+    frame. Frames no consumer wants are never converted to RGB. On an error every consumer still
+    open is closed and the error raised. Returns the consumers the decode ended before finishing
+    (closed too). `anchor`: as for `iter_frames`.
+    """
+    pending = sorted(consumers, key=lambda c: c.first)
+    active: list = []
+    try:
+        for i, frame in iter_frames(path, rotation, anchor=anchor):
+            while pending and pending[0].first <= i:
+                active.append(pending.pop(0))
+            if not active:
+                if not pending:
+                    break
+                continue
+            rgb = to_rgb(frame, rotation)
+            for c in active:
+                c.observe(i, rgb)
+            for c in [c for c in active if c.last <= i]:
+                active.remove(c)
+                c.close()
+    except BaseException:
+        for c in active + pending:  # the decode's own error is the one to report
+            with contextlib.suppress(Exception):
+                c.close()
+        raise
+    for c in active + pending:  # consumers that outlast the decoded frames (the decode ended early)
+        with contextlib.suppress(Exception):
+            c.close()
+    return active + pending
 
 
 def _from_anchor(c, vs, frames: SkipCorrupt, index: int, pts_s: float) -> Iterator[av.VideoFrame]:
