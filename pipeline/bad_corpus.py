@@ -309,8 +309,8 @@ def _silence(d: Path, b: Path, u: str) -> str:
     return str(encode(d / "silence.mp4", carphone_frames(N), audio=np.zeros(20 * 16000, np.float32)))
 
 
-@kind("clipped_audio", "download:audio_clipped", "speech amplified 30x and clipped",
-      "usable, and counted: no quality rule judges clipping yet")
+@kind("clipped_audio", "quality:clipped_audio", "speech amplified 30x and clipped",
+      "counted at download (audio_clipped); its clips are rejected by the clipped_audio rule")
 def _clipped(d: Path, b: Path, u: str) -> str:
     return str(encode(d / "clipped.mp4", carphone_frames(N, 7), audio=np.clip(speech(SECONDS) * 30, -1, 1)))
 

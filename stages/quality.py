@@ -20,6 +20,7 @@ import yaml
 
 from stages.base import Resources, Stage, StageContext
 from stages.face_crops import CropJob, write_crops
+from stages.probe import CLIP_LEVEL
 
 DEFAULTS = yaml.safe_load((Path(__file__).with_name("quality.yaml")).read_text())
 
@@ -51,12 +52,13 @@ class QualityStage(Stage):
         tracks = ctx.upstream("tracks", sid).to_pylist()
         segments = ctx.upstream("segments", sid).to_pylist()
         diarized = ctx.store.has_shard("segments", sid)
+        audio_path = ctx.out / source["audio_path"] if source.get("audio_path") else None
         clips, rejections = [], []
         for track in tracks:
             others = [t for t in tracks if t["shot_id"] == track["shot_id"] and t["track_id"] != track["track_id"]]
             for k, (a, b, seg) in enumerate(self._candidates(track, segments, diarized, fps)):
                 cand_id = f"{track['track_id']}-c{k:02d}"
-                measures = self._measure(source, track, others, segments if diarized else None, seg, a, b, fps)
+                measures = self._measure(source, audio_path, track, others, segments if diarized else None, seg, a, b, fps)
                 results = self._judge(measures)
                 failed = [(x["rule"], x["value"], x["threshold"]) for x in results if not x["passed"]]
                 ctx.count("candidates")
@@ -101,7 +103,7 @@ class QualityStage(Stage):
 
     # -- measures and rules ----------------------------------------------------------------------------
 
-    def _measure(self, source, track, others, segments, seg, a, b, fps) -> dict[str, float | None]:
+    def _measure(self, source, audio_path, track, others, segments, seg, a, b, fps) -> dict[str, float | None]:
         frames = np.asarray(track["frames"])
         sel = (frames >= a) & (frames < b)
 
@@ -126,6 +128,7 @@ class QualityStage(Stage):
             same_face = seg is not None and seg.get("track_id") == track["track_id"]
             sync = float(seg["sync_confidence"] or 0.0) if same_face else 0.0
         yaw, pitch, speed = arr("yaw"), arr("pitch"), arr("head_speed")
+        audio = self._audio(audio_path, a / fps, b / fps)
         return {
             "duration": (b - a) / fps,
             "face_too_small": face,
@@ -137,16 +140,26 @@ class QualityStage(Stage):
             "multiple_faces": other_ratio,
             "low_sync": sync,
             "low_speech_ratio": speech,
+            "clipped_audio": float(np.mean(np.abs(audio) >= CLIP_LEVEL)) if audio is not None and audio.size else None,
             "low_resolution": float(source.get("height") or 0),
             "low_fps": fps,
             "no_crop": 1.0 if track.get("reasons") else 0.0,  # failed the face stage's cheap checks
         }
 
+    @staticmethod
+    def _audio(path: Path | None, start_s: float, end_s: float) -> np.ndarray | None:
+        """The source's extracted audio between two times, or None for a source with no audio."""
+        if path is None or not path.exists():
+            return None
+        rate = sf.info(str(path)).samplerate
+        audio, _ = sf.read(str(path), start=int(start_s * rate), stop=int(end_s * rate), dtype="float32")
+        return audio
+
     def _judge(self, m: dict[str, float | None]) -> list[dict[str, Any]]:
         """Every rule, evaluated: {rule, value, threshold, passed}. A value of None (not measured) passes."""
         r = self.rules
         below = ("face_too_small", "blurry", "low_sync", "low_speech_ratio", "low_resolution", "low_fps")
-        above = ("extreme_yaw", "extreme_pitch", "jittery_head", "multiple_faces")
+        above = ("extreme_yaw", "extreme_pitch", "jittery_head", "multiple_faces", "clipped_audio")
         checks = [(k, m[k], r[k], lambda v, t: v >= t) for k in below]
         checks += [(k, m[k], r[k], lambda v, t: v < t) for k in above]
         checks += [("too_dark", m["exposure"], r["too_dark"], lambda v, t: v >= t),

@@ -122,6 +122,31 @@ def test_thresholds_come_from_one_config_and_can_be_overridden(curated):
         QualityStage(rules={"not_a_rule": 1})
 
 
+def test_clipped_audio_is_measured_from_the_clips_own_samples(demo_corpus, tmp_path):
+    import soundfile as sf
+
+    out = tmp_path / "out"
+    src = ingest(out, demo_corpus / "talking.mp4")
+    fake_upstream(out, src)
+    wav = out / src["audio_path"]
+    audio, rate = sf.read(str(wav), dtype="float32")
+    clean = QualityStage().process(src, StageContext(out=out))
+    (kept,) = clean["clips"]
+    value = {x["rule"]: x for x in kept["rules"]}["clipped_audio"]
+    assert value["passed"] and value["value"] < 0.001  # the packaged speech peaks well below full scale
+    # Amplify 0.4 s .. 1.4 s to 20x full scale and clip it; that second is 38% of the 2.6 s clip.
+    loud = audio.copy()
+    a, b = int(0.4 * rate), int(1.4 * rate)
+    loud[a:b] = np.clip(loud[a:b] * (20 / np.abs(loud[a:b]).max()), -1, 1)
+    sf.write(str(wav), loud, rate, subtype="FLOAT")
+    share = float(np.mean(np.abs(loud[a:int(3.0 * rate)]) >= 0.9))
+    result = QualityStage().process(src, StageContext(out=out))
+    assert not result["clips"]
+    (rej,) = [r for r in result["rejections"] if r["rule"] == "clipped_audio" and r["track_id"].endswith("t00")]
+    assert rej["segment_id"].endswith("g0000")
+    assert abs(rej["value"] - share) < 0.005 and 0.05 < share < 0.38 and rej["threshold"] == 0.01
+
+
 def test_export_dedupes_across_sources_splits_by_identity_and_writes_a_card(curated, tmp_path):
     out, src, _ = curated
     # The same footage again under another source (a re-upload): a near-duplicate.
