@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from manifests.lineage import learned_from
 from manifests.store import ManifestStore
 
 DERIVED_TABLES = ("shots", "tracks", "segments", "clips", "rejections")
@@ -70,8 +71,13 @@ def remove_sources(store: ManifestStore, sids: set[str], inputs: list[dict[str, 
     return removed
 
 
-def optout(out: str | Path, ref: str, reason: str = "opt-out request") -> dict[str, Any]:
-    """Remove every source whose URI, sha256 or source_id is `ref`, with all it produced."""
+def optout(out: str | Path, ref: str, reason: str = "opt-out request",
+           checkpoints: list[str | Path] = ()) -> dict[str, Any]:
+    """Remove every source whose URI, sha256 or source_id is `ref`, with all it produced.
+
+    Checkpoints are not deleted, but the ones that learned from the source (found under OUT and
+    `checkpoints`, by what their meta.json records, parents included) are named in the result and
+    the tombstone: they need retraining, or deleting, for the opt-out to reach the model."""
     store = ManifestStore(out)
     sources = store.read("sources").to_pylist()
     hits = [r for r in sources if ref in (r["uri"], r["final_url"], r["sha256"], r["source_id"])]
@@ -83,12 +89,14 @@ def optout(out: str | Path, ref: str, reason: str = "opt-out request") -> dict[s
     sids = {r["source_id"] for r in victims if r["source_id"]}
     forget_inputs(store, victims)
     removed_files = remove_sources(store, sids, victims)
+    learned = learned_from([out, *checkpoints], sids)
     tomb = {"at": datetime.now(UTC).isoformat(), "reason": reason, "ref": ref,
             "uris": sorted({r["uri"] for r in victims} | {r["final_url"] for r in victims if r["final_url"]}),
-            "sha256": sorted(shas)}
+            "sha256": sorted(shas), "checkpoints": [a["checkpoint"] for a in learned["affected"]]}
     p = tombstones_path(out)
     p.parent.mkdir(parents=True, exist_ok=True)
     with open(p, "a") as fh:
         fh.write(json.dumps(tomb) + "\n")
     return {"sources_removed": len(victims), "source_ids": sorted(sids), "files_removed": removed_files,
-            "manifest_hash": store.content_hash()}
+            "manifest_hash": store.content_hash(), "checkpoints_affected": learned["affected"],
+            "checkpoints_unknown": learned["unknown"]}

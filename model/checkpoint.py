@@ -6,8 +6,8 @@
       audio_encoder/  the frozen wav2vec2 (transformers save_pretrained), when the model uses one
       loss.csv
 
-meta.json holds the config, stage, step, the clips manifest hash trained on and the parent
-checkpoint, so `load_checkpoint` rebuilds the model from the folder alone. Nothing here loads a
+meta.json holds the config, stage, step, the clips manifest hash trained on, the sources of
+those clips with their licenses and consent (manifests/lineage.py) and the parent checkpoint, so `load_checkpoint` rebuilds the model from the folder alone. Nothing here loads a
 pickle: optimizer state is flattened into safetensors plus JSON.
 """
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from manifests import ManifestStore
+from manifests.lineage import merge_sources, training_sources
 from model.checkpoint import (
     latest_checkpoint,
     optimizer_from_tensors,
@@ -262,10 +263,14 @@ def train(args) -> Path:
     data = ClipWindows(args.data, config, args.stage, args.seed, first_step=start_step,
                        num_steps=max(0, args.steps - start_step))
     loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=config.num_workers)
+    trained_on = training_sources(args.data, data.clips)  # kept with the weights: see manifests/lineage.py
+    if resume_from is not None:
+        trained_on = merge_sources(meta.get("sources") or [], trained_on)
     meta_base = {"config": config.to_dict(), "stage": args.stage, "manifest_hash": manifest_hash,
                  "parent": parent, "seed": args.seed, "finetune": bool(args.finetune),
                  "trainable": ", ".join(args.trainable) if args.trainable else STAGE_NOTE[args.stage],
-                 "trainable_groups": args.trainable, "noise_schedule": NOISE_SCHEDULE, **assets}
+                 "trainable_groups": args.trainable, "noise_schedule": NOISE_SCHEDULE, "sources": trained_on,
+                 **assets}
     loss_fh, loss_log = open_loss_log(out / "loss.csv", start_step)
     saved = resume_from
     bar = tqdm(loader, initial=start_step, total=args.steps, desc=f"stage {args.stage}", disable=args.quiet)

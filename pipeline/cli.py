@@ -109,19 +109,30 @@ def _cmd_optout(args: argparse.Namespace) -> int:
 
     from manifests.optout import optout
 
-    print(json.dumps(optout(args.out, args.source, reason=args.reason), indent=2))
+    result = optout(args.out, args.source, reason=args.reason, checkpoints=args.checkpoints)
+    print(json.dumps(result, indent=2))
+    for a in result["checkpoints_affected"]:
+        print(f"warning: checkpoint {a['checkpoint']} learned from it ({a['via']}): retrain or delete it",
+              file=sys.stderr)
     return 0
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
     import json
 
+    from manifests.lineage import describe_checkpoints
     from model.watermark import detect_video
 
     det = detect_video(args.video, max_frames=args.max_frames)
-    print(json.dumps(det.as_dict(), indent=2))
+    found = det.as_dict()
+    if det.present and args.checkpoints:
+        found["checkpoints"] = describe_checkpoints(args.checkpoints, det.checkpoint_id)
+    print(json.dumps(found, indent=2))
     if det.present:
         print(f"watermark present: checkpoint id {det.checkpoint_id}, bit accuracy {det.bit_accuracy:.3f}")
+        for c in found.get("checkpoints", []):
+            print(f"made by {c['checkpoint']}: learned from {len(c['sources'])} source(s), licenses "
+                  f"{c['licenses']}, consent {c['consent']}")
     else:
         print("no emo-forge watermark found")
     return 0 if det.present else 3
@@ -210,11 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("out")
     o.add_argument("--source", required=True, help="the source's URI, sha256 or source_id")
     o.add_argument("--reason", default="opt-out request")
+    o.add_argument("--checkpoints", action="append", default=[], metavar="DIR",
+                   help="also look here (besides OUT) for checkpoints that learned from the source; repeatable")
     o.set_defaults(func=_cmd_optout)
 
     dt = sub.add_parser("detect", help="look for the emo-forge watermark in a video")
     dt.add_argument("video")
     dt.add_argument("--max-frames", type=int, default=250)
+    dt.add_argument("--checkpoints", action="append", default=[], metavar="DIR",
+                    help="find the checkpoint the mark names under DIR and list what it learned from; repeatable")
     dt.set_defaults(func=_cmd_detect)
 
     b = sub.add_parser("build", help="curate, export, train and sample from a build file, redoing only what changed",

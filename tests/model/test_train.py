@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from manifests import ManifestStore
+from manifests.lineage import learned_from
 from model.checkpoint import load_checkpoint, read_meta
 from model.train import main
 
@@ -75,6 +76,11 @@ def test_checkpoint_records_lineage_and_rebuilds_the_model(stage_runs, clips_out
     assert meta["stage"] == 3 and meta["step"] == STEPS[3]
     assert meta["manifest_hash"] == ManifestStore(clips_out).content_hash(["clips"])
     assert meta["parent"]["stage"] == 2 and meta["parent"]["path"].startswith(str(stage_runs[2]))
+    # What it learned from: the source of the two train-split clips (the val clip is not counted).
+    (src,) = meta["sources"]
+    assert src["source_id"] == "carphone" and src["clips"] == 2 and src["seconds"] == 2 * 60 / 25.0
+    found = learned_from([stage_runs[1].parent], {"carphone"})
+    assert sorted(a["stage"] for a in found["affected"]) == [1, 2, 3] and not found["unknown"]
     assert {p.name for p in next(stage_runs[3].glob("step-*")).iterdir()} == {
         "model.safetensors", "ema.safetensors", "optimizer.safetensors", "meta.json"}
     model, config, meta = load_checkpoint(stage_runs[3], ema=False)

@@ -239,6 +239,38 @@ def test_the_lock_chains_the_sample_back_to_the_sources(base, footage):
                for line in lines)
 
 
+def test_a_video_leads_to_what_its_model_learned_from_and_an_optout_names_the_models(base, footage, cli, capsys,
+                                                                                    tmp_path):
+    _, out, _ = base
+    store = ManifestStore(out)
+    sources = {r["uri"]: r for r in store.read("sources").to_pylist()}
+    seconds = {}
+    for c in store.read("clips").to_pylist():
+        if c["split"] in (None, "train"):
+            seconds[c["source_id"]] = seconds.get(c["source_id"], 0.0) + c["n_frames"] / c["fps"]
+    assert len(seconds) == 2  # both pieces of footage reach the training set
+    # The watermark in the sample names stage 3; its record (with stages 2 and 1 behind it) names the sources.
+    assert cli(["detect", str(out / "samples" / "hanks.mp4"), "--checkpoints", str(out)]) == 0
+    printed = capsys.readouterr().out
+    found, _ = json.JSONDecoder().raw_decode(printed)
+    (made_by,) = found["checkpoints"]
+    assert Path(made_by["checkpoint"]) == resolve_checkpoint(out / "train" / "stage3")
+    assert {s["source_id"]: s["seconds"] for s in made_by["sources"]} == pytest.approx(seconds)
+    assert {s["uri"] for s in made_by["sources"]} == {str(footage["a"]), str(footage["b"])}
+    assert made_by["licenses"] == {"CC-BY-4.0": pytest.approx(sum(seconds.values()), abs=1e-3)}
+    assert "learned from 2 source(s)" in printed
+    # Opting out one piece names every checkpoint trained on it, and the tombstone keeps the list.
+    copy = copy_out(base, tmp_path)
+    gone = sources[str(footage["b"])]
+    assert cli(["optout", str(copy), "--source", str(footage["b"])]) == 0
+    result = json.loads(capsys.readouterr().out)
+    affected = {Path(a["checkpoint"]).parent.name: a for a in result["checkpoints_affected"]}
+    assert sorted(affected) == ["stage1", "stage2", "stage3"]
+    assert all(a["sources"] == [gone["source_id"]] and a["via"] == "its own training clips" for a in affected.values())
+    tomb = json.loads((copy / "manifests" / "tombstones.jsonl").read_text().splitlines()[-1])
+    assert sorted(Path(p).parent.name for p in tomb["checkpoints"]) == ["stage1", "stage2", "stage3"]
+
+
 def test_a_fine_tune_starts_from_its_parent_and_records_it(base, footage, tmp_path):
     """Same data, seed and fixed batch as the parent's stage 1: the first loss is where the parent ended.
 

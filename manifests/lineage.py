@@ -1,0 +1,139 @@
+"""What a checkpoint learned from, and which checkpoints learned from a source.
+
+The trainer writes `sources` into every checkpoint's meta.json: one entry per source of its
+training clips (source_id, sha256, URI, license, consent, clip count and seconds), read from the
+manifests when training starts. The record lives with the weights, so it still answers after the
+manifests change or a source is opted out. A fine-tune or a later stage names its parent (path and
+model sha256); what a checkpoint learned from is its own sources plus its parent's, all the way up.
+
+Only JSON is read here: no torch, so `emo optout` and `emo detect` stay light.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from manifests.store import ManifestStore
+
+CHECKPOINT_FORMAT = "emo-forge/checkpoint/"  # the prefix of model/checkpoint.py's FORMAT
+
+
+def training_sources(out: str | Path, clips: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per source of `clips` (rows of OUT's clips table), with what `sources` knows of it."""
+    store = ManifestStore(out)
+    known = {r["source_id"]: r for r in store.read("sources").to_pylist() if r.get("source_id")}
+    per: dict[str, dict[str, Any]] = {}
+    for c in clips:
+        sid = c["source_id"]
+        src = known.get(sid, {})
+        entry = per.setdefault(sid, {
+            "source_id": sid, "sha256": src.get("sha256"), "uri": src.get("uri"),
+            "license": c.get("license") or src.get("license"), "consent": c.get("consent") or src.get("consent"),
+            "clips": 0, "seconds": 0.0})
+        entry["clips"] += 1
+        entry["seconds"] += float(c["n_frames"]) / float(c.get("fps") or 25.0)
+    return [{**e, "seconds": round(e["seconds"], 3)} for _, e in sorted(per.items())]
+
+
+def merge_sources(earlier: list[dict[str, Any]], now: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A resumed run learned from both: the union by source_id, today's entry where both have one."""
+    by_id = {e["source_id"]: e for e in earlier} | {e["source_id"]: e for e in now}
+    return [by_id[k] for k in sorted(by_id)]
+
+
+@dataclass
+class Checkpoint:
+    path: Path  # the step folder
+    meta: dict[str, Any]
+    sources: list[dict[str, Any]] | None = field(default=None)  # None: made before checkpoints recorded them
+
+    @property
+    def model_sha256(self) -> str:
+        return self.meta.get("model_sha256", "")
+
+
+def find_checkpoints(*roots: str | Path) -> list[Checkpoint]:
+    """Every emo-forge checkpoint (a step folder with its meta.json) at or under these folders."""
+    seen, found = set(), []
+    for root in roots:
+        root = Path(root)
+        metas = [root / "meta.json"] if (root / "meta.json").is_file() else sorted(root.rglob("meta.json"))
+        for m in metas:
+            try:
+                meta = json.loads(m.read_text())
+            except (OSError, ValueError):
+                continue
+            if not str(meta.get("format", "")).startswith(CHECKPOINT_FORMAT) or m.resolve() in seen:
+                continue
+            seen.add(m.resolve())
+            found.append(Checkpoint(m.parent, meta, meta.get("sources")))
+    return found
+
+
+def _parent(ck: Checkpoint, index: dict[str, Checkpoint]) -> Checkpoint | None:
+    """The checkpoint this one started from: among those found, by model sha256, else at its recorded path."""
+    parent = ck.meta.get("parent")
+    if not parent:
+        return None
+    if parent.get("model_sha256") in index:
+        return index[parent["model_sha256"]]
+    found = find_checkpoints(parent["path"]) if parent.get("path") and Path(parent["path"]).exists() else []
+    return found[0] if found else Checkpoint(Path(parent.get("path") or "?"), parent, None)
+
+
+def learned_sources(ck: Checkpoint, index: dict[str, Checkpoint] | None = None) -> tuple[list[dict], list[str]]:
+    """(the sources this checkpoint and its ancestors learned from, the ancestors whose sources are unknown)."""
+    index = index if index is not None else {}
+    out: dict[str, dict] = {}
+    unknown: list[str] = []
+    hops: set[str] = set()
+    node: Checkpoint | None = ck
+    while node is not None and str(node.path) not in hops:
+        hops.add(str(node.path))
+        if node.sources is None:
+            unknown.append(str(node.path))
+        for e in node.sources or []:
+            out.setdefault(e["source_id"], e)
+        node = _parent(node, index)
+    return [out[k] for k in sorted(out)], unknown
+
+
+def learned_from(roots: list[str | Path], source_ids: set[str]) -> dict[str, list[dict[str, Any]]]:
+    """Checkpoints under `roots` that learned from any of these sources, directly or through a parent:
+    {"affected": [{checkpoint, stage, step, sources, via}], "unknown": [{checkpoint, why}]}."""
+    found = find_checkpoints(*[r for r in roots if Path(r).exists()])
+    index = {c.model_sha256: c for c in found if c.model_sha256}
+    affected, unknown = [], []
+    for ck in found:
+        own = {e["source_id"] for e in ck.sources or []} & source_ids
+        sources, missing = learned_sources(ck, index)
+        hit = sorted({e["source_id"] for e in sources} & source_ids)
+        if hit:
+            affected.append({"checkpoint": str(ck.path), "stage": ck.meta.get("stage"), "step": ck.meta.get("step"),
+                             "sources": hit, "via": "its own training clips" if own else "a parent checkpoint"})
+        elif missing:
+            unknown.append({"checkpoint": str(ck.path),
+                            "why": f"no record of what {missing[0]} learned from (made before checkpoints kept one)"})
+    return {"affected": affected, "unknown": unknown}
+
+
+def describe_checkpoints(roots: list[str | Path], ident: str) -> list[dict[str, Any]]:
+    """For `emo detect --checkpoints`: each checkpoint with this watermark id and what it learned from,
+    with its licenses and consent tallied by clip seconds."""
+    found = find_checkpoints(*[r for r in roots if Path(r).exists()])
+    index = {c.model_sha256: c for c in found if c.model_sha256}
+    described = []
+    for ck in (c for c in found if c.model_sha256[:8] == ident.lower()):
+        sources, unknown = learned_sources(ck, index)
+        tally: dict[str, dict[str, float]] = {"licenses": {}, "consent": {}}
+        for e in sources:
+            for key, value in (("licenses", e.get("license")), ("consent", e.get("consent"))):
+                name = str(value or "unknown")
+                tally[key][name] = round(tally[key].get(name, 0.0) + e["seconds"], 3)
+        described.append({"checkpoint": str(ck.path), "stage": ck.meta.get("stage"), "step": ck.meta.get("step"),
+                          "model_sha256": ck.model_sha256, "sources": sources, **tally,
+                          "unrecorded_ancestors": unknown})
+    return described
