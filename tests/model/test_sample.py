@@ -19,7 +19,7 @@ from model import watermark
 from model.checkpoint import load_checkpoint
 from model.sample import main
 from model.train import main as train_main
-from tests.model.conftest import _packaged
+from pipeline.demo_corpus import packaged_media
 
 FPS, SECONDS, BOUNDARY_FACTOR = 25.0, 2.0, 3.0
 
@@ -34,10 +34,10 @@ def checkpoint(clips_out, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def sampled(checkpoint, tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("sample")
-    wav, sr = sf.read(str(_packaged("pyannote.audio", "sample", "sample.wav")), dtype="float32")
+    wav, sr = sf.read(str(packaged_media()["sample_wav"]), dtype="float32")
     speech = tmp / "speech.wav"
     sf.write(speech, wav[: int(SECONDS * sr)], sr)
-    portrait = _packaged("insightface", "data", "images", "Tom_Hanks_54745.png")
+    portrait = packaged_media()["hanks"]
     out = tmp / "video.mp4"
     assert main(["--checkpoint", str(checkpoint), "--image", str(portrait), "--audio", str(speech),
                  "--out", str(out), "--fps", str(FPS), "--steps", "3", "--device", "cpu"]) == 0
