@@ -9,7 +9,8 @@
     audit    the HTML report
 
 A tiny model trained for minutes on a minute of video does not look like EMO: the demo proves
-the path and the provenance chain (video -> checkpoint -> manifest -> sources), not the quality.
+the path and the provenance chain (video -> checkpoint -> manifest -> sources, with their licenses
+and consent), not the quality.
 Every step's seconds go to DIR/demo.json. A rerun skips training stages that are finished.
 """
 
@@ -46,6 +47,7 @@ def run_demo(opts: DemoOptions) -> dict:
 
     from manifests.audit import report
     from manifests.export import export
+    from manifests.lineage import describe_checkpoints
     from model import sample as sampler
     from model import train as trainer
     from model.watermark import detect_video
@@ -107,6 +109,7 @@ def run_demo(opts: DemoOptions) -> dict:
 
     step("detect")
     detection = detect_video(str(video))
+    made_by = describe_checkpoints([runs], detection.checkpoint_id) if detection.present else []
     done("detect")
 
     step("audit")
@@ -116,7 +119,7 @@ def run_demo(opts: DemoOptions) -> dict:
     result = {"video": str(video), "frames": record["frames"], "checkpoint": record["checkpoint"],
               "checkpoint_id": record["checkpoint_id"], "manifest_hash": record["manifest_hash"],
               "dataset_manifest_hash": card["manifest_hash"], "clips": card["clips"],
-              "watermark": detection.as_dict(), "audit": str(page), "seconds": timings,
+              "watermark": detection.as_dict(), "made_by": made_by, "audit": str(page), "seconds": timings,
               "total_seconds": round(sum(timings.values()), 1)}
     (root / "demo.json").write_text(json.dumps(result, indent=2, default=str))
     return result
@@ -131,6 +134,8 @@ def render(result: dict) -> str:
         f"bit accuracy {wm.get('bit_accuracy', 0):.3f} (sampled with {result['checkpoint_id']})",
         f"lineage    video -> {result['checkpoint']} -> clips manifest {str(result['manifest_hash'])[:16]}… "
         f"({result['clips']} clips)",
+        *[f"learned    from {len(m['sources'])} source(s), by seconds of training clips: licenses {m['licenses']}, "
+          f"consent {m['consent']} (its meta.json and its parents')" for m in result.get("made_by", [])],
         f"audit      {result['audit']}",
         "seconds    " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items())
         + f"; total {result['total_seconds']:.0f}",
