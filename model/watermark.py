@@ -125,7 +125,13 @@ def detect_video(path: str, max_frames: int = 250) -> Detection:
     import av
 
     def frames():
-        with av.open(str(path)) as c:
+        try:
+            c = av.open(str(path))
+        except av.error.FFmpegError as e:
+            raise ValueError(f"{path}: not a video that can be read ({e.strerror or e})") from None
+        with c:
+            if not c.streams.video:
+                raise ValueError(f"{path}: has no video stream")
             for i, fr in enumerate(c.decode(video=0)):
                 if i >= max_frames:
                     break

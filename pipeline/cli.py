@@ -133,6 +133,8 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         for c in found.get("checkpoints", []):
             print(f"made by {c['checkpoint']}: learned from {len(c['sources'])} source(s), licenses "
                   f"{c['licenses']}, consent {c['consent']}")
+        if args.checkpoints and not found["checkpoints"]:
+            print(f"no checkpoint with id {det.checkpoint_id} under {', '.join(args.checkpoints)}")
     else:
         print("no emo-forge watermark found")
     return 0 if det.present else 3

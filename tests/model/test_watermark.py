@@ -37,3 +37,23 @@ def test_real_unmarked_footage_is_not_flagged(demo_corpus):
     for name in ("talking.mp4", "cuts.mp4"):
         det = detect_video(demo_corpus / name, max_frames=60)
         assert not det.present, (name, det)
+
+
+def test_detect_names_what_is_wrong_with_a_file_that_is_no_video(demo_corpus, tmp_path):
+    import pytest
+
+    from pipeline.cli import main
+
+    garbage = tmp_path / "clip.mp4"
+    garbage.write_bytes(b"not a video at all" * 100)
+    with pytest.raises(ValueError, match="not a video that can be read"):
+        detect_video(str(garbage))
+    with pytest.raises(ValueError, match="has no video stream"):
+        detect_video(str(demo_corpus / "speech.wav"))
+    import logging
+
+    handlers = logging.root.handlers[:]  # main's logging.basicConfig would outlive the test's capture
+    try:
+        assert main(["detect", str(garbage)]) == 2  # a clear one-line error, not a traceback
+    finally:
+        logging.root.handlers[:] = handlers
