@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from model import watermark
-from model.audio import SAMPLE_RATE, audio_windows, build_featurizer, load_wav
+from model.audio import SAMPLE_RATE, audio_windows, build_featurizer
 from model.checkpoint import file_sha256, load_checkpoint
 from model.latents import load_codec
 
@@ -162,9 +162,36 @@ def make_scheduler(name: str, noise_schedule: dict):
     return getattr(diffusers, SCHEDULERS[name]).from_config(noise_schedule)
 
 
-def sample(args) -> dict:
-    from PIL import Image
+def read_portrait(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an image file, or a ValueError that names the file."""
+    from PIL import Image, UnidentifiedImageError
 
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such portrait file")
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path}: not an image that can be read ({e})") from None
+
+
+def read_speech(path: str | Path) -> np.ndarray:
+    """16 kHz mono float32 samples of the first audio stream of any file FFmpeg reads (wav, mp3,
+    m4a, flac, a video's sound track), resampled as the download stage resamples; or a ValueError."""
+    from stages.base import StageError
+    from stages.probe import decode_audio
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such audio file")
+    try:
+        wav, _ = decode_audio(Path(path), SAMPLE_RATE)
+    except StageError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return wav
+
+
+def sample(args) -> dict:
+    rgb, wav = read_portrait(args.image), read_speech(args.audio)  # bad input fails before the model loads
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     model, config, meta = load_checkpoint(args.checkpoint, ema=True, device=device)
@@ -174,12 +201,10 @@ def sample(args) -> dict:
     model_hash = checkpoint_hash(meta)
     ident = watermark.checkpoint_id(model_hash)
 
-    rgb = np.asarray(Image.open(args.image).convert("RGB"))
     crop, mask = crop_reference(rgb, config.image_size)
     ref_image = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 127.5 - 1.0  # (1, 3, H, W) in [-1, 1]
     face_mask = torch.from_numpy(mask)[None, None]  # (H, W) -> (1, 1, H, W)
 
-    wav = load_wav(args.audio)
     seconds = len(wav) / SAMPLE_RATE
     n_frames = round(seconds * args.fps)
     if n_frames < 1:
@@ -213,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="emo sample", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="a step folder or a run folder (its latest step)")
     p.add_argument("--image", required=True, help="portrait photo (jpg or png)")
-    p.add_argument("--audio", required=True, help="speech as a 16 kHz mono wav")
+    p.add_argument("--audio", required=True, help="speech or song: any audio file (or video) FFmpeg reads, resampled to 16 kHz mono")
     p.add_argument("--out", required=True, help="output mp4; a JSON provenance sidecar goes next to it")
     p.add_argument("--fps", type=float, default=25.0)
     p.add_argument("--scheduler", default="ddim", choices=list(SCHEDULERS), help="diffusers sampler")

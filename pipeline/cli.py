@@ -254,13 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("train", "sample"):  # their own parsers are the manual: emo train --help
-        return _delegate(f"model.{argv[0]}")(argparse.Namespace(rest=argv[1:]))
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        run, args = _delegate(f"model.{argv[0]}"), argparse.Namespace(rest=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
+        run = args.func
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=UserWarning, module="pyannote")
     try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+        return run(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:  # bad input: one line that names it, no traceback
         print(f"emo: error: {e}", file=sys.stderr)
         return 2
 

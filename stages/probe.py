@@ -91,12 +91,10 @@ def _first_frame(container: av.container.InputContainer, vs: av.VideoStream, max
                      + (f"; last error: {last_error})" if last_error else ")"))
 
 
-def extract_audio(path: Path, wav: Path, rate: int = 16000) -> dict[str, float]:
-    """Decode the first audio stream to mono float wav at `rate`.
-
-    Packets the decoder rejects are skipped and counted, as the video decoder does; the stream goes
-    on past them. Returns seconds written, corrupt packets, and the fraction of clipped samples.
-    """
+def decode_audio(path: Path, rate: int = 16000) -> tuple[np.ndarray, int]:
+    """(mono float32 samples at `rate`, corrupt packets skipped) of the first audio stream of any
+    file FFmpeg reads. Packets the decoder rejects are skipped and counted, as the video decoder
+    does; the stream goes on past them. A file with no audio, or none that decodes, is a StageError."""
     chunks: list[np.ndarray] = []
     corrupt = 0
     resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
@@ -116,7 +114,13 @@ def extract_audio(path: Path, wav: Path, rate: int = 16000) -> dict[str, float]:
             raise StageError("audio_undecodable", str(e)) from e
     if corrupt and not chunks:
         raise StageError("audio_undecodable", f"all {corrupt} audio packets were rejected by the decoder")
-    audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), corrupt
+
+
+def extract_audio(path: Path, wav: Path, rate: int = 16000) -> dict[str, float]:
+    """Decode the first audio stream to a mono float wav at `rate` (see decode_audio).
+    Returns seconds written, corrupt packets, and the fraction of clipped samples."""
+    audio, corrupt = decode_audio(path, rate)
     tmp = temp_sibling(wav)
     sf.write(str(tmp), audio, rate, subtype="FLOAT", format="WAV")
     tmp.replace(wav)

@@ -132,3 +132,35 @@ def test_every_scheduler_recovers_the_data_under_a_perfect_denoiser(name):
     out = denoise(scheduler, 20, tuple(x0.shape), eps, torch.Generator().manual_seed(0), torch.device("cpu"),
                   torch.float32)
     assert (out - x0).abs().max() < 0.05, (name, float((out - x0).abs().max()))
+
+
+def test_speech_in_any_format_and_bad_inputs_are_named(checkpoint, tmp_path, capsys):
+    from scipy.signal import resample_poly
+
+    from pipeline.cli import main as cli_main
+
+    wav, sr = sf.read(str(packaged_media()["sample_wav"]), dtype="float32")
+    one_s = wav[int(11 * sr): int(12 * sr)]
+    stereo = tmp_path / "cd.wav"  # 44.1 kHz stereo, as a user's recording comes
+    sf.write(stereo, np.stack([resample_poly(one_s, 441, 160)] * 2, axis=1), 44100)
+    portrait = packaged_media()["hanks"]
+    out = tmp_path / "a.mp4"
+    base = ["--checkpoint", str(checkpoint), "--image", str(portrait), "--fps", str(FPS), "--steps", "1",
+            "--device", "cpu"]
+    assert main([*base, "--audio", str(stereo), "--out", str(out)]) == 0
+    frames, audio_seconds = read_video(out)
+    assert len(frames) == FPS and abs(audio_seconds - 1.0) <= 0.1
+    # A video's sound track is speech too: here, the one just written.
+    assert main([*base, "--audio", str(out), "--out", str(tmp_path / "b.mp4")]) == 0
+    assert abs(len(list(iter_video(tmp_path / "b.mp4"))) - FPS) <= 1
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio")
+    for bad, says in ((["--audio", str(text)], "audio_undecodable"), (["--audio", str(portrait)], "no audio stream"),
+                      (["--audio", str(tmp_path / "missing.wav")], "no such audio file")):
+        capsys.readouterr()
+        assert cli_main(["sample", *base, *bad, "--out", str(tmp_path / "x.mp4")]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err
+    assert cli_main(["sample", *base[:2], "--image", str(text), "--audio", str(stereo), "--out", str(out)]) == 2
+    assert "not an image that can be read" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()
