@@ -159,7 +159,7 @@ class TreeSampler:
             self.peak[k] = max(self.peak[k], v)
 
 
-def run_curate(sources: Path, out: Path, num_cpus: int | None, pin: bool, timeout: float) -> dict:
+def run_curate(sources: Path, out: Path, num_cpus: int | None, pin: bool, timeout: float, mesh_every: int = 1) -> dict:
     """`curate` in a fresh subprocess on a fresh OUT; its timings, sampled memory and CPU, stage seconds.
 
     A run past `timeout` seconds (a hung worker) is killed, with every process of its tree.
@@ -170,6 +170,8 @@ def run_curate(sources: Path, out: Path, num_cpus: int | None, pin: bool, timeou
     cmd = [sys.executable, "-m", "benchmarks.bench_curate", "--child", str(sources), str(out)]
     if num_cpus:
         cmd += ["--num-cpus", str(num_cpus)]
+    if mesh_every > 1:
+        cmd += ["--child-mesh-every", str(mesh_every)]
     cores = sorted(os.sched_getaffinity(0))
     affinity = cores[:num_cpus] if pin and num_cpus and num_cpus < len(cores) else None
     t0 = time.perf_counter()
@@ -212,7 +214,7 @@ def stage_seconds(out: Path) -> dict:
     return {"stage_s": by_stage, "runs": len(runs), "runs_not_ok": sum(r["status"] != "ok" for r in runs)}
 
 
-def child(sources: str, out: str, num_cpus: int | None) -> None:
+def child(sources: str, out: str, num_cpus: int | None, mesh_every: int = 1) -> None:
     """Inside the subprocess: start Ray, run curate with every available stage, print timings as JSON."""
     from pipeline.plan import available_stages
     from pipeline.runner import CurateOptions, curate, init_ray
@@ -221,7 +223,8 @@ def child(sources: str, out: str, num_cpus: int | None) -> None:
     t0 = time.perf_counter()
     init_ray(None, num_cpus)
     t1 = time.perf_counter()
-    curate(CurateOptions(sources=sources, out=out, stages=tuple(available_stages()), num_cpus=num_cpus))
+    config = {"faces": {"mesh_every": mesh_every}} if mesh_every > 1 else None
+    curate(CurateOptions(sources=sources, out=out, stages=tuple(available_stages()), num_cpus=num_cpus, config=config))
     t2 = time.perf_counter()
     print(json.dumps({"ray_init_s": t1 - t0, "curate_s": t2 - t1, "e2e_s": t2 - t0}), flush=True)
 
@@ -232,15 +235,15 @@ class Runner:
     def __init__(self, out: Path, seconds: float, timeout_factor: float):
         self.out, self.seconds, self.timeout_factor = out, seconds, timeout_factor
 
-    def __call__(self, label: str, n_sources: int, num_cpus: int, pin: bool) -> dict:
+    def __call__(self, label: str, n_sources: int, num_cpus: int, pin: bool, mesh_every: int = 1) -> dict:
         sources, _ = corpus(self.out, n_sources, self.seconds)
         timeout = 600 + self.timeout_factor * n_sources * self.seconds
-        return run_curate(sources, self.out / "runs" / label, num_cpus, pin, timeout)
+        return run_curate(sources, self.out / "runs" / label, num_cpus, pin, timeout, mesh_every)
 
 
 def main(out: str | Path = DEFAULT_DIR, sources: int = 10, source_seconds: float = 60.0, scaling: bool = True,
          memory: bool = True, memory_sources: int | None = None, pin: bool = True,
-         timeout_factor: float = 4.0, pass_sources: int = 2) -> list[dict]:
+         timeout_factor: float = 4.0, pass_sources: int = 2, mesh_every: int = 2) -> list[dict]:
     """Every measurement above; returns run_all rows (floor, curate, scaling, memory) and prints the report."""
     out = Path(out)
     run = Runner(out, source_seconds, timeout_factor)
@@ -270,11 +273,31 @@ def main(out: str | Path = DEFAULT_DIR, sources: int = 10, source_seconds: float
                  "cpu_s_per_media_s": main_run["cpu_s"] / media_s, "runs_not_ok": main_run["runs_not_ok"],
                  **{f"share_{k}": v / (sum(main_run["stage_s"].values()) or 1.0) for k, v in main_run["stage_s"].items()}})
     print(render_curate(main_run, floor, media_s))
+    if mesh_every > 1:
+        rows.append(mesh_every_row(run, main_run, floor, sources, cores, pin, mesh_every))
     if scaling:
         rows.append(scaling_row(run, main_run, sources, cores, pin))
     if memory:
         rows += memory_rows(run, main_run, sources, memory_sources or sources, cores)
     return rows
+
+
+def mesh_every_row(run: Runner, main_run: dict, floor: dict, sources: int, cores: int, pin: bool, k: int) -> dict:
+    """The same curate with the face stage's opt-in `mesh_every=k` (the mesh on every k-th frame)."""
+    name = f"curate, faces mesh_every={k}"
+    try:
+        r = run(f"cpus{cores}-mesh{k}", sources, cores, pin, mesh_every=k)
+    except RunFailed as e:
+        print(f"{name}: {e}")
+        return {"name": name, "error": str(e)}
+    total = sum(r["stage_s"].values()) or 1.0
+    faces_speedup = main_run["stage_s"].get("faces", 0.0) / max(r["stage_s"].get("faces", 0.0), 1e-9)
+    print(f"{name}: {r['e2e_s']:.1f} s = {r['e2e_s'] / floor['seconds']:.2f}x the floor, "
+          f"{main_run['e2e_s'] / r['e2e_s']:.2f}x as fast as every frame end to end, face stage "
+          f"{faces_speedup:.2f}x (faces {r['stage_s'].get('faces', 0.0) / total:.0%} of stage-seconds)")
+    return {"name": name, "seconds": r["e2e_s"], "ratio_to_decode": r["e2e_s"] / floor["seconds"],
+            "speedup_vs_every_frame": main_run["e2e_s"] / r["e2e_s"], "faces_speedup": faces_speedup,
+            "runs_not_ok": r["runs_not_ok"]}
 
 
 def scaling_row(run: Runner, main_run: dict, sources: int, cores: int, pin: bool) -> dict:
@@ -357,14 +380,17 @@ if __name__ == "__main__":
                         help="a curate run is killed after 600 s + this many seconds per media second")
     parser.add_argument("--pass-sources", type=int, default=2,
                         help="files timed for the one-core decode passes (scaled to the corpus)")
+    parser.add_argument("--mesh-every", type=int, default=2,
+                        help="also curate with the face stage's mesh on every k-th frame (1: skip that run)")
     parser.add_argument("--child", nargs=2, metavar=("SOURCES", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--num-cpus", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-mesh-every", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*args.child, args.num_cpus)
+        child(*args.child, args.num_cpus, args.child_mesh_every)
         sys.exit(0)
     logging.basicConfig(level=logging.WARNING)
     n = args.sources or (max(1, round(args.minutes * 60 / args.source_seconds)) if args.minutes else 10)
     main(args.dir, n, args.source_seconds, scaling=not args.skip_scaling, memory=not args.skip_memory,
          memory_sources=args.memory_sources, pin=not args.no_pin, timeout_factor=args.timeout_factor,
-         pass_sources=args.pass_sources)
+         pass_sources=args.pass_sources, mesh_every=args.mesh_every)

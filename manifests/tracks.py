@@ -3,7 +3,8 @@
 Per-frame measures are list columns aligned with `frames` (source frame indices, every frame from
 start_frame to end_frame - 1; frames between detections are interpolated). Pixel coordinates are in
 the displayed frame (after the source's rotation). Per-frame mesh measures are filled by linear
-interpolation where the mesh did not fit; `mesh_fraction` says how often it did.
+interpolation where the mesh did not fit, or did not run (the face stage's `mesh_every`);
+`mesh_fraction` says how often it fit where it ran.
 """
 
 import pyarrow as pa
@@ -26,9 +27,9 @@ TRACKS = table_schema(
         pa.field("face_size_px", pa.float32()),  # median box side
         pa.field("det_confidence", pa.float32()),  # mean over detected (not interpolated) frames
         pa.field("n_detections", pa.int32()),  # frames with a real detection (sampled or refined at the ends)
-        pa.field("landmark_frames", pa.list_(pa.int64())),  # frames where landmarks were measured
+        pa.field("landmark_frames", pa.list_(pa.int64())),  # sampled frames where the mesh ran and fit
         pa.field("landmarks", pa.list_(f32list)),  # per landmark frame, 468 mesh points as flattened (x, y), pixels
-        pa.field("mesh_fraction", pa.float32()),  # share of frames where the face mesh fit
+        pa.field("mesh_fraction", pa.float32()),  # share of the frames the mesh ran on (faces mesh_every) where it fit
         pa.field("yaw", f32list),  # degrees, per frame
         pa.field("pitch", f32list),
         pa.field("roll", f32list),

@@ -1,8 +1,8 @@
 """TrackMeasurer: everything measured on one track's frames in the second decode pass.
 
-Per frame: face-mesh landmarks (-> head pose, rotation speed, mouth opening). At sampled frames:
-blur and exposure of the face region, and an identity embedding at the track's best few
-detections when the backend gives one.
+Per frame: face-mesh landmarks (-> head pose, rotation speed, mouth opening); with mesh_every=k,
+on every k-th frame of the track and its last, the pose and mouth opening between interpolated. At sampled frames: blur and exposure of the face region, and an identity embedding
+at the track's best few detections when the backend gives one.
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ def blur_exposure(rgb: np.ndarray, box: np.ndarray) -> tuple[float, float]:
 
 class TrackMeasurer:
     def __init__(self, frames: np.ndarray, boxes: np.ndarray, samples: set[int], dets: dict[int, Detection],
-                 embed=None):
-        """`embed(rgb, det)` gives an identity embedding, or is None."""
+                 embed=None, mesh_every: int = 1):
+        """`embed(rgb, det)` gives an identity embedding, or is None. `mesh_every`: see the module."""
         self.frames, self.boxes, self.samples = frames, boxes, samples
+        self.mesh_every = max(1, int(mesh_every))
         self.pts: list[np.ndarray | None] = [None] * len(frames)
+        self.tried = 0  # frames the mesh was run on
         self.quality: list[tuple[float, float]] = []
         self.embeddings: list[np.ndarray] = []
         best = sorted(dets, key=lambda f: -dets[f].score)[:EMBED_FRAMES] if embed else []
@@ -49,10 +51,18 @@ class TrackMeasurer:
     def last(self) -> int:
         return int(self.frames[-1])
 
+    def _meshed(self, index: int) -> bool:
+        return (index - self.first) % self.mesh_every == 0 or index == self.last
+
+    def wants(self, index: int) -> bool:
+        return self._meshed(index) or index in self.samples or index in self._embed_at
+
     def observe(self, index: int, rgb: np.ndarray) -> None:
         k = index - self.first
         box = self.boxes[k]
-        self.pts[k] = self._mesher.landmarks(rgb, box)
+        if self._meshed(index):
+            self.pts[k] = self._mesher.landmarks(rgb, box)
+            self.tried += 1
         if index in self.samples:
             self.quality.append(blur_exposure(rgb, box))
         if index in self._embed_at:
@@ -83,13 +93,13 @@ class TrackMeasurer:
 
     def measures(self, width: int, height: int) -> dict:
         """Columns of the track's row that come from this pass (per-frame lists aligned with frames)."""
-        ok = [p is not None for p in self.pts]
+        ok = [p is not None for p in self.pts]  # also False between meshed frames when mesh_every > 1
         pose = self.poses(width, height)
         mouth = np.array([mouth_open(p) if p is not None else np.nan for p in self.pts])
         quality = np.array(self.quality).reshape(-1, 2)
         lm_frames = [int(f) for f, p in zip(self.frames, self.pts, strict=True) if p is not None and int(f) in self.samples]
         row = {
-            "mesh_fraction": float(np.mean(ok)),
+            "mesh_fraction": float(sum(ok) / max(self.tried, 1)),  # of the frames the mesh was run on
             "landmark_frames": lm_frames,
             "landmarks": [self.pts[f - self.first].astype(np.float32).ravel().tolist() for f in lm_frames],
             "blur": _nanmedian(quality[:, 0]),

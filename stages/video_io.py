@@ -150,8 +150,9 @@ def iter_frames(path: Path, rotation: int, look_only: bool = False,
 def feed_ranges(path: Path, rotation: int, consumers: list, anchor: tuple[int, float] | None = None) -> list:
     """One decode of `path` giving each consumer its frames, `first` to `last` (decoder indices, inclusive).
 
-    A consumer has `first`, `last`, `observe(index, rgb)` and `close()`; it is closed after its last
-    frame. Frames no consumer wants are never converted to RGB. On an error every consumer still
+    A consumer has `first`, `last`, `observe(index, rgb)` and `close()`, and may have `wants(index)`
+    (without it, every frame of its range); it is closed after its last frame. Frames no consumer
+    wants are never converted to RGB. On an error every consumer still
     open is closed and the error raised. Returns the consumers the decode ended before finishing
     (closed too). `anchor`: as for `iter_frames`.
     """
@@ -165,8 +166,9 @@ def feed_ranges(path: Path, rotation: int, consumers: list, anchor: tuple[int, f
                 if not pending:
                     break
                 continue
-            rgb = to_rgb(frame, rotation)
-            for c in active:
+            takers = [c for c in active if not hasattr(c, "wants") or c.wants(i)]
+            rgb = to_rgb(frame, rotation) if takers else None
+            for c in takers:
                 c.observe(i, rgb)
             for c in [c for c in active if c.last <= i]:
                 active.remove(c)

@@ -82,6 +82,29 @@ def test_carphone_man_is_one_track_over_his_shot(cuts):
         assert face.shape == (512, 512) and 0 < (lips > 0).sum() < (face > 0).sum()
 
 
+def test_mesh_every_other_frame_interpolates_close_to_meshing_every_frame(cuts, tmp_path):
+    """The carphone man talking (120 frames): mouth opening and pose from half the meshes, against all.
+
+    Measured: mouth opening correlates 0.996 (MAE 0.0035 where it varies by 0.065), yaw 0.995 (MAE
+    0.36 degrees); with mesh_every=3 the mouth's 95th-percentile error grows to half its spread."""
+    rows, _, _, out = cuts
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)  # the media and the true shots
+    source = {**probe_media(copy / "media" / "cuts.mp4"), "source_id": "cuts", "media_path": "media/cuts.mp4"}
+    half, _ = run(copy, source, mesh_every=2)
+    assert [r["track_id"] for r in half] == [r["track_id"] for r in rows]
+    every = {r["track_id"]: r for r in rows}
+    for r in half:  # detection and tracking do not change; only the mesh runs less
+        assert r["frames"] == every[r["track_id"]]["frames"] and r["reasons"] == every[r["track_id"]]["reasons"]
+        assert all((f - r["start_frame"]) % 2 == 0 or f == r["end_frame"] - 1 for f in r["landmark_frames"])
+    a, b = every["cuts-s0000-t00"], next(r for r in half if r["track_id"] == "cuts-s0000-t00")
+    assert len(b["mouth_open"]) == len(a["mouth_open"]) == 120 and b["mesh_fraction"] == 1.0
+    mouth_a, mouth_b = np.array(a["mouth_open"]), np.array(b["mouth_open"])
+    assert np.corrcoef(mouth_a, mouth_b)[0, 1] > 0.98 and np.abs(mouth_a - mouth_b).mean() < 0.1 * mouth_a.std()
+    assert np.abs(np.array(a["yaw"]) - np.array(b["yaw"])).mean() < 1.0
+    assert 0 < len(b["landmark_frames"]) < len(a["landmark_frames"])
+
+
 def test_group_photo_yields_every_face(cuts):
     rows, _, shots, _ = cuts
     group = shot_rows(rows, 2)
