@@ -12,6 +12,7 @@ Only JSON is read here: no torch, so `emo optout` and `emo detect` stay light.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,13 +56,26 @@ class Checkpoint:
         return self.meta.get("model_sha256", "")
 
 
+# Folders of a curate OUT that hold data, never checkpoints: not walked (a big corpus has many files).
+DATA_FOLDERS = {"media", "audio", "clips", "masks", "crops", "manifests", "cache", "downloads"}
+
+
+def _metas(root: Path) -> list[Path]:
+    if (root / "meta.json").is_file():
+        return [root / "meta.json"]
+    found = []
+    for folder, subdirs, files in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if d not in DATA_FOLDERS or Path(folder) != root)
+        if "meta.json" in files:
+            found.append(Path(folder) / "meta.json")
+    return sorted(found)
+
+
 def find_checkpoints(*roots: str | Path) -> list[Checkpoint]:
     """Every emo-forge checkpoint (a step folder with its meta.json) at or under these folders."""
     seen, found = set(), []
     for root in roots:
-        root = Path(root)
-        metas = [root / "meta.json"] if (root / "meta.json").is_file() else sorted(root.rglob("meta.json"))
-        for m in metas:
+        for m in _metas(Path(root)):
             try:
                 meta = json.loads(m.read_text())
             except (OSError, ValueError):

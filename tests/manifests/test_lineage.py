@@ -66,3 +66,12 @@ def test_detect_finds_the_checkpoint_by_its_id_and_tallies_its_licenses(tmp_path
 def test_a_resumed_run_keeps_what_it_learned_before():
     merged = merge_sources([src("s1"), src("s2", seconds=1.0)], [src("s2", seconds=4.0), src("s3")])
     assert [(e["source_id"], e["seconds"]) for e in merged] == [("s1", 2.0), ("s2", 4.0), ("s3", 2.0)]
+
+
+def test_a_curate_out_is_searched_outside_its_data_folders(tmp_path):
+    from manifests.lineage import find_checkpoints
+
+    trained = ckpt(tmp_path / "train" / "stage1", "a" * 64, [src("s1")])
+    ckpt(tmp_path / "clips" / "s1", "b" * 64, [src("s1")])  # a data folder: never walked
+    assert [c.path for c in find_checkpoints(tmp_path)] == [trained]
+    assert [c.path for c in find_checkpoints(trained)] == [trained]  # a step folder itself
