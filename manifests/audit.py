@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from manifests.lineage import checkpoints_of
 from manifests.store import ManifestStore
 
 
@@ -158,6 +159,13 @@ def _rejection_rows(rej: list[dict]) -> str:
     return "".join(rows)
 
 
+def _model_warning(m: dict[str, Any]) -> str:
+    if m["opted_out"]:
+        return (f'<b style="color:#b00">learned from {len(m["opted_out"])} opted-out source(s): '
+                f'{html.escape(", ".join(m["opted_out"]))}; retrain or delete it</b>')
+    return "no record of what an ancestor learned from" if m["unrecorded_ancestors"] else ""
+
+
 def report(out: str | Path) -> Path:
     """Write OUT/audit/report.html: self-contained (images inlined), opens with no server."""
     store = ManifestStore(out)
@@ -184,6 +192,9 @@ def report(out: str | Path) -> Path:
     card_path = Path(out) / "export" / "dataset_card.json"
     card = json.loads(card_path.read_text()) if card_path.exists() else {}
     lineage = "".join(f"<li>{html.escape(line)}</li>" for line in build_lineage(out))
+    models = "".join(
+        f"<tr><td>{html.escape(m['checkpoint'])}</td><td>{m['stage']}</td><td>{m['step']}</td><td>{m['sources']}</td>"
+        f"<td>{m['seconds']}</td><td>{_model_warning(m)}</td></tr>" for m in checkpoints_of(out))
     rows = "".join(f"<tr><td>{html.escape(c['clip_id'])}</td><td>{html.escape(str(c['license']))}</td>"
                    f"<td>{c['end_s'] - c['start_s']:.1f}</td><td>{html.escape(str(c['split']))}</td></tr>" for c in clips[:200])
     body = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>emo-forge audit</title>
@@ -198,6 +209,7 @@ def report(out: str | Path) -> Path:
 <div class="grid">{''.join(f'<div class="card"><img src="{f}"></div>' for f in figures)}</div>
 <h2>Rejections by rule</h2><table><tr><th>rule</th><th>failed candidates</th><th>threshold</th><th>median measured</th></tr>{_rejection_rows(rej)}</table>
 {f'<h2>Build lineage (emo.lock)</h2><ul>{lineage}</ul>' if lineage else ''}
+{f'<h2>Checkpoints under this folder</h2><p>What each learned from, parents included (its meta.json).</p><table><tr><th>checkpoint</th><th>stage</th><th>step</th><th>sources</th><th>clip seconds</th><th>warning</th></tr>{models}</table>' if models else ''}
 <h2>Kept clips</h2><table><tr><th>clip</th><th>license</th><th>seconds</th><th>split</th></tr>{rows}</table>
 </body></html>"""
     dest = Path(out) / "audit" / "report.html"

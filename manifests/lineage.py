@@ -151,3 +151,22 @@ def describe_checkpoints(roots: list[str | Path], ident: str) -> list[dict[str, 
                           "model_sha256": ck.model_sha256, "sources": sources, **tally,
                           "unrecorded_ancestors": unknown})
     return described
+
+
+def checkpoints_of(out: str | Path) -> list[dict[str, Any]]:
+    """For the audit: every checkpoint under OUT, what it learned from, and which of those sources
+    have since been opted out (OUT's tombstones, by sha256)."""
+    from manifests.optout import load_tombstones
+
+    _, gone = load_tombstones(out)
+    found = find_checkpoints(out) if Path(out).exists() else []
+    index = {c.model_sha256: c for c in found if c.model_sha256}
+    rows = []
+    for ck in found:
+        sources, unknown = learned_sources(ck, index)
+        rows.append({"checkpoint": str(ck.path.relative_to(out)) if ck.path.is_relative_to(out) else str(ck.path),
+                     "stage": ck.meta.get("stage"), "step": ck.meta.get("step"), "sources": len(sources),
+                     "seconds": round(sum(e["seconds"] for e in sources), 1),
+                     "opted_out": sorted(e["source_id"] for e in sources if e.get("sha256") in gone),
+                     "unrecorded_ancestors": unknown})
+    return rows

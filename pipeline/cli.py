@@ -100,6 +100,10 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         return 0
     for line in audit.build_lineage(args.out):  # when OUT was made by `emo build`
         print(line)
+    for m in audit.checkpoints_of(args.out):
+        if m["opted_out"]:
+            print(f"warning: checkpoint {m['checkpoint']} learned from opted-out source(s) "
+                  f"{', '.join(m['opted_out'])}: retrain or delete it", file=sys.stderr)
     print(audit.report(args.out))
     return 0
 

@@ -21,7 +21,8 @@ import yaml
 from safetensors.torch import load_file
 
 from manifests import ManifestStore
-from manifests.audit import build_lineage
+from manifests.audit import build_lineage, report
+from manifests.lineage import checkpoints_of
 from model.checkpoint import read_meta, resolve_checkpoint
 from model.config import EMO_MODELS
 from pipeline.build import BuildFileError, build, load_build_file
@@ -269,6 +270,10 @@ def test_a_video_leads_to_what_its_model_learned_from_and_an_optout_names_the_mo
     assert all(a["sources"] == [gone["source_id"]] and a["via"] == "its own training clips" for a in affected.values())
     tomb = json.loads((copy / "manifests" / "tombstones.jsonl").read_text().splitlines()[-1])
     assert sorted(Path(p).parent.name for p in tomb["checkpoints"]) == ["stage1", "stage2", "stage3"]
+    # Later, the audit still flags them: their record names a source whose sha256 is tombstoned.
+    assert [m["opted_out"] for m in checkpoints_of(out)] == [[], [], []]  # the shared base: nothing opted out
+    page = report(copy).read_text()
+    assert page.count(f"learned from 1 opted-out source(s): {gone['source_id']}") == 3
 
 
 def test_a_fine_tune_starts_from_its_parent_and_records_it(base, footage, tmp_path):
