@@ -116,7 +116,9 @@ class ManifestStore:
     def content_hash(self, tables: Iterable[str] | None = None) -> str:
         """A hash of the manifests' content, ignoring volatile columns (times).
 
-        Identifies "this exact dataset": two runs over the same input give the same hash.
+        Identifies "this exact dataset": the same rows give the same hash, whenever they were
+        written. (Two runs over the same input can differ in the `sha256` of the clips they
+        encode: libx264 was seen to give different bytes for the same frames.)
         """
         h = hashlib.sha256()
         for table in tables or self.tables():
