@@ -73,7 +73,7 @@ class QualityStage(Stage):
                 ctx.count("kept")
                 clips.append({**self._clip(cand_id, source, track, seg, a, b, fps, measures, ctx), "rules": results})
         if self.write_media and clips:
-            self._write_media(source, clips, {t["track_id"]: t for t in tracks}, ctx)
+            self._write_media(source, audio_path, clips, {t["track_id"]: t for t in tracks}, ctx)
         return {"clips": clips, "rejections": rejections}
 
     # -- candidates ----------------------------------------------------------------------------------
@@ -149,11 +149,7 @@ class QualityStage(Stage):
     @staticmethod
     def _audio(path: Path | None, start_s: float, end_s: float) -> np.ndarray | None:
         """The source's extracted audio between two times, or None for a source with no audio."""
-        if path is None or not path.exists():
-            return None
-        rate = sf.info(str(path)).samplerate
-        audio, _ = sf.read(str(path), start=int(start_s * rate), stop=int(end_s * rate), dtype="float32")
-        return audio
+        return _read_span(path, start_s, end_s)[0] if path is not None and path.exists() else None
 
     def _judge(self, m: dict[str, float | None]) -> list[dict[str, Any]]:
         """Every rule, evaluated: {rule, value, threshold, passed}. A value of None (not measured) passes."""
@@ -190,7 +186,7 @@ class QualityStage(Stage):
             "identity_id": track.get("identity_id"), "split": None, "sha256": None,
         }
 
-    def _write_media(self, source, clips, tracks, ctx: StageContext) -> None:
+    def _write_media(self, source, audio_path: Path | None, clips, tracks, ctx: StageContext) -> None:
         """Every kept clip's crop (one decode of the source for all of them), its wav, and the crop's sha256."""
         jobs = [CropJob(ctx.out / c["crop_path"], c["start_frame"], c["end_frame"],
                         np.asarray(tracks[c["track_id"]]["crop_box"], float), int(tracks[c["track_id"]]["crop_size"]),
@@ -198,13 +194,17 @@ class QualityStage(Stage):
         shots = ctx.upstream("shots", source["source_id"]).to_pylist()  # their starts: places to seek to
         write_crops(ctx.out / source["media_path"], int(source.get("rotation") or 0), jobs,
                     anchors=[(int(s["start_frame"]), float(s["start_s"])) for s in shots if s["start_s"] is not None])
-        audio_path = source.get("audio_path") and ctx.out / source["audio_path"]
-        rate = sf.info(str(audio_path)).samplerate if audio_path else 16000
         for c in clips:
             if audio_path:
-                audio, _ = sf.read(str(audio_path), start=int(c["start_s"] * rate), stop=int(c["end_s"] * rate),
-                                   dtype="float32")
+                audio, rate = _read_span(audio_path, c["start_s"], c["end_s"])
             else:
-                audio = np.zeros(int(c["n_frames"] / c["fps"] * rate), np.float32)
+                audio, rate = np.zeros(int(c["n_frames"] / c["fps"] * 16000), np.float32), 16000
             sf.write(str(ctx.out / c["audio_path"]), audio, rate, subtype="FLOAT")
             c["sha256"] = hashlib.sha256((ctx.out / c["crop_path"]).read_bytes()).hexdigest()
+
+
+def _read_span(path: Path, start_s: float, end_s: float) -> tuple[np.ndarray, int]:
+    """(samples, rate) of an audio file between two times."""
+    rate = sf.info(str(path)).samplerate
+    audio, _ = sf.read(str(path), start=int(start_s * rate), stop=int(end_s * rate), dtype="float32")
+    return audio, rate
