@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,11 @@ def merge_sources(earlier: list[dict[str, Any]], now: list[dict[str, Any]]) -> l
 class Checkpoint:
     path: Path  # the step folder
     meta: dict[str, Any]
-    sources: list[dict[str, Any]] | None = field(default=None)  # None: made before checkpoints recorded them
+
+    @property
+    def sources(self) -> list[dict[str, Any]] | None:
+        """What its own training clips came from; None when made before checkpoints recorded it."""
+        return self.meta.get("sources")
 
     @property
     def model_sha256(self) -> str:
@@ -83,8 +87,14 @@ def find_checkpoints(*roots: str | Path) -> list[Checkpoint]:
             if not str(meta.get("format", "")).startswith(CHECKPOINT_FORMAT) or m.resolve() in seen:
                 continue
             seen.add(m.resolve())
-            found.append(Checkpoint(m.parent, meta, meta.get("sources")))
+            found.append(Checkpoint(m.parent, meta))
     return found
+
+
+def _search(roots: list[str | Path]) -> tuple[list[Checkpoint], dict[str, Checkpoint]]:
+    """The checkpoints under the roots that exist, and the same by model sha256 (to find parents)."""
+    found = find_checkpoints(*[r for r in roots if Path(r).exists()])
+    return found, {c.model_sha256: c for c in found if c.model_sha256}
 
 
 def _parent(ck: Checkpoint, index: dict[str, Checkpoint]) -> Checkpoint | None:
@@ -95,7 +105,7 @@ def _parent(ck: Checkpoint, index: dict[str, Checkpoint]) -> Checkpoint | None:
     if parent.get("model_sha256") in index:
         return index[parent["model_sha256"]]
     found = find_checkpoints(parent["path"]) if parent.get("path") and Path(parent["path"]).exists() else []
-    return found[0] if found else Checkpoint(Path(parent.get("path") or "?"), parent, None)
+    return found[0] if found else Checkpoint(Path(parent.get("path") or "?"), parent)  # the record: no sources
 
 
 def learned_sources(ck: Checkpoint, index: dict[str, Checkpoint] | None = None) -> tuple[list[dict], list[str]]:
@@ -118,8 +128,7 @@ def learned_sources(ck: Checkpoint, index: dict[str, Checkpoint] | None = None) 
 def learned_from(roots: list[str | Path], source_ids: set[str]) -> dict[str, list[dict[str, Any]]]:
     """Checkpoints under `roots` that learned from any of these sources, directly or through a parent:
     {"affected": [{checkpoint, stage, step, sources, via}], "unknown": [{checkpoint, why}]}."""
-    found = find_checkpoints(*[r for r in roots if Path(r).exists()])
-    index = {c.model_sha256: c for c in found if c.model_sha256}
+    found, index = _search(roots)
     affected, unknown = [], []
     for ck in found:
         own = {e["source_id"] for e in ck.sources or []} & source_ids
@@ -137,8 +146,7 @@ def learned_from(roots: list[str | Path], source_ids: set[str]) -> dict[str, lis
 def describe_checkpoints(roots: list[str | Path], ident: str) -> list[dict[str, Any]]:
     """For `emo detect --checkpoints`: each checkpoint with this watermark id and what it learned from,
     with its licenses and consent tallied by clip seconds."""
-    found = find_checkpoints(*[r for r in roots if Path(r).exists()])
-    index = {c.model_sha256: c for c in found if c.model_sha256}
+    found, index = _search(roots)
     described = []
     for ck in (c for c in found if c.model_sha256[:8] == ident.lower()):
         sources, unknown = learned_sources(ck, index)
@@ -159,8 +167,7 @@ def checkpoints_of(out: str | Path) -> list[dict[str, Any]]:
     from manifests.optout import load_tombstones
 
     _, gone = load_tombstones(out)
-    found = find_checkpoints(out) if Path(out).exists() else []
-    index = {c.model_sha256: c for c in found if c.model_sha256}
+    found, index = _search([out])
     rows = []
     for ck in found:
         sources, unknown = learned_sources(ck, index)
