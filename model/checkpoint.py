@@ -7,8 +7,9 @@
       loss.csv
 
 meta.json holds the config, stage, step, the clips manifest hash trained on, the sources of
-those clips with their licenses and consent (manifests/lineage.py) and the parent checkpoint, so `load_checkpoint` rebuilds the model from the folder alone. Nothing here loads a
-pickle: optimizer state is flattened into safetensors plus JSON.
+those clips with their licenses and consent (manifests/lineage.py) and the parent checkpoint, so
+`load_checkpoint` rebuilds the model from the folder alone. Nothing here loads a pickle:
+optimizer state is flattened into safetensors plus JSON.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """TrackMeasurer: everything measured on one track's frames in the second decode pass.
 
 Per frame: face-mesh landmarks (-> head pose, rotation speed, mouth opening); with mesh_every=k,
-on every k-th frame of the track and its last, the pose and mouth opening between interpolated. At sampled frames: blur and exposure of the face region, and an identity embedding
-at the track's best few detections when the backend gives one.
+on every k-th frame of the track and its last, the pose and mouth opening between interpolated.
+At sampled frames: blur and exposure of the face region, and an identity embedding at the
+track's best few detections when the backend gives one.
 """
 
 from __future__ import annotations

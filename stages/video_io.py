@@ -152,8 +152,8 @@ def feed_ranges(path: Path, rotation: int, consumers: list, anchor: tuple[int, f
 
     A consumer has `first`, `last`, `observe(index, rgb)` and `close()`, and may have `wants(index)`
     (without it, every frame of its range); it is closed after its last frame. Frames no consumer
-    wants are never converted to RGB. On an error every consumer still
-    open is closed and the error raised. Returns the consumers the decode ended before finishing
+    wants are never converted to RGB. On an error every consumer still open is closed and the
+    error raised. Returns the consumers the decode ended before finishing
     (closed too). `anchor`: as for `iter_frames`.
     """
     pending = sorted(consumers, key=lambda c: c.first)
