@@ -18,6 +18,7 @@ import ray
 
 from manifests import ManifestStore
 from manifests.optout import load_tombstones
+from manifests.redact import redact_uri, uri_key
 from pipeline.plan import PipelineSettings, build_stages
 from pipeline.sources_file import read_sources
 from pipeline.summary import Summary, summarize
@@ -124,11 +125,11 @@ def canonical_sources(store: ManifestStore) -> list[dict[str, Any]]:
 def curate(opts: CurateOptions) -> Summary:
     out = str(Path(opts.out).resolve())
     store = ManifestStore(out)
-    inputs = read_sources(opts.sources)
+    inputs = read_sources(opts.sources, key=uri_key(out))  # inputs whose URI holds a secret get a keyed id
     blocked_uris, blocked_shas = load_tombstones(out)
     if blocked_uris:
         before = len(inputs)
-        inputs = [r for r in inputs if r["uri"] not in blocked_uris]
+        inputs = [r for r in inputs if r["uri"] not in blocked_uris and redact_uri(r["uri"]) not in blocked_uris]
         log.info("opt-out: %d inputs are tombstoned and left out", before - len(inputs))
     stages = build_stages(list(opts.stages), opts.config)
     settings = PipelineSettings.from_config(opts.config)

@@ -246,6 +246,7 @@ class DownloadWorker(StageWorker):
             except Stuck as e:
                 row = self.stage.failed_row(item, f"timeout: fetching took longer than its limit of {limit:.0f} s ({e})")
                 stuck = True
+                self.stage.discard(iid, ctx)  # a timed-out input leaves no partial bytes behind
         self.store.write_shard("sources", iid, [row])
         self.record_run(iid, row["status"], row.get("error"), 1, t0, ctx)
         if stuck:

@@ -159,7 +159,8 @@ def test_directory_and_missing_local_paths(tmp_path):
 def test_audio_only_and_image_sources_are_rejected_with_reasons(demo_corpus, tmp_path):
     assert fetch(str(demo_corpus / "speech.wav"), tmp_path)["error"].startswith("no_video_stream:")
     assert fetch(str(demo_corpus / "portraits" / "hanks.png"), tmp_path)["error"].startswith("not_media:")
-    assert os.listdir(tmp_path / "media")  # the wav was stored before probing found no video
+    assert not (tmp_path / "media").exists()  # probed before it is stored: a failed input leaves nothing
+    assert not any((tmp_path / "downloads").iterdir())
 
 
 def test_two_writers_of_the_same_content_never_clash(demo_corpus, tmp_path):
