@@ -390,3 +390,18 @@ def build_bad_corpus(root: str | Path, base_url: str) -> Path:
             uri = k.make(files, base, base_url.rstrip("/"))
             w.writerow([uri, "CC-BY-4.0", "yes", k.name, k.expect])
     return root / "sources.csv"
+
+
+CONTAINERS = {  # (PyAV muxer, video codec, muxer options, extension, with AAC speech): camcorders, web video, DVDs
+    "flv": ("flv", "libx264", {}, "flv", True),
+    "mpeg": ("vob", "mpeg2video", {}, "mpg", False),  # MPEG-PS takes no AAC; the container is the point
+    "m2ts": ("mpegts", "libx264", {"mpegts_m2ts_mode": "1"}, "m2ts", True),
+    "wmv": ("asf", "wmv2", {}, "wmv", False),  # no magic number of ours: the demuxer decides
+}
+
+
+def container_clip(d: Path, name: str) -> Path:
+    """The carphone clip over speech in one of CONTAINERS (FLV, MPEG-PS, M2TS)."""
+    fmt, codec, options, ext, audio = CONTAINERS[name]
+    return encode(d / f"container.{ext}", carphone_frames(N), codec=codec, fmt=fmt, options=options,
+                  audio=speech(SECONDS) if audio else None)

@@ -6,10 +6,18 @@ Paths under /fault/ misbehave on purpose:
   /fault/html/NAME       an HTML page as video/mp4  /fault/loop/N      redirects forever
   /fault/redirect/NAME   302 -> /NAME            /fault/noai/NAME     X-Robots-Tag: noai
   /fault/hang/NAME       headers, then silence  /fault/drip/NAME      the file, one byte a second
+  /fault/splice/NAME     drops halfway, then answers the Range retry with a 206 of the whole file
+  /fault/partial/NAME    206 Partial Content to a plain GET
+  /fault/endless/NAME    the file's first bytes, then zeros forever (chunked)
+  /fault/bomb/N          gzip of N MiB of zeros, Content-Encoding: gzip
+  /fault/fakegzip/NAME   the file as it is, labelled Content-Encoding: gzip
+  /fault/to-file/X       302 -> file:///etc/passwd   /fault/to-ftp/X  302 -> ftp://127.0.0.1/x.mp4
+Any path accepts a query string and ignores it (signed-URL style tests).
 """
 
 from __future__ import annotations
 
+import gzip
 import threading
 import time
 from collections import Counter
@@ -78,12 +86,64 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):  # the client gave up
             self.close_connection = True
 
+    def _send(self, code: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(code)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _endless(self, p: Path) -> None:
+        """A media file's start, then zeros until the client hangs up: only a size cap ends it."""
+        self.send_response(200)
+        self.send_header("Content-Type", "video/mp4")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        chunk = bytes(1 << 16)
+        try:
+            self.wfile.write(b"%x\r\n%s\r\n" % (4096, p.read_bytes()[:4096]))
+            while True:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _misbehave(self, kind: str, name: str, n: int) -> bool:
+        """The faults added for hostile-input round two; True when one answered."""
+        if kind in ("to-file", "to-ftp"):
+            self.send_response(302)
+            self.send_header("Location", "file:///etc/passwd" if kind == "to-file" else "ftp://127.0.0.1/x.mp4")
+            self.end_headers()
+            return True
+        if kind == "bomb":
+            self._send(200, gzip.compress(bytes(int(name) << 20), 1), {"Content-Type": "video/mp4",
+                                                                      "Content-Encoding": "gzip"})
+            return True
+        p = self._file(name)
+        if p is None or kind not in ("splice", "partial", "endless", "fakegzip"):
+            return False
+        data = p.read_bytes()
+        if kind == "endless":
+            self._endless(p)
+        elif kind == "fakegzip":
+            self._send(200, data, {"Content-Type": "video/mp4", "Content-Encoding": "gzip"})
+        elif kind == "partial" or (kind == "splice" and "Range" in self.headers):
+            # the whole file, as if from the offset asked (a broken cache or proxy)
+            self._send(206, data, {"Content-Type": "video/mp4", "Content-Range": f"bytes 0-{len(data) - 1}/{len(data)}"})
+        elif n == 1:  # splice, first plain GET: half the bytes, then the connection drops
+            self._send_file(p, truncate=True)
+        else:
+            self._send_file(p)
+        return True
+
     def do_GET(self):  # noqa: N802
         parts = [p for p in self.path.split("?")[0].split("/") if p]
         self.hits[self.path] += 1
         if parts[:1] == ["fault"] and len(parts) >= 3:
             kind, name = parts[1], "/".join(parts[2:])
             n = self.hits[self.path]
+            if self._misbehave(kind, name, n):
+                return
             if kind == "500" or (kind == "flaky" and n <= 2):
                 self.send_error(500, "server error on purpose")
                 return

@@ -178,3 +178,89 @@ def test_two_writers_of_the_same_content_never_clash(demo_corpus, tmp_path):
     assert all(abs(r["seconds"] - 30.0) < 0.1 for r in results)
     assert abs(sf.info(str(wav)).duration - 30.0) < 0.1
     assert [p.name for p in tmp_path.iterdir()] == ["same.wav"]  # no temporary left behind
+
+
+# -- hostile inputs, round two (issue 18) ----------------------------------------------------------
+
+SECRET = "s3cr3tVALUE42"
+
+
+def left_behind(out: Path) -> list[Path]:
+    """Files with bytes under OUT: a failed input may leave none (its rows are written by the worker)."""
+    return [p for p in out.rglob("*") if p.is_file() and p.stat().st_size]
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        (f"missing.mp4?X-Amz-Credential=AKIA{SECRET}&X-Amz-Signature={SECRET}", "http_404"),
+        (f"fault/to-file/x?token={SECRET}", "bad_redirect"),
+        ("fault/to-ftp/x", "bad_redirect"),
+        ("fault/partial/cuts.mp4", "unasked_partial"),
+        ("fault/fakegzip/cuts.mp4", "bad_encoding"),
+        ("fault/bomb/64", "not_media"),  # stops after the first MiB of what it expands to
+        ("fault/endless/cuts.mp4", "too_large"),
+    ],
+)
+def test_hostile_http_answers_get_their_reason_and_leave_nothing(server, tmp_path, path, reason):
+    url = server.url(path).replace("http://", f"http://alice:{SECRET}@")
+    row = fetch(url, tmp_path, max_bytes=8 << 20)
+    assert row["status"] == "failed" and row["error"].startswith(reason + ":"), row["error"]
+    assert SECRET not in repr(row), row
+    assert "REDACTED@127.0.0.1" in row["uri"]
+    assert left_behind(tmp_path) == []
+
+
+def test_a_spliced_resume_is_refused_and_restarted_from_zero(demo_corpus, server, tmp_path):
+    """The Range retry is answered with the whole file from byte 0: appending it would splice the file."""
+    row = fetch(server.url("fault/splice/talking.mp4"), tmp_path)
+    assert row["status"] == "ok", row["error"]
+    assert row["sha256"] == sha(demo_corpus / "talking.mp4")
+    assert row["bytes"] == (demo_corpus / "talking.mp4").stat().st_size
+    assert row["_counters"]["range_restarts"] == 1
+
+
+def test_signed_url_is_stored_redacted_with_a_stable_keyed_id(demo_corpus, server, tmp_path):
+    from manifests.redact import uri_key
+
+    url = server.url(f"cuts.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature={SECRET}&x=1")
+    key = uri_key(tmp_path)
+    assert oct((tmp_path / ".uri_key").stat().st_mode & 0o777) == "0o600"
+    assert input_id(url, key) == input_id(url, uri_key(tmp_path)) != input_id(url, None)
+    stage = DownloadStage()
+    (row,) = stage.process({"uri": url, "input_id": input_id(url, key)}, StageContext(out=tmp_path))
+    assert row["status"] == "ok", row["error"]
+    assert row["uri"] == server.url("cuts.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=REDACTED&x=1")
+    assert SECRET not in repr(row)
+
+
+def test_stored_media_is_a_copy_that_ignores_later_edits(demo_corpus, tmp_path):
+    mine = tmp_path / "mine.mp4"
+    mine.write_bytes((demo_corpus / "cuts.mp4").read_bytes())
+    row = fetch(str(mine), tmp_path / "out")
+    stored = tmp_path / "out" / row["media_path"]
+    assert os.stat(stored).st_ino != os.stat(mine).st_ino and os.stat(stored).st_nlink == 1
+    with open(mine, "r+b") as fh:  # the user edits the original in place
+        fh.seek(1000)
+        fh.write(b"\0" * 100)
+    assert sha(stored) == row["sha256"]
+
+
+def test_local_names_are_taken_as_written(demo_corpus, tmp_path):
+    data = (demo_corpus / "cuts.mp4").read_bytes()
+    for name in (" lead.mp4", "trail.mp4 ", "take:2.mp4"):
+        (tmp_path / name).write_bytes(data)
+        row = fetch(str(tmp_path / name), tmp_path / "out")
+        assert row["status"] == "ok", (name, row["error"])
+    too_long = tmp_path / ("x" * 300 + ".mp4")
+    assert fetch(str(too_long), tmp_path / "out")["error"].startswith("name_too_long:")
+
+
+@pytest.mark.parametrize(("fmt", "mime"), [("flv", "video/x-flv"), ("mpeg", "video/mpeg"), ("m2ts", "video/mp2t"),
+                                          ("wmv", "video/x-ms-asf")])
+def test_real_containers_are_media(tmp_path, fmt, mime):
+    from pipeline.bad_corpus import container_clip
+
+    row = fetch(str(container_clip(tmp_path, fmt)), tmp_path / "out")
+    assert row["status"] == "ok", row["error"]
+    assert row["mime"] == mime and row["n_frames"] and row["width"] == 176
