@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from manifests.lineage import checkpoints_of
+from manifests.redact import redact_uri
 from manifests.store import ManifestStore
 
 
@@ -34,7 +35,7 @@ def verify(out: str | Path) -> list[str]:
         seen.add(r["media_path"])
         p = store.out / r["media_path"]
         if not p.is_file():
-            problems.append(f"missing: {r['media_path']} (source {r['source_id']}, {r['uri']})")
+            problems.append(f"missing: {r['media_path']} (source {r['source_id']}, {redact_uri(r['uri'])})")
         elif _sha256(p) != r["sha256"]:
             problems.append(f"changed: {r['media_path']} (source {r['source_id']}): sha256 differs from the manifest")
     for c in store.read("clips").to_pylist():
@@ -71,8 +72,8 @@ def trace(out: str | Path, clip_id: str) -> dict[str, Any]:
     return {
         "clip": {k: v for k, v in (clip or {}).items() if k not in ("head_speed", "rules")} or None,
         "kept": clip is not None,
-        "sources": [{k: r[k] for k in ("uri", "final_url", "redirects", "sha256", "license", "consent", "fetched_at",
-                                        "category", "title", "media_path")}
+        "sources": [_redacted({k: r[k] for k in ("uri", "final_url", "redirects", "sha256", "license", "consent",
+                                                  "fetched_at", "category", "title", "media_path")})
                     for r in store.read("sources").to_pylist() if r["source_id"] == sid],
         "shot": one("shots", "shot_id", base["shot_id"]),
         "track": track,
@@ -216,3 +217,9 @@ def report(out: str | Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(body, encoding="utf-8")
     return dest
+
+
+def _redacted(src: dict[str, Any]) -> dict[str, Any]:
+    """A sources row with its URIs redacted (OUTs written before redaction hold them in full)."""
+    return {**src, "uri": redact_uri(src["uri"]), "final_url": redact_uri(src["final_url"]),
+            "redirects": [redact_uri(u) for u in src["redirects"] or []]}

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from manifests.redact import redact_uri  # OUTs from before redaction hold full URIs
 from manifests.store import ManifestStore
 
 CHECKPOINT_FORMAT = "emo-forge/checkpoint/"  # the prefix of model/checkpoint.py's FORMAT
@@ -31,7 +32,7 @@ def training_sources(out: str | Path, clips: list[dict[str, Any]]) -> list[dict[
         sid = c["source_id"]
         src = known.get(sid, {})
         entry = per.setdefault(sid, {
-            "source_id": sid, "sha256": src.get("sha256"), "uri": src.get("uri"),
+            "source_id": sid, "sha256": src.get("sha256"), "uri": redact_uri(src.get("uri")),
             "license": c.get("license") or src.get("license"), "consent": c.get("consent") or src.get("consent"),
             "clips": 0, "seconds": 0.0})
         entry["clips"] += 1

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from manifests.lineage import learned_from
+from manifests.redact import redact_uri
 from manifests.store import ManifestStore
 
 DERIVED_TABLES = ("shots", "tracks", "segments", "clips", "rejections")
@@ -80,7 +81,8 @@ def optout(out: str | Path, ref: str, reason: str = "opt-out request",
     the tombstone: they need retraining, or deleting, for the opt-out to reach the model."""
     store = ManifestStore(out)
     sources = store.read("sources").to_pylist()
-    hits = [r for r in sources if ref in (r["uri"], r["final_url"], r["sha256"], r["source_id"])]
+    refs = {ref, redact_uri(ref)}  # stored URIs are redacted; the owner may quote the full signed URL
+    hits = [r for r in sources if refs & {r["uri"], r["final_url"], r["sha256"], r["source_id"]}]
     if not hits:
         raise KeyError(f"no source matches {ref!r} in {store.root}")
     shas = {r["sha256"] for r in hits if r["sha256"]}
