@@ -405,3 +405,89 @@ def container_clip(d: Path, name: str) -> Path:
     fmt, codec, options, ext, audio = CONTAINERS[name]
     return encode(d / f"container.{ext}", carphone_frames(N), codec=codec, fmt=fmt, options=options,
                   audio=speech(SECONDS) if audio else None)
+
+
+# -- round two (issue 18): credentials in URLs, lying servers, odd names, real containers ---------------
+
+SECRET = "pl4nted-S3CRET-9f2c"  # planted in URLs; a test greps all of OUT for it
+
+
+def _with_creds(url: str) -> str:
+    return url.replace("http://", f"http://alice:{SECRET}@", 1)
+
+
+kind("credentials_404", "download:http_404", "user:password@ and ?token= in a URL that answers 404",
+     "the row, its error and every report hold the URL with both replaced by REDACTED")(
+    lambda d, b, u: _with_creds(f"{u}/missing.mp4?token={SECRET}&lang=en"))
+kind("presigned_url", "download:ok", "an S3-style presigned URL (X-Amz-Credential, X-Amz-Signature, X-Amz-Security-Token)",
+     "fetched with its signature; stored redacted, with an id keyed by OUT's secret")(
+    lambda d, b, u: f"{u}/base.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA{SECRET}%2F20261201"
+                    f"&X-Amz-Signature={SECRET}&X-Amz-Security-Token={SECRET}&X-Amz-Expires=3600")
+kind("refused_with_creds", "download:connection_error", "credentials in a URL to a closed port",
+     "requests quotes the URL in its error; the stored error has the secret replaced")(
+    lambda d, b, u: f"http://bob:{SECRET}@127.0.0.1:{_closed_port()}/v.mp4?sig={SECRET}")
+kind("spliced_resume", "download:range_restarts=1", "drops halfway, then answers the Range retry with the whole file",
+     "the 206's Content-Range starts at 0, not where the download stopped: it restarts from byte 0, no splice")(
+    lambda d, b, u: f"{u}/fault/splice/base.mp4")
+kind("partial_to_plain_get", "download:unasked_partial", "206 Partial Content to a request for the whole file")(
+    lambda d, b, u: f"{u}/fault/partial/base.mp4")
+kind("endless_body", "download:too_large", "an mp4's first bytes, then zeros forever (chunked)",
+     "the decoded-size cap (max_bytes) ends it; the partial file is removed")(
+    lambda d, b, u: f"{u}/fault/endless/base.mp4")
+kind("gzip_bomb", "download:not_media", "64 MiB of zeros gzipped to 64 KB, Content-Encoding: gzip",
+     "the first MiB it expands to is no media container: the download stops there")(
+    lambda d, b, u: f"{u}/fault/bomb/64")
+kind("fake_gzip", "download:bad_encoding", "a plain mp4 labelled Content-Encoding: gzip")(
+    lambda d, b, u: f"{u}/fault/fakegzip/base.mp4")
+kind("redirect_to_file", "download:bad_redirect", "a 302 to file:///etc/passwd (with a token in the URL)")(
+    lambda d, b, u: f"{u}/fault/to-file/x?access_token={SECRET}")
+kind("redirect_to_ftp", "download:bad_redirect", "a 302 to ftp://")(lambda d, b, u: f"{u}/fault/to-ftp/x")
+kind("proc_self_environ", "download:not_media", "/proc/self/environ: a different file in every process",
+     "recorded as written, so a rerun finds it done; its content is text")(lambda d, b, u: "/proc/self/environ")
+kind("long_name", "download:name_too_long", "a 304-character file name")(
+    lambda d, b, u: str(d / ("n" * 300 + ".mp4")))
+kind("empty_uri_cell", "download:bad_row", "a row whose uri cell is empty", "that row fails with its line; the run goes on")(
+    lambda d, b, u: "")
+kind("nul_in_path", "download:bad_row", "a NUL byte inside a path", "that row fails with its line; the run goes on")(
+    lambda d, b, u: str(d / "a\x00b.mp4"))
+
+
+def _beside_sources(name: str) -> Callable[[Path, Path, str], str]:
+    """A copy of the base clip beside the sources file, listed by its bare (relative) name."""
+    def make(d: Path, b: Path, u: str) -> str:
+        (d.parent / name).write_bytes(b.read_bytes())
+        return name
+
+    return make
+
+
+kind("leading_space", "download:ok", "' lead.mp4', relative", "the name is taken as written")(
+    _beside_sources(" lead.mp4"))
+kind("trailing_space", "download:ok", "'trail.mp4 ', relative", "as above")(_beside_sources("trail.mp4 "))
+kind("colon_name", "download:ok", "'take:2.mp4', relative: looks like a URL scheme", "an existing file wins")(
+    _beside_sources("take:2.mp4"))
+
+
+@kind("symlink", "download:ok", "a symlink to a clip", "recorded as the user wrote it, identified by content")
+def _symlink(d: Path, b: Path, u: str) -> str:
+    p = d / "alias.mp4"
+    if not p.is_symlink():
+        p.symlink_to(b.name)
+    return str(p)
+
+
+kind("flv", "download:mime=video/x-flv", "Flash Video (H.264 + AAC)", "the demuxer reads it: media")(
+    lambda d, b, u: str(container_clip(d, "flv")))
+kind("mpeg_ps", "download:mime=video/mpeg", "MPEG-2 program stream (.mpg)", "as above")(
+    lambda d, b, u: str(container_clip(d, "mpeg")))
+kind("m2ts", "download:mime=video/mp2t", "camcorder M2TS (192-byte packets)", "as above")(
+    lambda d, b, u: str(container_clip(d, "m2ts")))
+kind("wmv_no_magic", "download:mime=video/x-ms-asf", "ASF/WMV, whose signature the fast path does not know",
+     "the demuxer decides")(lambda d, b, u: str(container_clip(d, "wmv")))
+
+
+@kind("dc_offset", "diarize:vocal_speech", "4 s of speech riding on a +0.45 DC offset",
+      "the DC is removed before voice activity detection, so the speech is found")
+def _dc(d: Path, b: Path, u: str) -> str:
+    audio = np.clip(speech(4.0) * 0.5 + 0.45, -1, 1)
+    return str(encode(d / "dc_offset.mp4", carphone_frames(N, 11), audio=audio))

@@ -31,6 +31,7 @@ def load_audio(path: Path) -> np.ndarray:
 
     wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
     wav = wav.mean(1)
+    wav -= wav.mean() if wav.size else 0.0  # a DC offset (a bad preamp, a careless mix) hides all speech from silero-vad
     if sr != SR:
         wav = resample_poly(wav, SR, sr).astype(np.float32)
     return wav
