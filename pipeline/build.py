@@ -162,7 +162,10 @@ def _sources(at: _At) -> list[dict[str, Any]]:
             p = entry.path()
             if p.is_dir() or p.suffix.lower() in (".csv", ".jsonl", ".ndjson", ".parquet"):
                 try:
-                    found = [_plain(r) for r in read_sources(p)]
+                    found = read_sources(p)
+                    if bad := [r["input_error"] for r in found if r.get("input_error")]:
+                        entry.fail(f"{bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+                    found = [_plain(r) for r in found]
                 except SourcesFileError as e:
                     entry.fail(str(e))
             else:

@@ -92,7 +92,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up on purpose (a refused 206)
+            self.close_connection = True
 
     def _endless(self, p: Path) -> None:
         """A media file's start, then zeros until the client hangs up: only a size cap ends it."""
