@@ -110,8 +110,9 @@ def _row(raw: dict[str, Any], base: Path, where: str, key: bytes | None) -> dict
             text = None
         if k in SOURCE_FILE_COLUMNS:
             row[k] = text
-        elif text is not None:
-            extra[k or "_unnamed"] = v if isinstance(v, (str, int, float, bool, list, dict)) else text
+        elif text is not None:  # kept in `meta`: a URL there is stored redacted like the uri
+            value = v if isinstance(v, (int, float, bool, list, dict)) else text
+            extra[k or "_unnamed"] = redact_uri(value) if isinstance(value, str) and "://" in value else value
     row.update({k: row.get(k) for k in SOURCE_FILE_COLUMNS})
     row["meta"] = json.dumps(extra, sort_keys=True, default=str, ensure_ascii=False) if extra else None
     if why:

@@ -117,6 +117,14 @@ def test_jsonl_bad_lines_are_failed_rows(tmp_path):
     assert notobj["input_error"] == f"bad_row: {j}: line 3: a JSON list, not an object"
 
 
+def test_urls_in_extra_columns_are_stored_redacted(tmp_path):
+    f = tmp_path / "s.csv"
+    f.write_text("uri,page\nhttp://h/v.mp4?sig=abc123,https://u:pw123@h/p?token=xyz789&a=1\n")
+    (row,) = read_sources(f)
+    assert json.loads(row["meta"]) == {"page": "https://REDACTED@h/p?token=REDACTED&a=1"}
+    assert row["uri"] == "http://h/v.mp4?sig=abc123"  # the download needs it; the stage stores it redacted
+
+
 def test_paths_are_recorded_as_written(tmp_path):
     """No strip, no scheme guess over an existing file, no symlink resolution: /proc/self keeps its id."""
     for name in (" lead.mp4", "trail.mp4 ", "take:2.mp4"):
