@@ -28,4 +28,6 @@ class SpeedEncoder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(num_buckets, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, speed: torch.Tensor) -> torch.Tensor:
-        return self.mlp(speed_buckets(speed.float(), self.centers, self.radii))
+        # Buckets in float32 (tanh of small differences), then the MLP's own dtype (fp16/bf16 on a GPU).
+        codes = speed_buckets(speed.float(), self.centers.float(), self.radii.float())
+        return self.mlp(codes.to(self.mlp[0].weight.dtype))

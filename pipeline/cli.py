@@ -161,7 +161,9 @@ def _delegate(module: str):
         except ModuleNotFoundError as e:
             print(f"emo: {module} is not available in this installation ({e})", file=sys.stderr)
             return 2
-        return mod.main(args.rest) or 0
+        status = mod.main(args.rest)
+        # main() returns an exit status; anything else (e.g. a checkpoint path) is success.
+        return status if isinstance(status, int) else 0
 
     return run
 
