@@ -279,7 +279,8 @@ def train(args) -> Path:
     precision = mixed_precision(config.mixed_precision)
     # ReferenceNet's last up-block layers never reach the loss: DDP must be told some parameters are unused.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    accelerator = Accelerator(mixed_precision=precision, kwargs_handlers=[ddp])
+    # cpu=True is what makes accelerate join a torchrun group over gloo when there is no GPU.
+    accelerator = Accelerator(mixed_precision=precision, kwargs_handlers=[ddp], cpu=not torch.cuda.is_available())
     main_process = accelerator.is_main_process
     if not main_process:  # one process logs, writes loss.csv and checkpoints
         logging.getLogger("emo").setLevel(logging.WARNING)
