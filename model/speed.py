@@ -22,9 +22,11 @@ class SpeedEncoder(nn.Module):
 
     def __init__(self, num_buckets: int, speed_max: float, dim: int):
         super().__init__()
-        centers = torch.linspace(0.0, speed_max, num_buckets)
+        spacing = speed_max / max(num_buckets - 1, 1)
+        # arange, not linspace: after transformers loads a model, linspace ignores a torch.device("meta") block.
+        centers = torch.arange(num_buckets, dtype=torch.float32) * spacing
         self.register_buffer("centers", centers, persistent=False)
-        self.register_buffer("radii", torch.full_like(centers, speed_max / max(num_buckets - 1, 1)), persistent=False)
+        self.register_buffer("radii", torch.full_like(centers, spacing), persistent=False)
         self.mlp = nn.Sequential(nn.Linear(num_buckets, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, speed: torch.Tensor) -> torch.Tensor:
