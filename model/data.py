@@ -91,7 +91,10 @@ class ClipWindows(torch.utils.data.Dataset):
         self.motion = 0 if stage == 1 else config.num_motion_frames
         self.audio = AudioFeatureCache(out, config) if stage > 1 else None
         self.speed = stage == 3
-        rows = ManifestStore(out).read("clips").to_pylist()
+        store = ManifestStore(out)
+        if "clips" not in store.tables():
+            raise FileNotFoundError(f"{out}: no clips manifest here (run emo curate, then emo export, into it)")
+        rows = store.read("clips").to_pylist()
         self.clips = [r for r in rows if r["split"] in (None, "train") and r["n_frames"] > self.frames]
         if not self.clips:
             raise ValueError(f"{out}: no training clips with more than {self.frames} frames in the clips table")

@@ -89,6 +89,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
     from manifests import audit
 
+    if not Path(args.out).is_dir():  # the report of a folder that is not there would be an empty page
+        raise FileNotFoundError(f"{args.out}: no such folder (an output folder of emo curate)")
     if args.verify:
         problems = audit.verify(args.out)
         for p in problems:
