@@ -51,7 +51,7 @@ class MelFeaturizer:
         import torchaudio
 
         self.dim = n_mels
-        self.cache_key = f"mel{n_mels}"
+        self.cache_key = mel_cache_key(n_mels)
         self._mel = torchaudio.transforms.MelSpectrogram(SAMPLE_RATE, n_fft=400, hop_length=160, n_mels=n_mels)
         self._deltas = torchaudio.functional.compute_deltas
 
@@ -80,10 +80,7 @@ class Wav2Vec2Featurizer:
         if num_layers > total:
             raise ValueError(f"{path} has {total} hidden states; asked for the last {num_layers}")
         self.num_layers, self.dim = num_layers, self.model.config.hidden_size
-        ident = (Path(path) / "config.json").read_bytes() + str(num_layers).encode()
-        for weights in sorted(Path(path).glob("*.safetensors")):
-            ident += f"{weights.name}:{weights.stat().st_size}".encode()
-        self.cache_key = "w2v2-" + hashlib.sha256(ident).hexdigest()[:12]
+        self.cache_key = wav2vec2_cache_key(path, num_layers)
 
     @torch.no_grad()
     def __call__(self, wav: np.ndarray, n_frames: int) -> torch.Tensor:
@@ -94,8 +91,53 @@ class Wav2Vec2Featurizer:
         return _to_frames(feats.float().cpu(), n_frames)
 
 
+def mel_cache_key(n_mels: int) -> str:
+    return f"mel{n_mels}"
+
+
+def wav2vec2_cache_key(path: str | Path, num_layers: int) -> str:
+    """Names the features of this wav2vec2 folder and layer count, from its files alone (no model load)."""
+    ident = (Path(path) / "config.json").read_bytes() + str(num_layers).encode()
+    for weights in sorted(Path(path).glob("*.safetensors")):
+        ident += f"{weights.name}:{weights.stat().st_size}".encode()
+    return "w2v2-" + hashlib.sha256(ident).hexdigest()[:12]
+
+
+def featurizer_cache_key(config) -> str:
+    """The cache folder name of a config's audio features, without building the featurizer.
+
+    A DataLoader worker reads cached features under this key and loads wav2vec2 (about 1 GB) only
+    on a miss.
+    """
+    check_featurizer(config)
+    if config.audio_encoder:
+        return wav2vec2_cache_key(config.audio_encoder, config.audio_feature_layers)
+    return mel_cache_key(config.audio_feature_dim)
+
+
+# The mel stand-in: two layers (log-mel and its delta) of at most this many bands (400-point FFT).
+MEL_LAYERS, MEL_MAX_BANDS = 2, 128
+
+
+def check_featurizer(config) -> None:
+    """A ValueError that says what to pass when no featurizer gives the config's feature shape."""
+    if config.audio_encoder:
+        if not (Path(config.audio_encoder) / "config.json").is_file():
+            raise FileNotFoundError(
+                f"no wav2vec2 model at {config.audio_encoder}: download one in transformers format (e.g. "
+                "facebook/wav2vec2-base-960h) and pass its folder to --audio-encoder")
+        return
+    if config.audio_feature_layers != MEL_LAYERS or config.audio_feature_dim > MEL_MAX_BANDS:
+        raise ValueError(
+            f"the {config.name} model expects {config.audio_feature_layers}x{config.audio_feature_dim} audio "
+            f"features (wav2vec2's hidden states): pass --audio-encoder WAV2VEC2_FOLDER (transformers format, "
+            f"e.g. facebook/wav2vec2-base-960h); or, for the offline mel stand-in, a --config with "
+            f"audio_feature_layers: {MEL_LAYERS} and audio_feature_dim: {MEL_MAX_BANDS} (or fewer bands)")
+
+
 def build_featurizer(config, device: str | torch.device = "cpu"):
     """The featurizer a config names; its (layers, dim) must match the config's."""
+    check_featurizer(config)
     if config.audio_encoder:
         feat = Wav2Vec2Featurizer(config.audio_encoder, config.audio_feature_layers, device)
     else:

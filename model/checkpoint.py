@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from model.config import EMOConfig
 
@@ -83,15 +83,21 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, names: list[str], t
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
 
-def save_checkpoint(ckpt_dir: str | Path, step: int, model: torch.nn.Module, ema: dict[str, torch.Tensor] | None,
-                    optimizer: torch.optim.Optimizer | None, param_names: list[str], meta: dict,
-                    keep_last: int = 2) -> Path:
-    """Write step-NNNNNNN atomically (a temporary folder renamed into place); drop older ones."""
+def save_checkpoint(ckpt_dir: str | Path, step: int, weights: dict[str, torch.Tensor],
+                    ema: dict[str, torch.Tensor] | None, optimizer: torch.optim.Optimizer | None,
+                    param_names: list[str], meta: dict, keep_last: int = 2) -> Path:
+    """Write step-NNNNNNN atomically (a temporary folder renamed into place), keeping `keep_last` in all.
+
+    `weights` is the model's full state dict (on a sharded run, what `accelerator.get_state_dict`
+    gathers). Older checkpoints beyond keep_last - 1 go before the new one is written, so the disk
+    never holds more than keep_last of them (a stage-1 sd15 checkpoint is about 30 GB).
+    """
     final = step_dir(ckpt_dir, step)
+    prune_checkpoints(ckpt_dir, max(1, keep_last) - 1, spare=final)
     tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
     if ema is not None:
         save_file({k: v.cpu().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
     groups = None
@@ -103,10 +109,39 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, model: torch.nn.Module, ema
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    older = sorted(p for p in Path(ckpt_dir).glob("step-*") if p != final)
-    for old in older[: max(0, len(older) - (keep_last - 1))]:
-        shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def prune_checkpoints(ckpt_dir: str | Path, keep: int, spare: Path | None = None) -> None:
+    """Delete all but the `keep` highest-step checkpoints (and any `spare` folder being rewritten)."""
+    steps = sorted(p for p in Path(ckpt_dir).glob("step-*") if p != spare)
+    for old in steps[: max(0, len(steps) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True,
+                 skip: set[str] = frozenset()) -> list[str]:
+    """Copy a safetensors file into `model` one tensor at a time; returns the model keys it lacked.
+
+    Memory holds the model and one tensor, not the model and a second full copy of its state dict.
+    """
+    from safetensors import safe_open
+
+    own = model.state_dict()
+    seen = set()
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():
+            if key in skip:
+                continue
+            if key not in own:
+                raise ValueError(f"{path}: weights for an unknown parameter {key}")
+            with torch.no_grad():
+                own[key].copy_(f.get_tensor(key))
+            seen.add(key)
+    missing = sorted(set(own) - seen - skip)
+    if strict and missing:
+        raise ValueError(f"{path}: no weights for {len(missing)} parameters, e.g. {missing[:3]}")
+    return missing
 
 
 def load_checkpoint(path: str | Path, ema: bool = True, device: str | torch.device = "cpu"):
@@ -127,9 +162,7 @@ def load_checkpoint(path: str | Path, ema: bool = True, device: str | torch.devi
     if meta["audio_encoder_path"]:
         config.audio_encoder = meta["audio_encoder_path"]
     model = EMOModel(config)
-    model.load_state_dict(load_file(folder / "model.safetensors"))
+    load_weights(model, folder / "model.safetensors")
     if ema and (folder / "ema.safetensors").is_file():
-        result = model.load_state_dict(load_file(folder / "ema.safetensors"), strict=False)
-        if result.unexpected_keys:
-            raise ValueError(f"{folder}: EMA weights for unknown parameters {result.unexpected_keys[:5]}")
+        load_weights(model, folder / "ema.safetensors", strict=False)
     return model.to(device).eval(), config, meta

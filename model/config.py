@@ -81,10 +81,18 @@ class EMOConfig:
     ema_decay: float = 0.999
     cond_drop_prob: float = 0.05  # per condition (reference, audio), for classifier-free guidance
     num_train_timesteps: int = 1000
+    prediction_type: str = "epsilon"  # epsilon (SD 1.5's) | v_prediction
     save_every: int = 500
     keep_checkpoints: int = 2
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # backbone and ReferenceNet recompute activations
     num_workers: int = 0
+    # Steps of batch_size per process summed before each optimizer step.
+    gradient_accumulation: int = 1
+    # Memory switches (model/memory.py says what each saves).
+    optimizer: str = "adamw"  # adamw | adamw8bit (needs bitsandbytes)
+    ema_device: str = "same"  # same | cpu
+    frozen_dtype: str = "fp32"  # fp32 | bf16 | fp16: frozen weights, under mixed precision
+    mixed_precision: str = "auto"  # auto | no | fp16 | bf16
     # Debugging aid: repeat step 0's batch (noise and timestep included) every step, so a
     # working model must drive the loss towards zero (the overfitting test uses it).
     overfit_batch: bool = False

@@ -1,8 +1,10 @@
 """Training batches from the `clips` manifest: frame windows, a reference frame, motion frames, audio.
 
-Batch k depends only on (seed, k): every random choice (clip, window, reference frame, noise,
-timestep, condition dropout) comes from a generator seeded with both, so a resumed run draws
-exactly the batches an uninterrupted run would, with no sampler state to save.
+The micro-batch of a step depends only on (seed, step, rank, micro): every random choice (clip,
+window, reference frame, noise, timestep, condition dropout) comes from a generator seeded with
+them, so a resumed run draws exactly the batches an uninterrupted run would, with no sampler state
+to save, and every process of a multi-GPU run (rank) draws its own shard. Rank 0's first
+micro-batch is seeded with (seed, step) alone: what a single process always drew.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from manifests import ManifestStore
-from model.audio import audio_windows, build_featurizer, load_wav
+from model.audio import audio_windows, build_featurizer, featurizer_cache_key, load_wav
 from model.config import EMOConfig
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,7 @@ class AudioFeatureCache:
 
     def __init__(self, out: str | Path, config: EMOConfig):
         self.out, self.config = Path(out), config
+        self.key = featurizer_cache_key(config)  # from files alone: a cache hit never loads wav2vec2
         self._featurizer = None
         self._memory: dict[str, torch.Tensor] = {}
 
@@ -40,7 +43,7 @@ class AudioFeatureCache:
     def __call__(self, clip: dict) -> torch.Tensor:
         if clip["clip_id"] in self._memory:
             return self._memory[clip["clip_id"]]
-        path = self.out / "cache" / "audio" / self.featurizer.cache_key / f"{clip['clip_id']}.safetensors"
+        path = self.out / "cache" / "audio" / self.key / f"{clip['clip_id']}.safetensors"
         if path.is_file():
             feats = load_file(path)["features"]
         else:
@@ -76,27 +79,35 @@ def _read_mask(path: Path | None, size: int) -> torch.Tensor:
 
 
 class ClipWindows(torch.utils.data.Dataset):
-    """Item k is the whole batch for training step `first_step + k`."""
+    """Item k is micro-batch k % accumulation of training step `first_step + k // accumulation`,
+    for process `rank`."""
 
     def __init__(self, out: str | Path, config: EMOConfig, stage: int, seed: int, first_step: int = 0,
-                 num_steps: int = 1):
+                 num_steps: int = 1, rank: int = 0, accumulation: int = 1):
         self.out, self.config, self.seed = Path(out), config, seed
         self.first_step, self.num_steps = first_step, num_steps
+        self.rank, self.accumulation = rank, accumulation
         self.frames = 1 if stage == 1 else config.num_frames
         self.motion = 0 if stage == 1 else config.num_motion_frames
         self.audio = AudioFeatureCache(out, config) if stage > 1 else None
         self.speed = stage == 3
-        rows = ManifestStore(out).read("clips").to_pylist()
+        store = ManifestStore(out)
+        if "clips" not in store.tables():
+            raise FileNotFoundError(f"{out}: no clips manifest here (run emo curate, then emo export, into it)")
+        rows = store.read("clips").to_pylist()
         self.clips = [r for r in rows if r["split"] in (None, "train") and r["n_frames"] > self.frames]
         if not self.clips:
             raise ValueError(f"{out}: no training clips with more than {self.frames} frames in the clips table")
 
     def __len__(self) -> int:
-        return self.num_steps
+        return self.num_steps * self.accumulation
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        step = self.first_step + (0 if self.config.overfit_batch else k)
-        rng = np.random.default_rng([self.seed, step])
+        step, micro = self.first_step + k // self.accumulation, k % self.accumulation
+        if self.config.overfit_batch:
+            step, micro = self.first_step, 0
+        key = [self.seed, step] + ([self.rank, micro] if (self.rank, micro) != (0, 0) else [])
+        rng = np.random.default_rng(key)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         examples = [self._example(rng) for _ in range(self.config.batch_size)]
         batch = {key: torch.stack([e[key] for e in examples]) for key in examples[0]}
@@ -110,7 +121,8 @@ class ClipWindows(torch.utils.data.Dataset):
         return batch
 
     def _example(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        clip = self.clips[int(rng.integers(len(self.clips)))]
+        index = int(rng.integers(len(self.clips)))
+        clip = self.clips[index]
         n, f, m = int(clip["n_frames"]), self.frames, self.motion
         start = int(rng.integers(0, n - f + 1))
         outside = [i for i in range(n) if i < start or i >= start + f]  # the reference is never in the window
@@ -120,6 +132,8 @@ class ClipWindows(torch.utils.data.Dataset):
         frames = _read_frames(self.out / clip["crop_path"], [*range(start, start + f), ref, *valid],
                               self.config.image_size)
         ex = {
+            # Which clip and window: logged, so a run shows what each process saw.
+            "clip_index": torch.tensor(index), "window_start": torch.tensor(start),
             "frames": frames[:f],  # (F, 3, H, W)
             "reference": frames[f],  # (3, H, W)
             "face_mask": _read_mask(self.out / clip["face_mask_path"] if clip["face_mask_path"] else None,

@@ -190,10 +190,22 @@ def read_speech(path: str | Path) -> np.ndarray:
     return wav
 
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def model_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 on a GPU that has it, else fp16 on a GPU, fp32 on the CPU."""
+    if name != "auto":
+        return DTYPES[name]
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def sample(args) -> dict:
     rgb, wav = read_portrait(args.image), read_speech(args.audio)  # bad input fails before the model loads
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    dtype = model_dtype(args.dtype, device)
     model, config, meta = load_checkpoint(args.checkpoint, ema=True, device=device)
     model = model.to(dtype)
     codec = load_codec(config.codec, meta["vae_path"]).to(device)
@@ -214,7 +226,7 @@ def sample(args) -> dict:
 
     generator = torch.Generator().manual_seed(args.seed)
     params = {k: getattr(args, k) for k in ("image", "audio", "fps", "scheduler", "steps", "guidance_ref",
-                                            "guidance_audio", "seed", "speed")}
+                                            "guidance_audio", "seed", "speed", "dtype")}
     record = {"checkpoint": meta["dir"], "checkpoint_sha256": model_hash, "checkpoint_id": f"{ident:08x}",
               "manifest_hash": meta.get("manifest_hash"), "stage": meta.get("stage"), "step": meta.get("step"),
               "params": params, "frames": n_frames, "audio_seconds": seconds, "device": str(device),
@@ -248,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speed", type=float, default=0.0, help="constant head speed, degrees per frame")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                   help="the model's weights and activations (auto: bf16 or fp16 on CUDA, fp32 on the CPU)")
     return p
 
 

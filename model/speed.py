@@ -22,10 +22,14 @@ class SpeedEncoder(nn.Module):
 
     def __init__(self, num_buckets: int, speed_max: float, dim: int):
         super().__init__()
-        centers = torch.linspace(0.0, speed_max, num_buckets)
+        spacing = speed_max / max(num_buckets - 1, 1)
+        # arange, not linspace: after transformers loads a model, linspace ignores a torch.device("meta") block.
+        centers = torch.arange(num_buckets, dtype=torch.float32) * spacing
         self.register_buffer("centers", centers, persistent=False)
-        self.register_buffer("radii", torch.full_like(centers, speed_max / max(num_buckets - 1, 1)), persistent=False)
+        self.register_buffer("radii", torch.full_like(centers, spacing), persistent=False)
         self.mlp = nn.Sequential(nn.Linear(num_buckets, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, speed: torch.Tensor) -> torch.Tensor:
-        return self.mlp(speed_buckets(speed.float(), self.centers, self.radii))
+        # Buckets in float32 (tanh of small differences), then the MLP's own dtype (fp16/bf16 on a GPU).
+        codes = speed_buckets(speed.float(), self.centers.float(), self.radii.float())
+        return self.mlp(codes.to(self.mlp[0].weight.dtype))

@@ -18,36 +18,32 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import math
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from manifests import ManifestStore
 from manifests.lineage import merge_sources, training_sources
+from model.audio import check_featurizer
 from model.checkpoint import (
     latest_checkpoint,
+    load_weights,
     optimizer_from_tensors,
     read_meta,
     resolve_checkpoint,
-    save_checkpoint,
 )
 from model.config import EMOConfig, load_config
 from model.data import ClipWindows
 from model.emo import EMOModel
 from model.latents import load_codec
+from model.memory import cast_frozen, ema_device, make_optimizer, mixed_precision
 from model.temporal import load_motion_module
+from model.train_loop import TrainLoop, noise_schedule
 from model.unet import SD15_DOWNLOAD_HINT, load_pretrained_unet, unet_kwargs_of
 
 log = logging.getLogger("emo.train")
-
-# Stable Diffusion 1.5's noise schedule; the sampler builds its scheduler from the same numbers.
-NOISE_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
-                  "beta_schedule": "scaled_linear", "prediction_type": "epsilon"}
-
 
 def build_model(args, config: EMOConfig) -> tuple[EMOModel, EMOConfig, dict | None, str | None]:
     """A fresh model for this stage: (model, config, parent record, VAE folder or None)."""
@@ -64,11 +60,10 @@ def build_model(args, config: EMOConfig) -> tuple[EMOModel, EMOConfig, dict | No
             str(parent_dir.parent / parent["audio_encoder"]) if parent.get("audio_encoder") else None)
         config = _with_featurizer_dims(EMOConfig.from_dict(arch))
         model = EMOModel(config)
-        weights = load_file(parent_dir / "model.safetensors")
-        own = model.state_dict()
-        # A new audio encoder changes the audio projection's input width: that layer starts afresh.
-        skipped = [k for k in weights if k.startswith("audio_proj.") and weights[k].shape != own[k].shape]
-        model.load_state_dict({k: v for k, v in weights.items() if k not in skipped}, strict=not skipped)
+        skipped = _changed_audio_projection(model, parent_dir / "model.safetensors")
+        load_weights(model, parent_dir / "model.safetensors", strict=not skipped, skip=skipped)
+        if (parent_dir / "ema.safetensors").is_file():  # the parent's average: what it would sample with
+            load_weights(model, parent_dir / "ema.safetensors", strict=False, skip=skipped)
         if skipped:
             log.info("audio encoder changed: audio projection re-initialised (%d tensors)", len(skipped))
         record = {"path": str(parent_dir.resolve()), "stage": parent["stage"], "step": parent["step"],
@@ -84,6 +79,15 @@ def build_model(args, config: EMOConfig) -> tuple[EMOModel, EMOConfig, dict | No
     if config.requires_pretrained:
         raise SystemExit(f"the {config.name} model starts from Stable Diffusion 1.5: {SD15_DOWNLOAD_HINT}")
     return EMOModel(_with_featurizer_dims(config)), config, None, None
+
+
+def _changed_audio_projection(model: EMOModel, weights: Path) -> set[str]:
+    """Audio projection tensors whose shape a new audio encoder changed: those layers start afresh."""
+    from safetensors import safe_open
+
+    own = model.state_dict()
+    with safe_open(str(weights), framework="pt") as f:
+        return {k for k in f.keys() if k.startswith("audio_proj.") and list(f.get_slice(k).get_shape()) != list(own[k].shape)}
 
 
 def _file_keys(path: str | None) -> set[str]:
@@ -135,7 +139,8 @@ def _groups(text: str) -> list[str]:
 # Keys a later stage may change without changing the architecture.
 TRAINING_KEYS = {"batch_size", "learning_rate", "weight_decay", "grad_clip", "ema_decay", "cond_drop_prob",
                  "save_every", "gradient_checkpointing", "num_workers", "overfit_batch", "keep_checkpoints",
-                 "num_frames", "num_motion_frames"}
+                 "num_frames", "num_motion_frames", "gradient_accumulation", "optimizer", "ema_device",
+                 "frozen_dtype", "mixed_precision"}
 
 
 def _with_featurizer_dims(config: EMOConfig) -> EMOConfig:
@@ -165,30 +170,6 @@ def save_assets(out: Path, config: EMOConfig, vae_folder: str | None) -> dict:
     return assets
 
 
-def encode_batch(codec, batch: dict, device) -> dict:
-    """Pixels to latents for the window, the reference and the motion frames (one codec call)."""
-    frames = batch["frames"].to(device)  # (B, F, 3, H, W)
-    b, f = frames.shape[:2]
-    images = [frames.flatten(0, 1), batch["reference"].to(device)]  # (B*F, 3, H, W), (B, 3, H, W)
-    if "motion" in batch:
-        images.append(batch["motion"].to(device).flatten(0, 1))  # (B, n, 3, H, W) -> (B*n, 3, H, W)
-    latents = codec.encode(torch.cat(images))  # (B*F + B [+ B*n], C, h, w)
-    out = {"latents": latents[: b * f].unflatten(0, (b, f)), "ref_latent": latents[b * f: b * f + b]}
-    if "motion" in batch:
-        valid = batch["motion_valid"].to(device)[..., None, None, None]  # (B, n) -> (B, n, 1, 1, 1)
-        out["motion"] = latents[b * f + b:].unflatten(0, (b, -1)) * valid  # zeros before the clip starts
-    return out
-
-
-def update_ema(ema: dict[str, torch.Tensor], model: EMOModel, step: int, decay: float) -> None:
-    """EMA with warm-up (as diffusers' EMAModel): short runs still get a usable average."""
-    d = min(decay, (1 + step) / (10 + step))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name in ema:
-                ema[name].mul_(d).add_(param.detach().float(), alpha=1 - d)
-
-
 def open_loss_log(path: Path, start_step: int):
     """The loss CSV, cut back to `start_step` when resuming (later rows belonged to a lost run)."""
     rows = []
@@ -196,15 +177,26 @@ def open_loss_log(path: Path, start_step: int):
         with open(path, newline="") as fh:
             rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= start_step]
     fh = open(path, "w", newline="")
-    writer = csv.DictWriter(fh, fieldnames=["stage", "step", "loss"])
+    writer = csv.DictWriter(fh, fieldnames=["stage", "step", "loss", "windows"], extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     return fh, writer
 
 
+def resume_state(out: Path, stage: int) -> tuple[Path, dict, EMOConfig]:
+    """The run's latest checkpoint, its meta and config, with the run's own copy of wav2vec2."""
+    resume_from = latest_checkpoint(out)
+    meta = read_meta(resume_from)
+    if meta["stage"] != stage:
+        raise SystemExit(f"{resume_from} is a stage-{meta['stage']} run; asked to resume stage {stage}")
+    config = EMOConfig.from_dict(meta["config"])
+    if meta.get("audio_encoder"):  # the copy save_assets made, not the path it was first read from
+        config.audio_encoder = str(out / meta["audio_encoder"])
+    return resume_from, meta, config
+
+
 def train(args) -> Path:
     from accelerate import Accelerator, DistributedDataParallelKwargs
-    from diffusers import DDPMScheduler
     from tqdm import tqdm
 
     if args.finetune and not args.init_from:
@@ -214,54 +206,63 @@ def train(args) -> Path:
             raise SystemExit("--steps is required (only a --finetune run has a default)")
         args.steps = max(1, read_meta(args.init_from)["step"] // FINETUNE_STEP_DIVISOR)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    resume_from = latest_checkpoint(out) if args.resume else None
+    resume_from = latest_checkpoint(out) if args.resume and out.is_dir() else None
     if resume_from is not None:  # the run's own config and weights; the other model flags are ignored
-        meta = read_meta(resume_from)
-        if meta["stage"] != args.stage:
-            raise SystemExit(f"{resume_from} is a stage-{meta['stage']} run; asked to resume stage {args.stage}")
-        config, parent, start_step = EMOConfig.from_dict(meta["config"]), meta["parent"], meta["step"]
+        resume_from, meta, config = resume_state(out, args.stage)
+        parent, start_step = meta["parent"], meta["step"]
         args.trainable = meta.get("trainable_groups")
         vae_folder = str(out / meta["vae"]) if meta.get("vae") else None
+        if args.stage > 1:
+            check_featurizer(config)
         torch.manual_seed(args.seed)
         model = EMOModel(config)
-        model.load_state_dict(load_file(resume_from / "model.safetensors"))
+        load_weights(model, resume_from / "model.safetensors")
     else:
         torch.manual_seed(args.seed)
         config = load_config(args.model, args.config, audio_encoder=args.audio_encoder)
+        if args.stage > 1:  # before any weights load: a missing wav2vec2 is a one-line error
+            check_featurizer(config)
         model, config, parent, vae_folder = build_model(args, config)
         start_step = 0
         if args.motion_module:
             load_motion_module(args.motion_module, model.temporal, model.temporal_site_names)
-    if args.stage > 1 and parent is None and resume_from is None:
+    if args.stage > 1 and parent is None and resume_from is None and not args.pretrained:
         log.warning("stage %d without --init-from: the backbone and ReferenceNet are untrained", args.stage)
 
-    cuda = torch.cuda.is_available()
-    precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+    precision = mixed_precision(config.mixed_precision)
     # ReferenceNet's last up-block layers never reach the loss: DDP must be told some parameters are unused.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    accelerator = Accelerator(mixed_precision=precision, kwargs_handlers=[ddp])
+    # cpu=True is what makes accelerate join a torchrun group over gloo when there is no GPU.
+    accelerator = Accelerator(mixed_precision=precision, kwargs_handlers=[ddp], cpu=not torch.cuda.is_available())
+    main_process = accelerator.is_main_process
+    if not main_process:  # one process logs, writes loss.csv and checkpoints
+        logging.getLogger("emo").setLevel(logging.WARNING)
     device = accelerator.device
     names = set_trainable(model, args.trainable) if args.trainable else model.set_stage(args.stage)
     params = [p for n, p in model.named_parameters() if p.requires_grad]
+    cast_frozen(model, config.frozen_dtype, precision)
     model.set_gradient_checkpointing(config.gradient_checkpointing)
     codec = load_codec(config.codec, vae_folder).to(device)
-    assets = save_assets(out, config, vae_folder)
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    ema = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+    out.mkdir(parents=True, exist_ok=True)
+    assets = save_assets(out, config, vae_folder) if main_process else {}
+    optimizer = make_optimizer(config.optimizer, params, config.learning_rate, config.weight_decay)
+    ema_on = ema_device(config.ema_device, device)
     if resume_from is not None:
-        ema = {k: v.to(torch.float32) for k, v in load_file(resume_from / "ema.safetensors").items()}
+        ema = load_file(resume_from / "ema.safetensors")
         optimizer_from_tensors(optimizer, names, load_file(resume_from / "optimizer.safetensors"),
                                meta["optimizer_groups"])
+    else:
+        ema = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    ema = {k: v.to(ema_on, torch.float32, copy=True) for k, v in ema.items()}
     model, optimizer = accelerator.prepare(model, optimizer)
-    ema = {k: v.to(device) for k, v in ema.items()}
-    scheduler = DDPMScheduler(**NOISE_SCHEDULE)
     manifest_hash = ManifestStore(args.data).content_hash(["clips"])
     if resume_from is not None and meta["manifest_hash"] != manifest_hash:
         log.warning("the clips manifest changed since %s was saved", resume_from)
 
+    accumulation = max(1, config.gradient_accumulation)
     data = ClipWindows(args.data, config, args.stage, args.seed, first_step=start_step,
-                       num_steps=max(0, args.steps - start_step))
+                       num_steps=max(0, args.steps - start_step), rank=accelerator.process_index,
+                       accumulation=accumulation)
     loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=config.num_workers)
     trained_on = training_sources(args.data, data.clips)  # kept with the weights: see manifests/lineage.py
     if resume_from is not None:
@@ -269,50 +270,41 @@ def train(args) -> Path:
     meta_base = {"config": config.to_dict(), "stage": args.stage, "manifest_hash": manifest_hash,
                  "parent": parent, "seed": args.seed, "finetune": bool(args.finetune),
                  "trainable": ", ".join(args.trainable) if args.trainable else STAGE_NOTE[args.stage],
-                 "trainable_groups": args.trainable, "noise_schedule": NOISE_SCHEDULE, "sources": trained_on,
-                 **assets}
-    loss_fh, loss_log = open_loss_log(out / "loss.csv", start_step)
+                 "trainable_groups": args.trainable, "noise_schedule": noise_schedule(config),
+                 "sources": trained_on, "world_size": accelerator.num_processes,
+                 "gradient_accumulation": accumulation, **assets}
+    loss_fh, loss_log = open_loss_log(out / "loss.csv", start_step) if main_process else (None, None)
+    run = TrainLoop(accelerator, model, optimizer, params, ema, codec, config, accumulation)
     saved = resume_from
-    bar = tqdm(loader, initial=start_step, total=args.steps, desc=f"stage {args.stage}", disable=args.quiet)
+    bar = tqdm(total=args.steps, initial=start_step, desc=f"stage {args.stage}",
+               disable=args.quiet or not main_process)
     model.train()
-    for k, batch in enumerate(bar):
-        step = start_step + k + 1
-        with torch.no_grad():
-            inputs = encode_batch(codec, batch, device)
-        noise = batch["noise"].to(device)
-        t = batch["timesteps"].to(device)
-        noisy = scheduler.add_noise(inputs["latents"], noise, t)
-        with accelerator.autocast():
-            pred = model(noisy, t, inputs["ref_latent"], audio=_get(batch, "audio", device),
-                         face_mask=batch["face_mask"].to(device), speed=_get(batch, "speed", device),
-                         motion=inputs.get("motion"), reference_keep=batch["reference_keep"].to(device),
-                         audio_keep=batch["audio_keep"].to(device))
-        loss = F.mse_loss(pred.float(), noise)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}")
-        accelerator.backward(loss)
-        if config.grad_clip:
-            accelerator.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        update_ema(ema, accelerator.unwrap_model(model), step, config.ema_decay)
-        loss_log.writerow({"stage": args.stage, "step": step, "loss": repr(loss.item())})
-        loss_fh.flush()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+    for k, batch in enumerate(loader):
+        step = start_step + k // accumulation + 1
+        row = run.micro_step(batch, step, last=(k + 1) % accumulation == 0, clips=data.clips)
+        if row is None:
+            continue
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if main_process:
+            loss_log.writerow({"stage": args.stage, **row, "loss": repr(row["loss"])})
+            loss_fh.flush()
         if step % config.save_every == 0 or step == args.steps:
-            meta_base["created"] = datetime.now(UTC).isoformat()
-            saved = save_checkpoint(out, step, accelerator.unwrap_model(model), ema, optimizer, names,
-                                    meta_base, keep_last=config.keep_checkpoints)
-    loss_fh.close()
-    log.info("stage %d: %s", args.stage, saved)
+            saved = run.save(out, step, names, {**meta_base, "created": datetime.now(UTC).isoformat()})
+    bar.close()
+    if main_process:
+        loss_fh.close()
+        log.info("stage %d: %s", args.stage, saved)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    # accelerate keeps its precision process-wide; the demo and `emo build` train several stages in one.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
     return saved
 
 
 STAGE_NOTE = {1: "backbone, reference_net, face_locator", 2: "temporal, audio", 3: "speed, temporal"}
-
-
-def _get(batch: dict, key: str, device) -> torch.Tensor | None:
-    return batch[key].to(device) if key in batch else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -338,11 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> int:
+    """The command line: exit status 0 once the last checkpoint is written (`train` returns its path)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    return train(args)
+    train(args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -89,6 +89,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
     from manifests import audit
 
+    if not Path(args.out).is_dir():  # the report of a folder that is not there would be an empty page
+        raise FileNotFoundError(f"{args.out}: no such folder (an output folder of emo curate)")
     if args.verify:
         problems = audit.verify(args.out)
         for p in problems:
@@ -161,7 +163,9 @@ def _delegate(module: str):
         except ModuleNotFoundError as e:
             print(f"emo: {module} is not available in this installation ({e})", file=sys.stderr)
             return 2
-        return mod.main(args.rest) or 0
+        status = mod.main(args.rest)
+        # main() returns an exit status; anything else (e.g. a checkpoint path) is success.
+        return status if isinstance(status, int) else 0
 
     return run
 

@@ -25,6 +25,18 @@ from pathlib import Path
 log = logging.getLogger("emo.demo")
 
 
+def training_portrait(root: Path) -> Path:
+    """A still of the carphone man, who is in the training clips: the first frame of talking.mp4."""
+    import av
+    from PIL import Image
+
+    path = root / "portrait_training_identity.png"
+    if not path.is_file():
+        with av.open(str(root / "talking.mp4")) as c:
+            Image.fromarray(next(f.to_ndarray(format="rgb24") for f in c.decode(video=0))).save(path)
+    return path
+
+
 @dataclass
 class DemoOptions:
     root: Path
@@ -50,6 +62,7 @@ def run_demo(opts: DemoOptions) -> dict:
     from manifests.lineage import describe_checkpoints
     from model import sample as sampler
     from model import train as trainer
+    from model.video_measures import measure_video
     from model.watermark import detect_video
     from pipeline.demo_corpus import DEMO_PORT, build_demo_corpus
     from pipeline.plan import available_stages, load_config
@@ -107,6 +120,18 @@ def run_demo(opts: DemoOptions) -> dict:
         "--out", str(video), "--steps", str(opts.sample_steps)]))
     done("sample")
 
+    step("measure")  # is there a face, whose, does its mouth follow the speech (model/video_measures.py)
+    measures = {"hanks (held out)": measure_video(video, sampler.read_portrait(root / "portraits" / "hanks.png"),
+                                                  sampler.read_speech(speech), 25.0)}
+    portrait = training_portrait(root)
+    video2 = root / "video_training_identity.mp4"
+    sampler.sample(sampler.build_parser().parse_args([
+        "--checkpoint", str(parent), "--image", str(portrait), "--audio", str(speech), "--out", str(video2),
+        "--steps", str(opts.sample_steps)]))
+    measures["carphone man (in the training clips)"] = measure_video(
+        video2, sampler.read_portrait(portrait), sampler.read_speech(speech), 25.0)
+    done("measure")
+
     step("detect")
     detection = detect_video(str(video))
     made_by = describe_checkpoints([runs], detection.checkpoint_id) if detection.present else []
@@ -119,13 +144,15 @@ def run_demo(opts: DemoOptions) -> dict:
     result = {"video": str(video), "frames": record["frames"], "checkpoint": record["checkpoint"],
               "checkpoint_id": record["checkpoint_id"], "manifest_hash": record["manifest_hash"],
               "dataset_manifest_hash": card["manifest_hash"], "clips": card["clips"],
-              "watermark": detection.as_dict(), "made_by": made_by, "audit": str(page), "seconds": timings,
+              "watermark": detection.as_dict(), "made_by": made_by, "measures": measures, "audit": str(page), "seconds": timings,
               "total_seconds": round(sum(timings.values()), 1)}
     (root / "demo.json").write_text(json.dumps(result, indent=2, default=str))
     return result
 
 
 def render(result: dict) -> str:
+    from model.video_measures import render_measures
+
     wm = result["watermark"]
     lines = [
         "", "== emo demo",
@@ -136,6 +163,7 @@ def render(result: dict) -> str:
         f"({result['clips']} clips)",
         *[f"learned    from {len(m['sources'])} source(s), by seconds of training clips: licenses {m['licenses']}, "
           f"consent {m['consent']} (its meta.json and its parents')" for m in result.get("made_by", [])],
+        *[render_measures(name, m) for name, m in result.get("measures", {}).items()],
         f"audit      {result['audit']}",
         "seconds    " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items())
         + f"; total {result['total_seconds']:.0f}",

@@ -119,7 +119,7 @@ def test_every_scheduler_recovers_the_data_under_a_perfect_denoiser(name):
     import torch
 
     from model.sample import denoise, make_scheduler
-    from model.train import NOISE_SCHEDULE
+    from model.train_loop import NOISE_SCHEDULE
 
     scheduler = make_scheduler(name, NOISE_SCHEDULE)
     alphas = scheduler.alphas_cumprod

@@ -63,10 +63,14 @@ def test_each_stage_overfits_a_real_clip(stage_runs, stage):
 
 def test_later_stages_leave_frozen_layers_alone(stage_runs):
     w = {s: load_file(next(stage_runs[s].glob("step-*")) / "model.safetensors") for s in (1, 2, 3)}
+    ema1 = load_file(next(stage_runs[1].glob("step-*")) / "ema.safetensors")
     key = "backbone.conv_in.weight"
-    assert torch.equal(w[1][key], w[2][key]) and torch.equal(w[2][key], w[3][key])
+    # --init-from starts from the parent's EMA (what it samples with), then leaves the layer alone.
+    assert not torch.equal(w[1][key], ema1[key])
+    assert torch.equal(ema1[key], w[2][key]) and torch.equal(w[2][key], w[3][key])
     audio = "audio_proj.mlp.0.weight"
-    assert not torch.equal(w[1][audio], w[2][audio]) and torch.equal(w[2][audio], w[3][audio])
+    ema2 = load_file(next(stage_runs[2].glob("step-*")) / "ema.safetensors")
+    assert not torch.equal(w[1][audio], w[2][audio]) and torch.equal(ema2[audio], w[3][audio])
     speed = "speed_encoder.mlp.0.weight"
     assert torch.equal(w[1][speed], w[2][speed]) and not torch.equal(w[2][speed], w[3][speed])
 

@@ -1,0 +1,74 @@
+"""Three measures of a generated talking-head video, with the curation pipeline's own tools.
+
+    face_share           frames in which the face stage's detector (mediapipe) finds a face
+    identity_similarity  cosine similarity of the face-stage embedding (dlib ResNet, 128-d) of the
+                         generated faces to the reference portrait's; the stage's own measurement
+                         puts one person at >= 0.94, different people at <= 0.90 (stages/face_detectors.py)
+    sync                 stages/diarize_sync.py's SyncScorer on the mesh's mouth opening against the
+                         driving audio's loudness: best offset (frames) and confidence
+
+These say whether a face is there, whose, and whether its mouth follows the speech; not how it looks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _frames(video: Path) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(video)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def _largest(dets):
+    return max(dets, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1])) if dets else None
+
+
+def measure_video(video: str | Path, reference_rgb: np.ndarray, wav: np.ndarray, fps: float) -> dict:
+    """face_share, identity_similarity (None without a face), sync_offset and sync_confidence (None
+    when the mouth never moves or too few frames have a face)."""
+    from stages.diarize_sync import SyncScorer, speech_envelope
+    from stages.face_detectors import DlibEmbedder, MediapipeDetector
+    from stages.face_landmarks import FaceMesher, mouth_open
+
+    frames = _frames(Path(video))
+    detector, mesher = MediapipeDetector(), FaceMesher()
+    try:
+        embedder = DlibEmbedder()
+    except (ImportError, FileNotFoundError):
+        embedder = None
+    try:
+        ref_det = _largest(detector.detect(np.ascontiguousarray(reference_rgb)))
+        ref_emb = embedder.embed(reference_rgb, ref_det) if embedder and ref_det else None
+        found, sims, mouth = 0, [], np.full(len(frames), np.nan)
+        for i, rgb in enumerate(frames):
+            det = _largest(detector.detect(rgb))
+            if det is None:
+                continue
+            found += 1
+            if ref_emb is not None:
+                sims.append(float(embedder.embed(rgb, det) @ ref_emb))
+            pts = mesher.landmarks(rgb, det.box)
+            if pts is not None:
+                mouth[i] = mouth_open(pts)
+    finally:
+        detector.close()
+        mesher.close()
+    envelope = speech_envelope(wav, fps, len(frames))
+    sync = SyncScorer(max_offset=5).score(np.arange(len(frames)), mouth, envelope)
+    return {"frames": len(frames), "face_share": round(found / max(len(frames), 1), 3),
+            "identity_similarity": round(float(np.mean(sims)), 3) if sims else None,
+            "sync_offset": sync.offset_frames if sync else None,
+            "sync_confidence": sync.confidence if sync else None}
+
+
+def render_measures(name: str, m: dict) -> str:
+    ident = "n/a" if m["identity_similarity"] is None else f"{m['identity_similarity']:.3f}"
+    sync = "n/a (mouth not measurable)" if m["sync_confidence"] is None else \
+        f"confidence {m['sync_confidence']:.3f} at offset {m['sync_offset']} frames"
+    return (f"measures   {name}: face found in {m['face_share']:.0%} of {m['frames']} frames, identity similarity "
+            f"{ident}, sync {sync}")
