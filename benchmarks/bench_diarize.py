@@ -36,7 +36,7 @@ def main() -> list[dict]:
     from stages.base import StageContext
     from stages.diarize import DiarizeStage
     from stages.diarize_offline import speech_regions
-    from stages.diarize_vocal import voicing_stats
+    from stages.diarize_vocal import vocal_features
 
     stage = DiarizeStage()
     setup_s, _ = _time(stage.setup)
@@ -52,7 +52,7 @@ def main() -> list[dict]:
             seconds, rows = _time(stage.process, source, StageContext(out=out))
         dur = len(audio) / SR
         vad_s, _ = _time(speech_regions, audio, stage._diarizer.vad)
-        vocal_s, _ = _time(voicing_stats, audio)
+        vocal_s, _ = _time(vocal_features, audio)
         results.append({"name": name, "audio_s": dur, "seconds": seconds, "rtf": seconds / dur,
                         "vad_rtf": vad_s / dur, "vocal_rtf": vocal_s / dur, "segments": len(rows),
                         "threads": torch.get_num_threads()})

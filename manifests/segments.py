@@ -21,6 +21,7 @@ SEGMENTS = table_schema(
         pa.field("sync_confidence", pa.float32()),
         pa.field("on_screen", pa.string()),  # one of ON_SCREEN
         pa.field("vocal_type", pa.string()),  # one of VOCAL_TYPES
+        pa.field("vocal_evidence", pa.string()),  # JSON: the rule that typed the row and the features it read
         pa.field("language", pa.string()),
         pa.field("text", pa.string()),
         pa.field("backend", pa.string(), nullable=False),

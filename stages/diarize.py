@@ -9,6 +9,7 @@ faces. Backends: `resemblyzer` (default, offline, weights ship in packages) or `
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,12 @@ import numpy as np
 
 from stages.base import Resources, Stage, StageContext, StageError
 from stages.diarize_sync import SyncScorer, assign_faces, speech_envelope
-from stages.diarize_vocal import VocalTyper
+from stages.diarize_vocal import VocalTyper, is_silent, vocal_features
 
 log = logging.getLogger(__name__)
 SR = 16000
 BACKENDS = ("resemblyzer", "pyannote")
+OWN_VOCAL_S = 6.0  # a voiced turn at least this long is typed on its own; shorter ones together
 
 
 def load_audio(path: Path) -> np.ndarray:
@@ -130,11 +132,13 @@ class DiarizeStage(Stage):
         duration = len(wav) / SR
         turns, regions = self._diarizer(wav) if len(wav) >= SR // 2 else ([], [])
         voiced = self._voiced_rows(sid, wav, self._merge(turns), source.get("category"))
-        rows = sorted(voiced + self._gap_rows(sid, wav, regions, duration), key=lambda r: r["start_s"])
+        gaps = self._gap_rows(sid, wav, regions, duration)
+        rows = sorted(voiced + gaps, key=lambda r: r["start_s"])
         for i, row in enumerate(rows):
             row["segment_id"] = f"{sid}-g{i:04d}"
-        if voiced:
-            self._sync(source, voiced, wav, ctx)
+        sung = [r for r in gaps if r["vocal_type"] == "singing"]  # a voice the VAD missed: whose face sings it?
+        if voiced or sung:
+            self._sync(source, voiced + sung, wav, ctx)
         self._count(rows, ctx)
         return rows
 
@@ -142,7 +146,8 @@ class DiarizeStage(Stage):
         return {"source_id": sid, "segment_id": f"{sid}-g{i:04d}", "start_s": round(start, 3), "end_s": round(end, 3),
                 "speaker": None if speaker is None else f"{sid}-spk{speaker}", "track_id": None,
                 "sync_offset_frames": None, "sync_confidence": None, "on_screen": None, "vocal_type": vocal,
-                "language": None, "text": None, "backend": self._diarizer.backend if self._diarizer else self.backend}
+                "vocal_evidence": None, "language": None, "text": None,
+                "backend": self._diarizer.backend if self._diarizer else self.backend}
 
     def _merge(self, turns: list) -> list:
         merged = []
@@ -155,20 +160,44 @@ class DiarizeStage(Stage):
 
     def _voiced_rows(self, sid: str, wav: np.ndarray, turns: list, category: str | None) -> list[dict]:
         typer, rows = VocalTyper(), []
+        pooled = self._pooled_vocal(wav, turns, typer)
         for t in turns:
             clip = wav[int(t.start_s * SR):int(t.end_s * SR)]
-            row = self._row(sid, 0, t.start_s, t.end_s, t.speaker, typer.voice(clip, category))
+            row = self._row(sid, 0, t.start_s, t.end_s, t.speaker, "speech")
+            if t.end_s - t.start_s >= OWN_VOCAL_S or pooled is None:
+                f = vocal_features(clip)
+                row["vocal_type"], rule = typer.voice_from(f)
+                row["vocal_evidence"] = f.evidence(rule)
+            else:
+                row["vocal_type"], row["vocal_evidence"] = pooled
             if self._whisper is not None:
                 row["language"], row["text"] = self._whisper(clip)
             rows.append(row)
         return rows
 
+    @staticmethod
+    def _pooled_vocal(wav: np.ndarray, turns: list, typer: VocalTyper) -> tuple[str, str] | None:
+        """Type and evidence over all the source's short turns together: a few seconds hold too few notes
+        to tell, and whoever sings in a source mostly sings throughout."""
+        short = [wav[int(t.start_s * SR):int(t.end_s * SR)] for t in turns if t.end_s - t.start_s < OWN_VOCAL_S]
+        if not short:
+            return None
+        f = vocal_features(np.concatenate(short))
+        vocal, rule = typer.voice_from(f)
+        return vocal, f.evidence(rule, by="source's short turns")
+
     def _gap_rows(self, sid: str, wav: np.ndarray, regions: list[tuple], duration: float) -> list[dict]:
-        """Music or silence rows for the stretches without speech that last at least min_gap_s."""
+        """Music, singing or silence rows for the stretches without speech that last at least min_gap_s
+        (the VAD hears no voice in most singing over a band or a piano)."""
         typer, rows, t = VocalTyper(), [], 0.0
         for s, e in [*regions, (duration, duration)]:
             if s - t >= self.min_gap_s:
-                rows.append(self._row(sid, 0, t, s, None, typer.no_voice(wav[int(t * SR):int(s * SR)])))
+                clip = wav[int(t * SR):int(s * SR)]
+                f = None if is_silent(clip, typer.silence_dbfs) else vocal_features(clip)
+                vocal, rule = typer.no_voice_from(clip, f)
+                row = self._row(sid, 0, t, s, None, vocal)
+                row["vocal_evidence"] = f.evidence(rule) if f else json.dumps({"rule": rule, "by": "segment"})
+                rows.append(row)
             t = max(t, e)
         return rows
 

@@ -1,62 +1,94 @@
 """Vocal type of a stretch of audio: speech, singing, music without voice, or silence.
 
-Singing holds notes: its voiced stretches are long and its pitch is steady within them, while
-speech glides through short voiced syllables. Pitch and voicing come from a normalised
-autocorrelation at 8 kHz (a few milliseconds per second of audio; pyin is ~100x slower).
-Whether a stretch has a voice at all is the VAD's call: voice -> speech or singing, loud
-non-voice -> music, quiet -> silence. The source's category only shifts the thresholds.
+Singing holds notes: a sung voice stays on a pitch (vibrato aside) for a quarter second and more,
+again and again, while speech glides through its syllables and seldom holds one. Its timbre also
+changes more slowly than speech's (vowels are long, consonants short). A voice is never perfectly
+steady: the pitch of a held note wobbles by several cents (vibrato, jitter), where a piano or a
+synthesiser does not. The features, from pyin's pitch track and MFCCs, all at 20 ms:
+
+- held_share: share of voiced time inside held notes (>= 0.25 s with the smoothed pitch moving
+  less than 3 semitones a second); notes: how many; notes_per_s per second of audio.
+- mfcc_flux: median frame-to-frame change of MFCC 1..12 (speech ~4-6, singing ~2-4).
+- jitter_cents: median wobble of the pitch around its smoothed line inside held notes.
+
+Voiced stretches (the VAD heard a voice): singing when it holds notes and its timbre moves slowly.
+Stretches the VAD left out are silence when quiet, else singing when they hold notes that wobble
+like a voice (silero hears no voice under a band or a piano), else music. Rap holds few notes and
+changes timbre like speech: it is called speech unless it is sung.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 SR = 16000
-PITCH_SR = 8000
-FRAME, HOP = 320, 160  # 40 ms frames, 20 ms hop at 8 kHz
+HOP = 320  # 20 ms
+DT = HOP / SR
 FMIN, FMAX = 70.0, 1000.0
+MIN_NOTE_S = 0.25
+MAX_NOTE_SLOPE = 300.0  # cents per second of the smoothed pitch inside a held note
+MUSIC_DILUTION = 0.6
 
 
 @dataclass
-class VoicingStats:
-    voiced_frac: float
-    run_median_s: float  # median length of voiced stretches
-    steady_frac: float  # voiced frame pairs whose pitch moves less than 30 cents in 20 ms
+class VocalFeatures:
+    seconds: float
+    voiced_share: float
+    held_share: float
+    notes: int
+    notes_per_s: float
+    mfcc_flux: float
+    jitter_cents: float
+
+    def evidence(self, rule: str, by: str = "segment") -> str:
+        """The row's record of how it was typed: the rule that fired, over what audio, the values."""
+        values = {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        return json.dumps({"rule": rule, "by": by, **values}, sort_keys=True)
 
 
-def pitch_track(wav: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(f0_hz, voiced) per 20 ms frame from the normalised autocorrelation peak."""
-    from scipy.signal import resample_poly
-
-    x = resample_poly(wav.astype(np.float64), PITCH_SR, SR)
-    if len(x) < FRAME:
-        return np.zeros(0), np.zeros(0, bool)
-    n = 1 + (len(x) - FRAME) // HOP
-    frames = np.lib.stride_tricks.sliding_window_view(x, FRAME)[::HOP][:n]  # (n, FRAME)
-    frames = frames - frames.mean(1, keepdims=True)
-    spec = np.fft.rfft(frames * np.hanning(FRAME), 2 * FRAME)
-    ac = np.fft.irfft(np.abs(spec) ** 2)[:, :FRAME]  # (n, FRAME) autocorrelation by lag
-    ac = ac / np.maximum(ac[:, :1], 1e-12)
-    lo, hi = int(PITCH_SR / FMAX), int(PITCH_SR / FMIN)
-    lag = lo + ac[:, lo:hi].argmax(1)
-    peak = ac[np.arange(n), lag]
-    rms = np.sqrt((frames ** 2).mean(1))
-    loud = rms > max(1e-3, 0.05 * np.percentile(rms, 95))
-    return PITCH_SR / lag, (peak > 0.45) & loud
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    edges = np.flatnonzero(np.diff(np.r_[0, mask.astype(np.int8), 0]))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
-def voicing_stats(wav: np.ndarray) -> VoicingStats:
-    f0, voiced = pitch_track(wav)
-    if not voiced.any():
-        return VoicingStats(0.0, 0.0, 0.0)
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], voiced.astype(int), [0]])))
-    runs = (edges[1::2] - edges[::2]) * HOP / PITCH_SR
-    cents = 1200 * np.log2(f0 / 100.0)
-    both = voiced[1:] & voiced[:-1]
-    steady = float((np.abs(np.diff(cents))[both] < 30).mean()) if both.any() else 0.0
-    return VoicingStats(float(voiced.mean()), float(np.median(runs)), steady)
+def held_notes(cents: np.ndarray, voiced: np.ndarray) -> list[tuple[int, int, float]]:
+    """(first, end, jitter) of each held note: voiced frames whose smoothed pitch barely moves."""
+    from scipy.ndimage import median_filter, uniform_filter1d
+
+    notes = []
+    for a, b in _runs(voiced):
+        if (b - a) * DT < MIN_NOTE_S:
+            continue
+        c = median_filter(cents[a:b], 3, mode="nearest")  # drop single-frame octave slips
+        line = uniform_filter1d(c, 9, mode="nearest")  # 180 ms: about one vibrato cycle, so it averages out
+        slope = np.abs(np.gradient(line)) / DT
+        for x, y in _runs(slope < MAX_NOTE_SLOPE):
+            if (y - x) * DT >= MIN_NOTE_S:
+                notes.append((a + x, a + y, float((c[x:y] - line[x:y]).std())))
+    return notes
+
+
+def vocal_features(wav: np.ndarray) -> VocalFeatures:
+    """The features above over one stretch of 16 kHz mono audio."""
+    import librosa
+
+    seconds = len(wav) / SR
+    if len(wav) < 2048:
+        return VocalFeatures(seconds, 0.0, 0.0, 0, 0.0, 0.0, 0.0)
+    y = wav.astype(np.float32)
+    f0, voiced, _ = librosa.pyin(y, fmin=FMIN, fmax=FMAX, sr=SR, frame_length=1024, hop_length=HOP)
+    cents = 1200 * np.log2(np.nan_to_num(f0, nan=FMIN) / 55.0)
+    notes = held_notes(cents, voiced)
+    held = sum(e - s for s, e, _ in notes)
+    mfcc = librosa.feature.mfcc(y=y, sr=SR, n_mfcc=13, hop_length=HOP)[1:]  # c0 is loudness: left out
+    flux = float(np.median(np.abs(np.diff(mfcc, axis=1)).mean(0))) if mfcc.shape[1] > 1 else 0.0
+    return VocalFeatures(
+        seconds=seconds, voiced_share=float(voiced.mean()), held_share=held / max(int(voiced.sum()), 1),
+        notes=len(notes), notes_per_s=len(notes) / seconds, mfcc_flux=flux,
+        jitter_cents=float(np.median([j for _, _, j in notes])) if notes else 0.0)
 
 
 def is_silent(wav: np.ndarray, silence_dbfs: float) -> bool:
@@ -65,16 +97,45 @@ def is_silent(wav: np.ndarray, silence_dbfs: float) -> bool:
 
 
 class VocalTyper:
-    """speech / singing for voiced stretches; music / silence for the rest."""
+    """speech / singing for voiced stretches; singing / music / silence for the rest, with the evidence."""
 
-    def __init__(self, min_run_s: float = 0.3, min_steady: float = 0.6, silence_dbfs: float = -50.0):
-        self.min_run_s, self.min_steady, self.silence_dbfs = min_run_s, min_steady, silence_dbfs
+    def __init__(self, min_held_share: float = 0.2, min_notes_per_s: float = 0.3, max_flux: float = 4.3,
+                 min_jitter_cents: float = 3.0, silence_dbfs: float = -50.0):
+        """
+        min_held_share, min_notes_per_s: a sung stretch spends at least this share of its voiced time
+            in held notes, and holds at least this many notes a second.
+        max_flux: a voiced stretch whose timbre changes faster than this (MFCC units per 20 ms) is speech.
+        min_jitter_cents: held notes in music steadier than this are an instrument's, not a voice's.
+        silence_dbfs: below this RMS level a stretch without voice is silence.
+        """
+        self.min_held_share, self.min_notes_per_s = min_held_share, min_notes_per_s
+        self.max_flux, self.min_jitter_cents, self.silence_dbfs = max_flux, min_jitter_cents, silence_dbfs
 
-    def voice(self, wav: np.ndarray, category: str | None = None) -> str:
-        stats = voicing_stats(wav)
-        relax = 0.75 if category == "singing" else 1.0
-        singing = stats.run_median_s >= self.min_run_s * relax and stats.steady_frac >= self.min_steady * relax
-        return "singing" if singing else "speech"
+    def holds_notes(self, f: VocalFeatures) -> bool:
+        return f.notes >= 2 and f.held_share >= self.min_held_share and f.notes_per_s >= self.min_notes_per_s
+
+    def voice_from(self, f: VocalFeatures) -> tuple[str, str]:
+        """(vocal type, rule) for a stretch the VAD heard a voice in."""
+        if not self.holds_notes(f):
+            return "speech", "few held notes"
+        if f.mfcc_flux >= self.max_flux:
+            return "speech", "held notes, but timbre changes like speech"
+        return "singing", "held notes, slow timbre"
+
+    def no_voice_from(self, wav: np.ndarray, f: VocalFeatures | None = None) -> tuple[str, str]:
+        """(vocal type, rule) for a stretch the VAD heard no voice in."""
+        if is_silent(wav, self.silence_dbfs):
+            return "silence", f"rms below {self.silence_dbfs} dBFS"
+        f = f or vocal_features(wav)
+        # Under a band pyin also follows the instruments, so the voice's notes are a smaller share of
+        # the pitched time: the share asked for is lowered by MUSIC_DILUTION.
+        held = f.held_share >= MUSIC_DILUTION * self.min_held_share
+        if f.notes >= 2 and held and f.notes_per_s >= self.min_notes_per_s and f.jitter_cents >= self.min_jitter_cents:
+            return "singing", "held notes that wobble like a voice, under music"
+        return "music", "no voice-like held notes"
+
+    def voice(self, wav: np.ndarray) -> str:
+        return self.voice_from(vocal_features(wav))[0]
 
     def no_voice(self, wav: np.ndarray) -> str:
-        return "silence" if is_silent(wav, self.silence_dbfs) else "music"
+        return self.no_voice_from(wav)[0]

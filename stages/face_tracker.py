@@ -100,7 +100,41 @@ class FaceTracker:
 
     def finish(self) -> list[Track]:
         tracks, self.done, self.active = self.done + self.active, [], []
-        return sorted(tracks, key=lambda t: (t.first, float(t.dets[t.first].box[0])))
+        return sorted(merge_tracks(tracks), key=lambda t: (t.first, float(t.dets[t.first].box[0])))
+
+
+def same_face(a: Track, b: Track, max_gap: int) -> bool:
+    """Two tracks of one shot are one face when, where both have a box, the boxes mostly overlap; or,
+    when one ends just before the other starts, the later starts where the earlier ended."""
+    shared = sorted(set(a.dets) & set(b.dets))
+    if not shared:  # overlapping spans without a common frame: compare each box to the other's nearest
+        shared = [f for f in sorted(a.dets) if b.first <= f <= b.last]
+    if shared:
+        near = [(a.dets[f].box, b.dets[min(b.dets, key=lambda g: abs(g - f))].box) for f in shared]
+        hits = [box_iou(x, y)[0, 0] >= 0.3 or _center_close(x, y) for x, y in near]
+        return float(np.mean(hits)) > 0.5
+    early, late = (a, b) if a.last < b.first else (b, a)
+    if late.first - early.last > max_gap:
+        return False
+    x, y = early.dets[early.last].box, late.dets[late.first].box
+    return box_iou(x, y)[0, 0] >= 0.2 or _center_close(x, y, 0.75)
+
+
+def merge_tracks(tracks: list[Track], max_gap: int = 25) -> list[Track]:
+    """One track per face: tracks that are the same face (see same_face) become one, keeping at each
+    frame the more confident box. A head that turns away, a hand over the mouth or a wide-open mouth
+    can make the detector lose a face for a while, or give it twice; the pieces overlap in time and
+    place, or follow each other in place, and are joined rather than dropped (no frames are lost)."""
+    out: list[Track] = []
+    for t in sorted(tracks, key=lambda t: (-len(t.dets), t.first)):  # the longest absorbs its fragments
+        host = next((o for o in out if same_face(o, t, max_gap)), None)
+        if host is None:
+            out.append(Track(dict(t.dets), t.misses))
+            continue
+        for f, d in t.dets.items():
+            if f not in host.dets or d.score > host.dets[f].score:
+                host.dets[f] = d
+    return out
 
 
 def _moving_average(x: np.ndarray, window: int) -> np.ndarray:

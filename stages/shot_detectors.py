@@ -99,9 +99,12 @@ class ContentShotDetector:
 
     def __init__(self, cut_threshold: float = 0.12, cut_ratio: float = 3.0, window: int = 12,
                  flash_frames: int = 3, dissolve_frames: int = 12, dissolve_threshold: float = 0.12,
-                 blend_residual: float = 0.35, max_fade_frames: int = 50):
+                 blend_residual: float = 0.35, max_fade_frames: int = 50,
+                 jump_threshold: float = 0.02, jump_ratio: float = 10.0):
         self.cut_threshold = cut_threshold
         self.cut_ratio = cut_ratio
+        self.jump_threshold = jump_threshold
+        self.jump_ratio = jump_ratio
         self.window = window
         self.flash_frames = flash_frames
         self.half = max(2, dissolve_frames // 2)
@@ -123,14 +126,21 @@ class ContentShotDetector:
         return sorted(fades + self.dissolves(frames, _mask(len(frames), fades)), key=lambda b: b.start)
 
     def cuts(self, frames: np.ndarray) -> list[Boundary]:
-        """Frame i starts a shot when its change from i-1 is far above the change around it."""
+        """Frame i starts a shot when its change from i-1 is far above the change around it.
+
+        Two rules: a large change a few times the local one (a cut to other content), or a small
+        change many times the local one (a jump cut: the background stays, the person jumps; a head
+        that turns fast changes the frames around it as well, so its ratio stays low).
+        """
         s = frame_distance(frames[1:], frames[:-1])  # s[i-1]: change from frame i-1 to i
         w = self.window
         out = []
-        for j in np.flatnonzero(s >= self.cut_threshold):
+        for j in np.flatnonzero(s >= min(self.cut_threshold, self.jump_threshold)):
             ctx = np.r_[s[max(0, j - w) : max(0, j - 1)], s[j + 2 : j + w + 1]]
             base = float(np.median(ctx)) if len(ctx) else 0.0
-            if s[j] < self.cut_ratio * base or s[j] < s[max(0, j - 1) : j + 2].max():
+            big = s[j] >= self.cut_threshold and s[j] >= self.cut_ratio * base
+            jump = s[j] >= self.jump_threshold and s[j] >= self.jump_ratio * base
+            if not (big or jump) or s[j] < s[max(0, j - 1) : j + 2].max():
                 continue
             i = int(j) + 1
             if self._is_flash(frames, i, float(s[j])):

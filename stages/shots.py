@@ -33,6 +33,8 @@ class ShotStage(Stage):
         min_shot_s: float = 0.5,
         cut_threshold: float = 0.12,
         cut_ratio: float = 3.0,
+        jump_threshold: float = 0.02,
+        jump_ratio: float = 10.0,
         dissolve_frames: int = 12,
         transnet_threshold: float = 0.5,
         batch_size: int = 8,
@@ -46,6 +48,8 @@ class ShotStage(Stage):
         min_shot_s: boundaries that would leave a shorter shot between them keep only the more confident.
         cut_threshold: content detector; least mean RGB change (0..1) between two frames that may be a cut.
         cut_ratio: content detector; a cut's change must also be this many times the local median change.
+        jump_threshold, jump_ratio: jump cuts (the background stays, the person jumps), both detectors: a
+            change of at least jump_threshold that is jump_ratio times the local median change.
         dissolve_frames: content detector; the span (frames) over which dissolves are looked for.
         transnet_threshold: TransNetV2; per-frame transition probability that marks a boundary.
         batch_size: TransNetV2; 100-frame windows per forward pass.
@@ -63,6 +67,8 @@ class ShotStage(Stage):
         self.min_shot_s = float(min_shot_s)
         self.cut_threshold = float(cut_threshold)
         self.cut_ratio = float(cut_ratio)
+        self.jump_threshold = float(jump_threshold)
+        self.jump_ratio = float(jump_ratio)
         self.dissolve_frames = int(dissolve_frames)
         self.transnet_threshold = float(transnet_threshold)
         self.batch_size = int(batch_size)
@@ -87,12 +93,13 @@ class ShotStage(Stage):
 
     def setup(self) -> None:
         if self.detector == "transnetv2":
-            det = TransNetV2ShotDetector(self.transnet_threshold, batch_size=self.batch_size, device=self.device)
+            det = TransNetV2ShotDetector(self.transnet_threshold, batch_size=self.batch_size, device=self.device,
+                                         jump_threshold=self.jump_threshold, jump_ratio=self.jump_ratio)
             det.load()
             self._detector = det
         else:
-            self._detector = ContentShotDetector(self.cut_threshold, self.cut_ratio,
-                                                 dissolve_frames=self.dissolve_frames)
+            self._detector = ContentShotDetector(self.cut_threshold, self.cut_ratio, dissolve_frames=self.dissolve_frames,
+                                                 jump_threshold=self.jump_threshold, jump_ratio=self.jump_ratio)
 
     def process(self, source: dict[str, Any], ctx: StageContext) -> list[dict[str, Any]]:
         if self._detector is None:

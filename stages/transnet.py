@@ -28,8 +28,10 @@ class TransNetV2ShotDetector:
 
     name = "transnetv2"
 
-    def __init__(self, threshold: float = 0.5, cut_frames: int = 2, batch_size: int = 8, device: str = "auto"):
+    def __init__(self, threshold: float = 0.5, cut_frames: int = 2, batch_size: int = 8, device: str = "auto",
+                 jump_threshold: float = 0.02, jump_ratio: float = 10.0):
         self.threshold = threshold
+        self.jump_threshold, self.jump_ratio = jump_threshold, jump_ratio
         self.cut_frames = cut_frames
         self.batch_size = batch_size
         self.device = device
@@ -70,12 +72,16 @@ class TransNetV2ShotDetector:
         """Boundaries from TransNetV2; where one falls in a fade or dissolve that the content rules
         see in the same frames, it takes that transition's type and span (TransNetV2 often marks
         a gradual transition with a frame or two in its middle)."""
-        gradual = ContentShotDetector().gradual(video.frames)
+        content = ContentShotDetector(cut_threshold=np.inf, jump_threshold=self.jump_threshold,
+                                      jump_ratio=self.jump_ratio)
+        gradual = content.gradual(video.frames)
         out = []
         for b in self.boundaries(video):
             g = next((g for g in gradual if g.prev_end - 2 <= b.start <= g.start + 2), None)
             out.append(Boundary(g.start, g.prev_end, g.kind, b.confidence) if g else b)
-        return suppress_close(out, 1)
+        # TransNetV2 misses jump cuts (same background, the person jumps): the content rule adds them.
+        jumps = [j for j in content.cuts(video.frames) if all(abs(j.start - b.start) > 2 for b in out)]
+        return suppress_close(out + jumps, 1)
 
     def boundaries(self, video: SmallFrames) -> list[Boundary]:
         p = self.predict(video.frames)

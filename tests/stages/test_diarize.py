@@ -237,7 +237,7 @@ def sung_scale(seconds: float = 6.0) -> np.ndarray:
 def test_vocal_type_speech_and_singing(sample_wav):
     typer = VocalTyper()
     assert typer.voice(sample_wav[int(LONG_TURN[0] * SR):int(LONG_TURN[1] * SR)]) == "speech"
-    assert typer.voice(sample_wav[int(OTHER_TURN[0] * SR):int(OTHER_TURN[1] * SR)], "singing") == "speech"
+    assert typer.voice(sample_wav[int(OTHER_TURN[0] * SR):int(OTHER_TURN[1] * SR)]) == "speech"
     assert typer.voice(sung_scale()) == "singing"
 
 

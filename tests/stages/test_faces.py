@@ -329,3 +329,28 @@ def test_crop_writer_with_no_frames_fails_instead_of_hanging(tmp_path):
     assert not t.is_alive(), "CropWriter.close() hung"
     assert isinstance(outcome[0], RuntimeError) and "no frames" in str(outcome[0])
     assert not (tmp_path / "never.mp4").exists()
+
+
+def _track(frames, x, y=100.0, side=80.0, score=0.9):
+    from stages.face_detectors import Detection
+    from stages.face_tracker import Track
+
+    return Track({f: Detection(np.array([x + dx, y, x + dx + side, y + side], float), score)
+                  for f, dx in zip(frames, np.linspace(0, 20, len(frames)), strict=True)})
+
+
+def test_overlapping_and_broken_tracks_of_one_face_become_one():
+    """A face given twice (a second, shifted box over the same frames), and a face lost for 12 frames in a
+    head turn, are one track each; a second person beside them and a face back after 2 s are not merged."""
+    from stages.face_tracker import merge_tracks
+
+    main = _track(range(0, 100, 5), 100)
+    twice = _track(range(20, 60, 5), 110, side=90, score=0.8)  # same face, another box: overlaps in time and place
+    after_turn = _track(range(112, 200, 5), 125)  # where the face was, 12 frames after the last box
+    neighbour = _track(range(0, 200, 5), 300)  # another person beside, all shot long
+    much_later = _track(range(260, 300, 5), 125)  # back after 2.4 s: a new track
+    merged = merge_tracks([twice, main, after_turn, neighbour, much_later])
+    spans = sorted((t.first, t.last) for t in merged)
+    assert spans == [(0, 195), (0, 197), (260, 295)], spans
+    one = next(t for t in merged if t.first == 0 and t.dets[0].box[0] == 100)
+    assert one.dets[20].score == 0.9  # where both had a box, the more confident one stays

@@ -22,6 +22,7 @@ from stages.probe import probe_media
 from stages.shots import ShotStage
 
 FPS = 25.0
+REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "real-media"
 
 
 def make_source(path: Path, out: Path, source_id: str = "src0") -> dict:
@@ -137,3 +138,29 @@ def test_curate_writes_the_shots_table(ray_local, demo_corpus, tmp_path):
     assert runs["shots"]["status"] == "ok" and runs["shots"]["n_rows"] == len(shots)
     assert [s["transition_in"] for s in shots].count("cut") == 6
     assert {"fade", "dissolve"} <= {s["transition_in"] for s in shots}
+
+
+# -- jump cuts: the background stays, the person jumps ---------------------------------------------------
+
+
+@pytest.mark.parametrize("detector", ["content", "transnetv2"])
+def test_jump_cut_on_a_still_background_is_a_cut(detector, tmp_path):
+    """Packaged media: the carphone man pasted on a still frame, drifting like a handheld shot, then jumping."""
+    from benchmarks.bench_tracks import detect, pasted_jump
+    from stages.video_io import write_mp4
+
+    frames, at = pasted_jump()
+    write_mp4(tmp_path / "pasted.mp4", frames, FPS)
+    assert detect(tmp_path / "pasted.mp4", detector) == [at]  # found, and the drift is no cut
+
+
+@pytest.mark.skipif(not (REAL / "videos").is_dir(), reason="../shared/real-media is absent (a clone outside the workspace)")
+def test_real_jump_cuts_found_and_talking_heads_not_cut():
+    """r3_v12's four jump cuts (checked by eye) are found; unmodified single-shot talking heads get no cut."""
+    from benchmarks.bench_tracks import TRUE_CUTS, detect
+
+    name = "r3_v12_dfrf_cnn_jimacosta_71s.mp4"
+    found = detect(REAL / "videos" / name, "content")
+    assert all(any(abs(f - t) <= 1 for f in found) for t in TRUE_CUTS[name]) and len(found) == 4, found
+    for still in ("r2_v03_hdtf_bobmenendez.mp4", "r2_v09_mimictalk_german.mp4", "r3_v07_voxceleb2_chrischristie.mp4"):
+        assert detect(REAL / "videos" / still, "content") == [], still

@@ -1,0 +1,57 @@
+"""Singing vs speech (stages/diarize_vocal.py) through the diarize stage.
+
+Synthetic checks run everywhere: a sung-vowel-like harmonic line with vibrato and held notes, alone
+and over chords the VAD hears no voice in, is singing; chords alone are music; real speech
+(pyannote's sample.wav) is speech. The real-media check needs ../shared/real-media and skips without it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import bench_vocal
+
+pytest.importorskip("pyannote.audio")
+
+
+@pytest.mark.parametrize("name", list(bench_vocal.synthetic_clips()))
+def test_synthetic_sung_line_is_singing_and_chords_are_music(name):
+    wav, label = bench_vocal.synthetic_clips()[name]
+    rows = bench_vocal.run_stage(wav, "syn")
+    assert bench_vocal.verdict(rows, [r["vocal_type"] for r in rows]) == label, rows
+    for r in rows:  # every typed row says how: the rule and the features it read
+        if r["vocal_type"] != "silence":
+            ev = json.loads(r["vocal_evidence"])
+            assert ev["rule"] and {"held_share", "notes", "mfcc_flux", "jitter_cents"} <= set(ev)
+
+
+def test_real_speech_stays_speech():
+    from pathlib import Path
+
+    import pyannote.audio
+    import soundfile as sf
+
+    wav, _ = sf.read(Path(pyannote.audio.__file__).parent / "sample" / "sample.wav", dtype="float32")
+    rows = bench_vocal.run_stage(wav, "spk")
+    assert bench_vocal.verdict(rows, [r["vocal_type"] for r in rows]) == "speech"
+    assert all(r["vocal_type"] != "singing" for r in rows), [(r["start_s"], r["vocal_evidence"]) for r in rows]
+
+
+@pytest.mark.skipif(not bench_vocal.REAL.is_dir(), reason="../shared/real-media is absent (a clone outside the workspace)")
+def test_real_singing_and_speech_leave_one_out():
+    """Each real clip judged with a threshold fitted on the others: at least 3 of the 4 songs are singing
+    (the issue's goal is 8 of 10) and every speech clip stays speech (goal >= 95 %)."""
+    clips = []
+    for path, label, _ in bench_vocal.real_clips():
+        if label == "rap":
+            continue
+        rows = bench_vocal.run_stage(bench_vocal.load_audio(path), "src")
+        clips.append({"label": label, "rows": rows})
+    hits = {"singing": 0, "speech": 0}
+    for c in clips:
+        th = bench_vocal.fit_threshold([o for o in clips if o is not c])
+        hits[c["label"]] += bench_vocal.verdict(c["rows"], bench_vocal.retype(c["rows"], th)) == c["label"]
+    n = {lab: sum(c["label"] == lab for c in clips) for lab in hits}
+    assert hits["singing"] >= n["singing"] - 1 and hits["speech"] >= 0.95 * n["speech"], (hits, n)
