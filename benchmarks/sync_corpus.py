@@ -132,6 +132,9 @@ def make_copy(name: str, kind: str, donor: str, cache: Path = CACHE) -> Path:
     container, codec, _ = COPIES[kind]
     if container is None:
         return original(name, cache)
+    with av.open(str(src)) as c:
+        if container == "ts" and c.streams.video[0].codec_context.name == "mpeg4":
+            container = "mkv"  # MPEG-4 part 2 in TS needs its headers repeated in-band; PyAV cannot add them
     dst = cache / "copies" / f"{Path(name).stem}.{kind}.{container}"
     if dst.is_file():
         return dst

@@ -41,8 +41,11 @@ def audio_features(wav: np.ndarray, times: np.ndarray) -> np.ndarray:
     ok = (idx >= 0) & (idx < len(wav))
     frames = np.where(ok, wav[np.clip(idx, 0, max(len(wav) - 1, 0))] if len(wav) else 0.0, 0.0)
     power = np.abs(np.fft.rfft(frames * np.hanning(N_FFT), axis=1)) ** 2
-    bands = np.log(power @ mel_filters().T + 1e-6)
-    loud = np.log(power.sum(1) + 1e-6)
+    # Floors 30 dB under each band's mean: digital silence (padding, muted stretches) would otherwise
+    # sit far below any speech and dominate every correlation it enters.
+    band_power, total = power @ mel_filters().T, power.sum(1)
+    bands = np.log(band_power + 1e-3 * band_power.mean(0) + 1e-12)
+    loud = np.log(total + 1e-3 * total.mean() + 1e-12)
     rise = np.clip(np.diff(bands, axis=0, prepend=bands[:1]), 0, None).sum(1)
     return np.column_stack([bands, loud, rise]).astype(np.float32)
 

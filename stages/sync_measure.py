@@ -8,8 +8,9 @@ matrix (both sides high-passed, so slow drifts in loudness or pose do not count)
 lag of the highest score within +-max_offset frames, over the whole segment.
 
 The score alone means little (short segments and many features correlate by chance), so it is
-calibrated on the same source: the same face against the source's audio rotated far away, where
-no voice can be in time with it. Those give the null: peaks over the same window of lags, their
+calibrated on the same source: the same face against the source's audio rotated far away, and
+, for short sources that have few far rotations, against it played backwards: no voice there can
+be in time with the face. Those give the null: peaks over the same window of lags, their
 mean and spread. The confidence is the real peak in null standard deviations above the null mean;
 another person's voice, or the face's own words at the wrong time, land in the null.
 
@@ -64,15 +65,22 @@ class SyncMeasure:
     """Offset and calibrated confidence of one face track over one stretch of a source's audio."""
 
     def __init__(self, max_offset: int = 15, min_frames: int = 20, highpass_frames: int = 13,
-                 null_gap: int = 10):
+                 null_gap: int = 10, min_null: int = 8, min_null_spread: float = 0.1,
+                 visual_lead_s: float = 0.04):
         """
         max_offset: lags searched either way, in video frames.
         min_frames: fewer visible frames in the segment than this: not measured.
         highpass_frames: moving-average window removed from both sides (slow drifts).
         null_gap: null rotations start this many frames beyond the searched lags.
+        min_null: fewer far-rotation windows than this (short sources): the reversed audio's are added.
+        min_null_spread: least null standard deviation, as a fraction of the null mean.
+        visual_lead_s: how far the mouth's features lead the sound they make (lips open before the
+            voice is loud): subtracted from the best lag. 0.04 s is the median best lag of the dev
+            set's in-sync sources (benchmarks/bench_sync.py).
         """
         self.max_offset, self.min_frames = max_offset, min_frames
-        self.highpass_frames, self.null_gap = highpass_frames, null_gap
+        self.highpass_frames, self.null_gap, self.min_null = highpass_frames, null_gap, min_null
+        self.min_null_spread, self.visual_lead_s = min_null_spread, visual_lead_s
 
     def audio(self, wav: np.ndarray, fps: float, n_frames: int | None = None,
               times: np.ndarray | None = None) -> np.ndarray:
@@ -82,8 +90,11 @@ class SyncMeasure:
             times = np.arange(n) / fps
         return _highpass(audio_features(wav, times).astype(np.float64), self.highpass_frames)
 
+    def lead_frames(self, fps: float) -> int:
+        return int(round(self.visual_lead_s * fps))
+
     def score(self, frames, visual: np.ndarray, audio: np.ndarray, start: int | None = None,
-              end: int | None = None) -> SyncResult | None:
+              end: int | None = None, fps: float = 25.0) -> SyncResult | None:
         """visual[i] (D,) belongs to source frame frames[i]; audio[f] to source frame f (SyncMeasure.audio).
         Only frames in [start, end) count. None when too few frames, or the mouth never moves."""
         frames, visual = np.asarray(frames, int), np.asarray(visual, np.float64)
@@ -98,21 +109,27 @@ class SyncMeasure:
         lags = np.arange(-k, k + 1)
         padded = np.pad(audio, ((k, k), (0, 0)))  # no audio before the start or past the end
         real = _scores(v, padded[frames[None, :] + lags[:, None] + k])
-        rot = np.arange(n)
-        curve = _scores(v, audio[(frames[None, :] + rot[:, None]) % n])  # every circular rotation
-        null = self._null_peaks(curve, n)
+        rot = (frames[None, :] + np.arange(n)[:, None]) % n  # every circular rotation
+        null = self._null_peaks(_scores(v, audio[rot]), n, far=True)
+        if len(null) < self.min_null:
+            null = np.concatenate([null, self._null_peaks(_scores(v, audio[::-1][rot]), n, far=False)])
         best = int(np.argmax(real))
         if len(null) < 3:
-            return SyncResult(int(lags[best]), 0.0, float(real[best]), float("nan"), float("nan"), len(null))
-        mu, sd = float(null.mean()), float(max(null.std(), 1e-3))
-        return SyncResult(int(lags[best]), round((float(real[best]) - mu) / sd, 3), round(float(real[best]), 4),
+            return SyncResult(int(lags[best]) - self.lead_frames(fps), 0.0, float(real[best]), float("nan"), float("nan"), len(null))
+        # A few null windows under-estimate the spread: never below a tenth of the null mean, the
+        # spread long sources show.
+        mu = float(null.mean())
+        sd = max(float(null.std()), self.min_null_spread * mu, 1e-3)
+        return SyncResult(int(lags[best]) - self.lead_frames(fps), round((float(real[best]) - mu) / sd, 3), round(float(real[best]), 4),
                           round(mu, 4), round(sd, 4), len(null))
 
-    def _null_peaks(self, curve: np.ndarray, n: int) -> np.ndarray:
-        """Peak of the circular score curve over each window of 2*max_offset+1 rotations that stays
-        null_gap frames clear of the true lags, windows at least half a window apart."""
+    def _null_peaks(self, curve: np.ndarray, n: int, far: bool) -> np.ndarray:
+        """Peak of a circular score curve over windows of 2*max_offset+1 rotations, half a window
+        apart; far: only windows null_gap frames clear of the searched lags (the audio as it is),
+        else all (the audio played backwards: a voice with the same sound, never in time)."""
         k, gap = self.max_offset, self.null_gap
-        centres = np.arange(2 * k + gap, n - 2 * k - gap + 1, max(1, k // 2))
+        step = max(1, k // 2)
+        centres = np.arange(2 * k + gap, n - 2 * k - gap + 1, step) if far else np.arange(0, n, step)
         if len(centres) == 0:
             return np.zeros(0)
         idx = (centres[:, None] + np.arange(-k, k + 1)[None, :]) % n
