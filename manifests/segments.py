@@ -23,6 +23,7 @@ SEGMENTS = table_schema(
         pa.field("sync_null_mean", pa.float32()),  # the same face against the source's audio far out of time
         pa.field("sync_null_std", pa.float32()),
         pa.field("sync_null_windows", pa.int32()),  # null samples the two come from
+        pa.field("sync_pooled", pa.bool_()),  # true: measured over all the face's voiced time (stages/diarize_sync.py)
         pa.field("on_screen", pa.string()),  # one of ON_SCREEN
         pa.field("vocal_type", pa.string()),  # one of VOCAL_TYPES
         pa.field("language", pa.string()),

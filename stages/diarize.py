@@ -143,7 +143,7 @@ class DiarizeStage(Stage):
         return {"source_id": sid, "segment_id": f"{sid}-g{i:04d}", "start_s": round(start, 3), "end_s": round(end, 3),
                 "speaker": None if speaker is None else f"{sid}-spk{speaker}", "track_id": None,
                 "sync_offset_frames": None, "sync_confidence": None, "sync_peak": None, "sync_null_mean": None,
-                "sync_null_std": None, "sync_null_windows": None, "on_screen": None, "vocal_type": vocal,
+                "sync_null_std": None, "sync_null_windows": None, "sync_pooled": None, "on_screen": None, "vocal_type": vocal,
                 "language": None, "text": None, "backend": self._diarizer.backend if self._diarizer else self.backend}
 
     def _merge(self, turns: list) -> list:

@@ -10,6 +10,8 @@ Sign: offset k > 0 means the sound comes k frames after the picture (audio lags 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from stages.sync_features import visual_features
@@ -17,7 +19,7 @@ from stages.sync_measure import SyncMeasure, SyncResult
 
 SR = 16000
 SYNC_COLUMNS = ("track_id", "sync_offset_frames", "sync_confidence", "sync_peak", "sync_null_mean",
-                "sync_null_std", "sync_null_windows")
+                "sync_null_std", "sync_null_windows", "sync_pooled")
 
 
 def speech_envelope(wav: np.ndarray, fps: float, n_frames: int | None = None) -> np.ndarray:
@@ -30,8 +32,9 @@ def speech_envelope(wav: np.ndarray, fps: float, n_frames: int | None = None) ->
     return np.log(rms + 1e-4).astype(np.float32)
 
 
-def _record(seg: dict, track_id: str | None, res: SyncResult | None) -> None:
+def _record(seg: dict, track_id: str | None, res: SyncResult | None, pooled: bool = False) -> None:
     seg.update(dict.fromkeys(SYNC_COLUMNS))
+    seg["sync_pooled"] = pooled if res is not None else None
     if res is not None:
         seg.update(track_id=track_id, sync_offset_frames=res.offset_frames, sync_confidence=res.confidence,
                    sync_peak=res.peak, sync_null_mean=res.null_mean, sync_null_std=res.null_std,
@@ -45,8 +48,10 @@ def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps:
     A face takes a segment when its mouth follows the segment's voice with a confidence at or above
     keep_threshold, or when it follows all the source's voiced time it is seen in that well (pooled:
     short turns alone say little) and this segment's own best offset agrees with the pooled one
-    within a frame and scores above its null mean. Among several, the best segment score wins.
+    within a frame and scores above its null mean (a segment too short to measure alone: the pooled
+    measure alone). Among several, the best segment score wins.
 
+    sync_pooled says which evidence the sync columns hold: the segment's own, or the pooled measure.
     on_screen: synced (track_id is the face), voice_over (faces are visible during the segment but
     none is in sync; the sync columns describe the best of them, track_id stays null), off_screen
     (the source has faces, none during this segment), no_faces.
@@ -69,15 +74,20 @@ def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps:
             continue
         visible = any(np.any((np.asarray(t.get("frames") or [], int) >= a) & (np.asarray(t.get("frames") or [], int) < b))
                       for t in tracks)
-        best_track, best, best_ok = None, None, False
+        best_track, best, best_ok, best_pool = None, None, False, None
         for track_id, frames, v, pooled in faces:
             res = measure.score(frames, v, audio, a, b, fps)
+            trusted = pooled is not None and pooled.confidence >= keep_threshold
+            short = res is None and trusted and bool(np.any((frames >= a) & (frames < b)))
+            if short:
+                res = replace(pooled, confidence=0.0)  # too short to measure alone: the pooled measure decides
             if res is None:
                 continue
-            ok = res.confidence >= keep_threshold or (
-                pooled is not None and pooled.confidence >= keep_threshold and res.confidence > 0
-                and abs(res.offset_frames - pooled.offset_frames) <= 1)
+            by_pool = short or (res.confidence < keep_threshold and trusted and res.confidence > 0
+                                and abs(res.offset_frames - pooled.offset_frames) <= 1)
+            ok = res.confidence >= keep_threshold or by_pool
             if (ok, res.confidence) > (best_ok, best.confidence if best else -np.inf):
-                best_track, best, best_ok = track_id, res, ok
-        _record(seg, best_track if best_ok else None, best)
+                best_track, best, best_ok, best_pool = track_id, res, ok, pooled if by_pool else None
+        # Taken by the pooled measure: that is the evidence recorded (its offset, confidence, null).
+        _record(seg, best_track if best_ok else None, best_pool or best, pooled=best_pool is not None)
         seg["on_screen"] = "synced" if best_ok else ("voice_over" if visible else "off_screen")
