@@ -17,8 +17,8 @@ import numpy as np
 
 from stages.base import Resources, Stage, StageContext, StageError
 from stages.diarize_sync import assign_faces
-from stages.sync_measure import SyncMeasure
 from stages.diarize_vocal import VocalTyper
+from stages.sync_measure import SyncMeasure
 
 log = logging.getLogger(__name__)
 SR = 16000

@@ -15,9 +15,9 @@ import soundfile as sf
 from manifests import ManifestStore
 from stages.base import StageContext, StageError
 from stages.diarize import DiarizeStage
+from stages.diarize_vocal import VocalTyper
 from stages.sync_features import visual_features
 from stages.sync_measure import SyncMeasure
-from stages.diarize_vocal import VocalTyper
 
 pyannote_audio = pytest.importorskip("pyannote.audio")
 SAMPLE = Path(pyannote_audio.__file__).parent / "sample"

@@ -122,3 +122,50 @@ def test_an_offset_is_realigned_or_rejected_by_setting(offset_source, offset, re
     a = int(round((clip["start_s"] + shift / FPS) * rate))
     assert len(wav) == int(round((clip["end_s"] - clip["start_s"]) * rate))
     np.testing.assert_allclose(wav[: rate // 2], full[a : a + rate // 2], atol=1e-6)
+
+
+# -- real faces, real voices (dev files; skipped without ../shared/real-media) ------------------------------
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    from benchmarks import sync_corpus
+
+    if not sync_corpus.available():
+        pytest.skip("../shared/real-media is absent (a clone without the shared development media)")
+    cache = tmp_path_factory.mktemp("sync-cache")
+
+    def load(name):
+        out, src = sync_corpus.picture(name, cache)
+        tracks = ManifestStore(out).read_shard("tracks", src["source_id"]).to_pylist()
+        wav, fps = sync_corpus.audio_on_video_clock(sync_corpus.REAL / "videos" / name, SR)
+        return max(tracks, key=lambda t: len(t["frames"])), wav, fps, int(src["n_frames"])
+
+    return load
+
+
+@pytest.mark.parametrize("shift", [0, 5, -8])
+def test_a_real_speakers_offset_is_found_and_confident(real, shift):
+    from benchmarks.sync_corpus import shifted
+
+    track, wav, fps, n = real("r2_v09_mimictalk_german.mp4")
+    m = SyncMeasure()
+    res = m.score(track["frames"], visual_features(track), m.audio(shifted(wav, shift, fps, SR) if shift else wav, fps, n),
+                  fps=fps)
+    assert abs(res.offset_frames - shift) <= 1 and res.confidence >= KEEP, res
+
+
+def test_real_faces_under_someone_elses_voice_are_not_synced(real):
+    """r3_v23 / r3_v24 sit silent under r3_v22's voice; v09's face under v12's voice, and under its own rotated."""
+    m = SyncMeasure()
+    for name in ("r3_v23_msdwild_demo1_silent_blonde.mp4", "r3_v24_msdwild_demo1_silent_youngman.mp4"):
+        track, wav, fps, n = real(name)
+        res = m.score(track["frames"], visual_features(track), m.audio(wav, fps, n), fps=fps)
+        assert res.confidence < KEEP, (name, res)
+    track, wav, fps, n = real("r2_v09_mimictalk_german.mp4")
+    from benchmarks.sync_corpus import REAL, audio_on_video_clock
+
+    other, _ = audio_on_video_clock(REAL / "videos" / "r3_v12_dfrf_cnn_jimacosta_71s.mp4", SR)
+    for voice in (other[: len(wav)], np.roll(wav, len(wav) // 2)):
+        res = m.score(track["frames"], visual_features(track), m.audio(voice, fps, n), fps=fps)
+        assert res.confidence < KEEP, res
