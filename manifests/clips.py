@@ -18,7 +18,7 @@ RULE_RESULTS = pa.list_(pa.struct([
 
 CLIPS = table_schema(
     "clips",
-    2,
+    3,  # 3: audio_shift_frames
     [
         pa.field("clip_id", pa.string(), nullable=False),
         pa.field("source_id", pa.string(), nullable=False),
@@ -38,6 +38,7 @@ CLIPS = table_schema(
         pa.field("head_speed", pa.list_(pa.float32())),  # degrees per frame, one per clip frame
         pa.field("face_size_px", pa.float32()),
         pa.field("sync_confidence", pa.float32()),
+        pa.field("audio_shift_frames", pa.int32()),  # the wav was moved by this many frames into step (0: none)
         pa.field("vocal_type", pa.string()),
         pa.field("category", pa.string()),
         pa.field("language", pa.string()),

@@ -15,7 +15,7 @@ f32list = pa.list_(pa.float32())
 
 TRACKS = table_schema(
     "tracks",
-    2,  # 2: no crop_path; the quality stage writes crops of kept clips only
+    3,  # 2: no crop_path; the quality stage writes crops of kept clips only. 3: mouth_shape, mouth_motion
     [
         pa.field("source_id", pa.string(), nullable=False),
         pa.field("shot_id", pa.string(), nullable=False),
@@ -35,6 +35,8 @@ TRACKS = table_schema(
         pa.field("roll", f32list),
         pa.field("head_speed", f32list),  # degrees per frame, per frame
         pa.field("mouth_open", f32list),  # lip gap / face height, per frame
+        pa.field("mouth_shape", pa.list_(f32list)),  # per frame stages.face_landmarks.MOUTH_SHAPE, over face height
+        pa.field("mouth_motion", f32list),  # per frame mean |change| of the lip-aligned mouth patch, 0..1
         pa.field("blur", pa.float32()),  # variance of Laplacian of the face region (higher is sharper)
         pa.field("exposure", pa.float32()),  # mean luma of the face region, 0..1
         pa.field("crop_box", pa.list_(pa.float32())),  # [x0, y0, x1, y1] square crop in source pixels

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from stages.base import Resources, Stage, StageContext, StageError
-from stages.diarize_sync import SyncScorer, assign_faces, speech_envelope
+from stages.diarize_sync import assign_faces
 from stages.diarize_vocal import VocalTyper, is_silent, vocal_features
+from stages.sync_measure import SyncMeasure
 
 log = logging.getLogger(__name__)
 SR = 16000
@@ -56,7 +57,7 @@ class DiarizeStage(Stage):
         pyannote_pipeline: str = "pyannote/speaker-diarization-3.1",
         hf_token: str | None = None,
         sync_max_offset: int = 15,
-        sync_keep_threshold: float = 0.35,
+        sync_keep_threshold: float = 4.0,
         min_gap_s: float = 1.0,
         merge_gap_s: float = 0.3,
         whisper_checkpoint: str | None = None,
@@ -72,7 +73,8 @@ class DiarizeStage(Stage):
         pyannote_pipeline: local config.yaml (or its folder), or a hub name used with a token.
         hf_token: hub token for pyannote; falls back to $HF_TOKEN. Kept out of the config hash.
         sync_max_offset: audio-visual offsets searched, in video frames either way.
-        sync_keep_threshold: sync confidence at or above which a face is taken as the speaker.
+        sync_keep_threshold: sync confidence (null standard deviations above the same source's null,
+            stages/sync_measure.py) at or above which a face is taken as the speaker.
         min_gap_s: shortest non-speech stretch that gets its own music/silence row.
         merge_gap_s: same-speaker turns closer than this are one segment.
         whisper_checkpoint: local whisper .pt for language and transcript; None skips them.
@@ -145,7 +147,8 @@ class DiarizeStage(Stage):
     def _row(self, sid: str, i: int, start: float, end: float, speaker: int | None, vocal: str) -> dict[str, Any]:
         return {"source_id": sid, "segment_id": f"{sid}-g{i:04d}", "start_s": round(start, 3), "end_s": round(end, 3),
                 "speaker": None if speaker is None else f"{sid}-spk{speaker}", "track_id": None,
-                "sync_offset_frames": None, "sync_confidence": None, "on_screen": None, "vocal_type": vocal,
+                "sync_offset_frames": None, "sync_confidence": None, "sync_peak": None, "sync_null_mean": None,
+                "sync_null_std": None, "sync_null_windows": None, "sync_pooled": None, "on_screen": None, "vocal_type": vocal,
                 "vocal_evidence": None, "language": None, "text": None,
                 "backend": self._diarizer.backend if self._diarizer else self.backend}
 
@@ -203,9 +206,9 @@ class DiarizeStage(Stage):
 
     def _sync(self, source: dict[str, Any], rows: list[dict], wav: np.ndarray, ctx: StageContext) -> None:
         fps = float(source.get("fps") or 25.0)
-        tracks = [t for t in ctx.upstream("tracks", source["source_id"]).to_pylist() if t.get("mouth_open")]
-        envelope = speech_envelope(wav, fps)
-        assign_faces(rows, tracks, envelope, fps, SyncScorer(self.sync_max_offset), self.sync_keep_threshold)
+        tracks = ctx.upstream("tracks", source["source_id"]).to_pylist()
+        n_frames = int(source.get("n_frames") or round(len(wav) / SR * fps))
+        assign_faces(rows, tracks, wav, fps, n_frames, SyncMeasure(self.sync_max_offset), self.sync_keep_threshold)
 
     def _count(self, rows: list[dict], ctx: StageContext) -> None:
         voiced = [r for r in rows if r["vocal_type"] in ("speech", "singing")]

@@ -1,28 +1,25 @@
-"""Audio-visual sync without SyncNet weights: correlate a face's mouth opening with the speech envelope.
+"""Which visible face is speaking each voiced segment, by audio-visual sync (stages/sync_measure.py).
 
-The SyncNet idea, on hand-made features: a speaking mouth opens as the voice gets louder, so the
-mouth-opening signal of the face we hear correlates with the audio's loudness envelope, at the
-lag where picture and sound line up. Scanning lags of +-15 frames gives the best offset; the
-confidence is the correlation at that lag minus the median over all lags (as SyncNet reports
-median minus minimum distance), so a wide, flat correlation curve from an unrelated voice
-scores low even when its peak happens to be high.
+Each voiced segment goes to the face whose mouth follows it with a calibrated confidence at or
+above the keep threshold, and the best such face when several do; to none when none does (a
+silent listener under someone else's voice never gets it). `speech_envelope` stays for callers
+that want a loudness curve.
 
 Sign: offset k > 0 means the sound comes k frames after the picture (audio lags video).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 
 import numpy as np
 
+from stages.sync_features import visual_features
+from stages.sync_measure import SyncMeasure, SyncResult
+
 SR = 16000
-
-
-@dataclass
-class SyncResult:
-    offset_frames: int
-    confidence: float
+SYNC_COLUMNS = ("track_id", "sync_offset_frames", "sync_confidence", "sync_peak", "sync_null_mean",
+                "sync_null_std", "sync_null_windows", "sync_pooled")
 
 
 def speech_envelope(wav: np.ndarray, fps: float, n_frames: int | None = None) -> np.ndarray:
@@ -35,71 +32,62 @@ def speech_envelope(wav: np.ndarray, fps: float, n_frames: int | None = None) ->
     return np.log(rms + 1e-4).astype(np.float32)
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    den = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / den) if den > 1e-12 else 0.0
+def _record(seg: dict, track_id: str | None, res: SyncResult | None, pooled: bool = False) -> None:
+    seg.update(dict.fromkeys(SYNC_COLUMNS))
+    seg["sync_pooled"] = pooled if res is not None else None
+    if res is not None:
+        seg.update(track_id=track_id, sync_offset_frames=res.offset_frames, sync_confidence=res.confidence,
+                   sync_peak=res.peak, sync_null_mean=res.null_mean, sync_null_std=res.null_std,
+                   sync_null_windows=res.n_null)
 
 
-class SyncScorer:
-    """Best audio-video offset and a confidence for one face track over one stretch of frames."""
+def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps: float, n_frames: int,
+                 measure: SyncMeasure, keep_threshold: float) -> None:
+    """Set the SYNC_COLUMNS and on_screen of each voiced segment, in place.
 
-    def __init__(self, max_offset: int = 15, min_frames: int = 12):
-        self.max_offset = max_offset
-        self.min_frames = min_frames
+    A face takes a segment when its mouth follows the segment's voice with a confidence at or above
+    keep_threshold, or when it follows all the source's voiced time it is seen in that well (pooled:
+    short turns alone say little) and this segment's own best offset agrees with the pooled one
+    within a frame and scores above its null mean (a segment too short to measure alone: the pooled
+    measure alone). Among several, the best segment score wins.
 
-    def score(self, frames: np.ndarray, mouth: np.ndarray, envelope: np.ndarray,
-              start: int | None = None, end: int | None = None) -> SyncResult | None:
-        """Correlate mouth[i] (at source frame frames[i]) with envelope[frame + k] for |k| <= max_offset.
-
-        Only frames in [start, end) are used; None when too few frames overlap or the mouth never moves.
-        """
-        frames, mouth = np.asarray(frames, int), np.asarray(mouth, float)
-        keep = np.isfinite(mouth)
-        if start is not None:
-            keep &= (frames >= start) & (frames < end)
-        frames, mouth = frames[keep], mouth[keep]
-        if len(frames) < self.min_frames or np.ptp(mouth) < 1e-6:
-            return None
-        corrs = {}
-        for k in range(-self.max_offset, self.max_offset + 1):
-            idx = frames + k
-            ok = (idx >= 0) & (idx < len(envelope))
-            if ok.sum() >= self.min_frames:
-                corrs[k] = _pearson(mouth[ok], envelope[idx[ok]])
-        if not corrs:
-            return None
-        best = max(corrs, key=corrs.get)
-        confidence = corrs[best] - float(np.median(list(corrs.values())))
-        return SyncResult(best, round(confidence, 4))
-
-
-def assign_faces(segments: list[dict], tracks: list[dict], envelope: np.ndarray, fps: float,
-                 scorer: SyncScorer, keep_threshold: float) -> None:
-    """Set track_id / sync_offset_frames / sync_confidence / on_screen on each segment, in place.
-
-    on_screen: synced (a face's mouth follows the voice), voice_over (faces are visible during the
-    segment but none is in sync), off_screen (the source has faces, none during this segment),
-    no_faces (the source has no face tracks).
+    sync_pooled says which evidence the sync columns hold: the segment's own, or the pooled measure.
+    on_screen: synced (track_id is the face), voice_over (faces are visible during the segment but
+    none is in sync; the sync columns describe the best of them, track_id stays null), off_screen
+    (the source has faces, none during this segment), no_faces.
     """
-    for seg in segments:
-        seg.update(track_id=None, sync_offset_frames=None, sync_confidence=None)
+    audio = measure.audio(wav, fps, n_frames)
+    spans = [(int(round(s["start_s"] * fps)), int(round(s["end_s"] * fps))) for s in segments]
+    faces = []  # (track_id, frames, features, pooled result)
+    for tr in tracks:
+        frames, v = np.asarray(tr.get("frames") or [], int), visual_features(tr)
+        if v is None or len(v) != len(frames):
+            continue
+        voiced = np.zeros(len(frames), bool)
+        for a, b in spans:
+            voiced |= (frames >= a) & (frames < b)
+        faces.append((tr["track_id"], frames, v, measure.score(frames[voiced], v[voiced], audio, fps=fps)))
+    for seg, (a, b) in zip(segments, spans, strict=True):
+        _record(seg, None, None)
         if not tracks:
             seg["on_screen"] = "no_faces"
             continue
-        a, b = int(round(seg["start_s"] * fps)), int(round(seg["end_s"] * fps))
-        best_track, best = None, None
-        visible = False
-        for tr in tracks:
-            if tr["frames"] is None or tr["mouth_open"] is None:
+        visible = any(np.any((np.asarray(t.get("frames") or [], int) >= a) & (np.asarray(t.get("frames") or [], int) < b))
+                      for t in tracks)
+        best_track, best, best_ok, best_pool = None, None, False, None
+        for track_id, frames, v, pooled in faces:
+            res = measure.score(frames, v, audio, a, b, fps)
+            trusted = pooled is not None and pooled.confidence >= keep_threshold
+            short = res is None and trusted and bool(np.any((frames >= a) & (frames < b)))
+            if short:
+                res = replace(pooled, confidence=0.0)  # too short to measure alone: the pooled measure decides
+            if res is None:
                 continue
-            res = scorer.score(tr["frames"], tr["mouth_open"], envelope, a, b)
-            visible |= bool(np.any((np.asarray(tr["frames"]) >= a) & (np.asarray(tr["frames"]) < b)))
-            if res is not None and (best is None or res.confidence > best.confidence):
-                best_track, best = tr["track_id"], res
-        if best is not None:
-            seg["sync_offset_frames"], seg["sync_confidence"] = best.offset_frames, best.confidence
-        if best is not None and best.confidence >= keep_threshold:
-            seg["track_id"], seg["on_screen"] = best_track, "synced"
-        else:
-            seg["on_screen"] = "voice_over" if visible else "off_screen"
+            by_pool = short or (res.confidence < keep_threshold and trusted and res.confidence > 0
+                                and abs(res.offset_frames - pooled.offset_frames) <= 1)
+            ok = res.confidence >= keep_threshold or by_pool
+            if (ok, res.confidence) > (best_ok, best.confidence if best else -np.inf):
+                best_track, best, best_ok, best_pool = track_id, res, ok, pooled if by_pool else None
+        # Taken by the pooled measure: that is the evidence recorded (its offset, confidence, null).
+        _record(seg, best_track if best_ok else None, best_pool or best, pooled=best_pool is not None)
+        seg["on_screen"] = "synced" if best_ok else ("voice_over" if visible else "off_screen")

@@ -12,6 +12,10 @@ import numpy as np
 MESH_POINTS = 468
 UPPER_LIP_INNER, LOWER_LIP_INNER = 13, 14
 FOREHEAD, CHIN = 10, 152
+MOUTH_CORNERS, INNER_CORNERS = (61, 291), (78, 308)
+UPPER_LIP_OUTER, LOWER_LIP_OUTER, NOSE_TIP = 0, 17, 1
+# Per-frame mouth shape, each over face height: what a speaking mouth changes (see mouth_shape).
+MOUTH_SHAPE = ("inner_height", "inner_width", "outer_height", "corner_width", "jaw_drop", "corner_lift")
 LIPS_OUTER = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
 
 
@@ -54,6 +58,20 @@ def mouth_open(pts: np.ndarray) -> float:
     """Inner lip gap over face height (forehead to chin): about 0 closed, 0.1+ wide open."""
     height = np.linalg.norm(pts[FOREHEAD] - pts[CHIN])
     return float(np.linalg.norm(pts[UPPER_LIP_INNER] - pts[LOWER_LIP_INNER]) / max(height, 1e-6))
+
+
+def mouth_shape(pts: np.ndarray) -> np.ndarray:
+    """MOUTH_SHAPE of one face: lip gaps, mouth widths, jaw drop (nose tip to chin) and how far the
+    corners sit above the lip centre, each divided by face height so they compare across sizes."""
+    height = max(float(np.linalg.norm(pts[FOREHEAD] - pts[CHIN])), 1e-6)
+
+    def dist(i: int, j: int) -> float:
+        return float(np.linalg.norm(pts[i] - pts[j]))
+
+    centre_y = (pts[UPPER_LIP_INNER, 1] + pts[LOWER_LIP_INNER, 1]) / 2
+    lift = centre_y - (pts[MOUTH_CORNERS[0], 1] + pts[MOUTH_CORNERS[1], 1]) / 2
+    return np.array([dist(UPPER_LIP_INNER, LOWER_LIP_INNER), dist(*INNER_CORNERS), dist(UPPER_LIP_OUTER, LOWER_LIP_OUTER),
+                     dist(*MOUTH_CORNERS), dist(NOSE_TIP, CHIN), lift]) / height
 
 
 def lip_box(pts: np.ndarray) -> np.ndarray:

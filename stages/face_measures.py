@@ -1,6 +1,7 @@
 """TrackMeasurer: everything measured on one track's frames in the second decode pass.
 
-Per frame: face-mesh landmarks (-> head pose, rotation speed, mouth opening); with mesh_every=k,
+Per frame: face-mesh landmarks (-> head pose, rotation speed, mouth opening and shape, mouth-region
+motion: what the sync measure in stages/sync_measure.py correlates with the voice); with mesh_every=k,
 on every k-th frame of the track and its last, the pose and mouth opening between interpolated.
 At sampled frames: blur and exposure of the face region, and an identity embedding at the
 track's best few detections when the backend gives one.
@@ -12,7 +13,7 @@ import cv2
 import numpy as np
 
 from stages.face_detectors import Detection
-from stages.face_landmarks import FaceMesher, lip_box, mouth_open
+from stages.face_landmarks import MOUTH_SHAPE, FaceMesher, lip_box, mouth_open, mouth_shape
 from stages.head_pose import fill_gaps, head_pose, rotation_speed
 
 EMBED_FRAMES = 5  # embeddings averaged per track, at its most confident detections
@@ -43,6 +44,8 @@ class TrackMeasurer:
         self._embed = embed
         self._mesher = FaceMesher()
         self._poses: np.ndarray | None = None
+        self.motion = np.full(len(frames), np.nan)
+        self._last_mouth: tuple[int, np.ndarray] | None = None
 
     @property
     def first(self) -> int:
@@ -64,12 +67,29 @@ class TrackMeasurer:
         if self._meshed(index):
             self.pts[k] = self._mesher.landmarks(rgb, box)
             self.tried += 1
+            if self.pts[k] is not None:
+                self._mouth_motion(k, rgb, self.pts[k])
         if index in self.samples:
             self.quality.append(blur_exposure(rgb, box))
         if index in self._embed_at:
             emb = self._embed(rgb, self._embed_at[index])
             if emb is not None:
                 self.embeddings.append(emb)
+
+    def _mouth_motion(self, k: int, rgb: np.ndarray, pts: np.ndarray) -> None:
+        """Mean absolute change of the mouth region since the last meshed frame, per frame between.
+
+        The region follows the lips' own box each frame, so head motion moves it along; what is
+        left is the lips, teeth and tongue changing, which the mesh's few points undersample."""
+        x0, y0, x1, y1 = lip_box(pts)
+        cx, cy, side = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, 1.0) * 1.3
+        m = np.array([[32 / side, 0, 16 - 32 / side * cx], [0, 32 / side, 12 - 32 / side * cy]])
+        patch = cv2.cvtColor(cv2.warpAffine(rgb, m, (32, 24), flags=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+        patch = patch.astype(np.float32) / 255.0
+        if self._last_mouth is not None:
+            j, last = self._last_mouth
+            self.motion[k] = float(np.abs(patch - last).mean()) / (k - j)
+        self._last_mouth = (k, patch)
 
     def close(self) -> None:
         """Release the mesher; safe to call twice."""
@@ -97,6 +117,7 @@ class TrackMeasurer:
         ok = [p is not None for p in self.pts]  # also False between meshed frames when mesh_every > 1
         pose = self.poses(width, height)
         mouth = np.array([mouth_open(p) if p is not None else np.nan for p in self.pts])
+        shape = np.array([mouth_shape(p) if p is not None else [np.nan] * len(MOUTH_SHAPE) for p in self.pts])
         quality = np.array(self.quality).reshape(-1, 2)
         lm_frames = [int(f) for f, p in zip(self.frames, self.pts, strict=True) if p is not None and int(f) in self.samples]
         row = {
@@ -110,9 +131,12 @@ class TrackMeasurer:
         if any(ok):
             yaw, pitch, roll = (fill_gaps(pose[:, i]) for i in range(3))
             row.update(yaw=yaw.tolist(), pitch=pitch.tolist(), roll=roll.tolist(),
-                       head_speed=rotation_speed(yaw, pitch, roll).tolist(), mouth_open=fill_gaps(mouth).tolist())
+                       head_speed=rotation_speed(yaw, pitch, roll).tolist(), mouth_open=fill_gaps(mouth).tolist(),
+                       mouth_shape=np.stack([fill_gaps(c) for c in shape.T], 1).tolist(),
+                       mouth_motion=fill_gaps(self.motion).tolist() if np.isfinite(self.motion).any() else None)
         else:
-            row.update(yaw=None, pitch=None, roll=None, head_speed=None, mouth_open=None)
+            row.update(yaw=None, pitch=None, roll=None, head_speed=None, mouth_open=None, mouth_shape=None,
+                       mouth_motion=None)
         if self.embeddings:
             e = np.mean(self.embeddings, 0)
             row["embedding"] = (e / max(np.linalg.norm(e), 1e-9)).astype(np.float32).tolist()

@@ -32,11 +32,15 @@ class QualityStage(Stage):
     resources = Resources(num_cpus=1)
 
     def __init__(self, min_clip_s: float | None = None, max_clip_s: float | None = None,
-                 rules: dict[str, float] | None = None, write_media: bool = True):
+                 rules: dict[str, float] | None = None, write_media: bool = True,
+                 realign_max_frames: int | None = None):
         """
         min_clip_s / max_clip_s: candidate length bounds (defaults in quality.yaml).
         rules: thresholds overriding quality.yaml, by rule name.
         write_media: write each kept clip's crop mp4 and wav (off only in dry runs).
+        realign_max_frames: a clip whose own voice is off by more than the av_offset rule allows but
+            at most this many frames is kept with its wav moved into step (audio_shift_frames);
+            0 rejects it as av_offset instead. Default in quality.yaml.
         """
         self.min_clip_s = float(min_clip_s if min_clip_s is not None else DEFAULTS["min_clip_s"])
         self.max_clip_s = float(max_clip_s if max_clip_s is not None else DEFAULTS["max_clip_s"])
@@ -45,6 +49,8 @@ class QualityStage(Stage):
             raise ValueError(f"unknown quality rules {sorted(unknown)}; known: {sorted(DEFAULTS['rules'])}")
         self.rules = {**DEFAULTS["rules"], **(rules or {})}
         self.write_media = write_media
+        self.realign_max_frames = int(realign_max_frames if realign_max_frames is not None
+                                      else DEFAULTS["realign_max_frames"])
 
     def process(self, source: dict[str, Any], ctx: StageContext) -> dict[str, list[dict[str, Any]]]:
         sid = source["source_id"]
@@ -123,10 +129,12 @@ class QualityStage(Stage):
             covered = sum(max(0.0, min(s["end_s"], b / fps) - max(s["start_s"], a / fps))
                           for s in segments if s["vocal_type"] in ("speech", "singing"))
             speech = covered / max((b - a) / fps, 1e-6)
-        sync = None
+        sync = offset = None
         if segments is not None:
+            # Below the null is no sync at all: floored at 0, so a threshold of 0 turns the rule off.
             same_face = seg is not None and seg.get("track_id") == track["track_id"]
-            sync = float(seg["sync_confidence"] or 0.0) if same_face else 0.0
+            sync = max(float(seg["sync_confidence"] or 0.0), 0.0) if same_face else 0.0
+            offset = seg.get("sync_offset_frames") if same_face else None
         yaw, pitch, speed = arr("yaw"), arr("pitch"), arr("head_speed")
         audio = self._audio(audio_path, a / fps, b / fps)
         return {
@@ -139,6 +147,8 @@ class QualityStage(Stage):
             "jittery_head": float(np.percentile(speed, 95)) if speed.size else None,
             "multiple_faces": other_ratio,
             "low_sync": sync,
+            "av_offset": None if offset is None else abs(float(offset)),
+            "offset_frames": offset,
             "low_speech_ratio": speech,
             "clipped_audio": float(np.mean(np.abs(audio) >= CLIP_LEVEL)) if audio is not None and audio.size else None,
             "low_resolution": float(source.get("height") or 0),
@@ -154,6 +164,9 @@ class QualityStage(Stage):
     def _judge(self, m: dict[str, float | None]) -> list[dict[str, Any]]:
         """Every rule, evaluated: {rule, value, threshold, passed}. A value of None (not measured) passes."""
         r = self.rules
+        tolerance = r["av_offset"]
+        if self.realign_max_frames > tolerance:
+            tolerance = self.realign_max_frames  # kept, its wav moved by the offset (_shift)
         below = ("face_too_small", "blurry", "low_sync", "low_speech_ratio", "low_resolution", "low_fps")
         above = ("extreme_yaw", "extreme_pitch", "jittery_head", "multiple_faces", "clipped_audio")
         checks = [(k, m[k], r[k], lambda v, t: v >= t) for k in below]
@@ -161,7 +174,8 @@ class QualityStage(Stage):
         checks += [("too_dark", m["exposure"], r["too_dark"], lambda v, t: v >= t),
                    ("too_bright", m["exposure"], r["too_bright"], lambda v, t: v <= t),
                    ("too_short", m["duration"], self.min_clip_s, lambda v, t: v >= t),
-                   ("no_crop", m["no_crop"], 0.0, lambda v, t: v <= t)]
+                   ("no_crop", m["no_crop"], 0.0, lambda v, t: v <= t),
+                   ("av_offset", m["av_offset"], tolerance, lambda v, t: v <= t)]
         return [{"rule": k, "value": None if v is None else float(v), "threshold": float(t),
                  "passed": v is None or bool(ok(float(v), float(t)))} for k, v, t, ok in checks]
 
@@ -180,11 +194,17 @@ class QualityStage(Stage):
             "audio_path": ctx.rel(ctx.path("clips", sid, f"{clip_id}.wav")),
             "face_mask_path": track.get("face_mask_path"), "lip_mask_path": track.get("lip_mask_path"),
             "head_speed": [float(x) for x in speed[i0:i1]], "face_size_px": m["face_too_small"],
-            "sync_confidence": m["low_sync"], "vocal_type": seg and seg["vocal_type"],
+            "sync_confidence": m["low_sync"], "audio_shift_frames": self._shift(m["offset_frames"]),
+            "vocal_type": seg and seg["vocal_type"],
             "category": source.get("category"), "language": (seg and seg.get("language")) or source.get("language"),
             "license": source.get("license"), "consent": source.get("consent"),
             "identity_id": track.get("identity_id"), "split": None, "sha256": None,
         }
+
+    def _shift(self, offset: int | None) -> int:
+        """Frames the clip's wav is moved by: its measured offset when that is past the av_offset
+        rule's tolerance (and within realign_max_frames, else it was rejected); else 0."""
+        return int(offset) if offset is not None and abs(offset) > self.rules["av_offset"] else 0
 
     def _write_media(self, source, audio_path: Path | None, clips, tracks, ctx: StageContext) -> None:
         """Every kept clip's crop (one decode of the source for all of them), its wav, and the crop's sha256."""
@@ -196,7 +216,9 @@ class QualityStage(Stage):
                     anchors=[(int(s["start_frame"]), float(s["start_s"])) for s in shots if s["start_s"] is not None])
         for c in clips:
             if audio_path:
-                audio, rate = _read_span(audio_path, c["start_s"], c["end_s"])
+                # Sound k frames late (k > 0): the picture's sound is k frames further on in the wav.
+                lag = c["audio_shift_frames"] / c["fps"]
+                audio, rate = _read_span(audio_path, c["start_s"] + lag, c["end_s"] + lag)
             else:
                 audio, rate = np.zeros(int(c["n_frames"] / c["fps"] * 16000), np.float32), 16000
             sf.write(str(ctx.out / c["audio_path"]), audio, rate, subtype="FLOAT")
@@ -204,7 +226,10 @@ class QualityStage(Stage):
 
 
 def _read_span(path: Path, start_s: float, end_s: float) -> tuple[np.ndarray, int]:
-    """(samples, rate) of an audio file between two times."""
+    """(samples, rate) of an audio file between two times; silence where they fall outside it."""
     rate = sf.info(str(path)).samplerate
-    audio, _ = sf.read(str(path), start=int(start_s * rate), stop=int(end_s * rate), dtype="float32")
-    return audio, rate
+    a, b = int(round(start_s * rate)), int(round(end_s * rate))
+    audio, _ = sf.read(str(path), start=max(a, 0), stop=max(b, 0), dtype="float32")
+    head = np.zeros((max(0, -a),) + audio.shape[1:], np.float32)
+    tail = np.zeros((max(0, (b - a) - len(head) - len(audio)),) + audio.shape[1:], np.float32)
+    return np.concatenate([head, audio, tail]), rate

@@ -58,7 +58,7 @@ def fake_upstream(out, src, n=150, identity="person-a"):
     store.write_shard("tracks", sid, tracks)
     segs = [
         {"source_id": sid, "segment_id": f"{sid}-g0000", "start_s": 0.4, "end_s": 3.0, "speaker": f"{sid}-spk0",
-         "track_id": f"{shot}-t00", "sync_offset_frames": 0, "sync_confidence": 0.8, "vocal_type": "speech",
+         "track_id": f"{shot}-t00", "sync_offset_frames": 0, "sync_confidence": 8.0, "vocal_type": "speech",
          "backend": "test"},
         {"source_id": sid, "segment_id": f"{sid}-g0001", "start_s": 3.5, "end_s": 5.5, "speaker": f"{sid}-spk1",
          "track_id": None, "sync_confidence": 0.1, "on_screen": "voice_over", "vocal_type": "speech", "backend": "test"},

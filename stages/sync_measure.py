@@ -1,0 +1,136 @@
+"""SyncMeasure: does this face's mouth follow this voice, at which offset, and how sure is that?
+
+Offline, no learned weights: a face's per-frame mouth features (stages/sync_features.py: lip gaps,
+widths, jaw, their speed, mouth-region motion) against the voice's per-frame band energies,
+loudness and onsets. At each lag the score is how strongly any combination of mouth features
+follows any combination of audio features: the top singular value of their cross-correlation
+matrix (both sides high-passed, so slow drifts in loudness or pose do not count). The offset is the
+lag of the highest score within +-max_offset frames, over the whole segment.
+
+The score alone means little (short segments and many features correlate by chance), so it is
+calibrated on the same source: the same face against the source's audio rotated far away, and
+, for short sources that have few far rotations, against it played backwards: no voice there can
+be in time with the face. Those give the null: peaks over the same window of lags, their
+mean and spread. The confidence is the real peak in null standard deviations above the null mean;
+another person's voice, or the face's own words at the wrong time, land in the null.
+
+Sign: offset k > 0 means the sound comes k frames after the picture (audio lags video).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from stages.sync_features import audio_features
+
+SR = 16000
+
+
+@dataclass
+class SyncResult:
+    offset_frames: int
+    confidence: float  # (peak - null_mean) / null_std
+    peak: float  # score at the offset
+    null_mean: float
+    null_std: float
+    n_null: int  # null windows the mean and spread come from
+
+
+def _highpass(x: np.ndarray, window: int) -> np.ndarray:
+    """x minus its centred moving average (per column); slow trends removed."""
+    if window <= 1 or len(x) <= window:
+        return x - x.mean(0)
+    kernel = np.ones(window) / window
+    pad = np.pad(x, ((window // 2, window - 1 - window // 2), (0, 0)), mode="edge")
+    trend = np.stack([np.convolve(pad[:, j], kernel, mode="valid") for j in range(x.shape[1])], 1)
+    return x - trend
+
+
+def _zscore(x: np.ndarray, axis: int) -> np.ndarray:
+    x = x - x.mean(axis, keepdims=True)
+    sd = x.std(axis, keepdims=True)
+    return np.where(sd > 1e-9, x / np.where(sd > 1e-9, sd, 1.0), 0.0)
+
+
+def _scores(v: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """v: (T, Dv) z-scored; a: (L, T, Da), one audio window per lag -> (L,) top singular values of corr."""
+    a = _zscore(a, 1)
+    c = np.einsum("td,ltk->ldk", v, a) / v.shape[0]  # (L, Dv, Da) cross-correlations
+    return np.linalg.svd(c, compute_uv=False)[:, 0]
+
+
+class SyncMeasure:
+    """Offset and calibrated confidence of one face track over one stretch of a source's audio."""
+
+    def __init__(self, max_offset: int = 15, min_frames: int = 20, highpass_frames: int = 13,
+                 null_gap: int = 10, min_null: int = 8, min_null_spread: float = 0.1,
+                 visual_lead_s: float = 0.04):
+        """
+        max_offset: lags searched either way, in video frames.
+        min_frames: fewer visible frames in the segment than this: not measured.
+        highpass_frames: moving-average window removed from both sides (slow drifts).
+        null_gap: null rotations start this many frames beyond the searched lags.
+        min_null: fewer far-rotation windows than this (short sources): the reversed audio's are added.
+        min_null_spread: least null standard deviation, as a fraction of the null mean.
+        visual_lead_s: how far the mouth's features lead the sound they make (lips open before the
+            voice is loud): subtracted from the best lag. 0.04 s is the median best lag of the dev
+            set's in-sync sources (benchmarks/bench_sync.py).
+        """
+        self.max_offset, self.min_frames = max_offset, min_frames
+        self.highpass_frames, self.null_gap, self.min_null = highpass_frames, null_gap, min_null
+        self.min_null_spread, self.visual_lead_s = min_null_spread, visual_lead_s
+
+    def audio(self, wav: np.ndarray, fps: float, n_frames: int | None = None,
+              times: np.ndarray | None = None) -> np.ndarray:
+        """High-passed audio features per video frame of the source (times: each frame's seconds)."""
+        if times is None:
+            n = n_frames if n_frames is not None else int(len(wav) / SR * fps)
+            times = np.arange(n) / fps
+        return _highpass(audio_features(wav, times).astype(np.float64), self.highpass_frames)
+
+    def lead_frames(self, fps: float) -> int:
+        return int(round(self.visual_lead_s * fps))
+
+    def score(self, frames, visual: np.ndarray, audio: np.ndarray, start: int | None = None,
+              end: int | None = None, fps: float = 25.0) -> SyncResult | None:
+        """visual[i] (D,) belongs to source frame frames[i]; audio[f] to source frame f (SyncMeasure.audio).
+        Only frames in [start, end) count. None when too few frames, or the mouth never moves."""
+        frames, visual = np.asarray(frames, int), np.asarray(visual, np.float64)
+        keep = np.isfinite(visual).all(1) & (frames >= 0) & (frames < len(audio))
+        if start is not None:
+            keep &= (frames >= start) & (frames < end)
+        frames, visual = frames[keep], visual[keep]
+        if len(frames) < self.min_frames or np.ptp(visual, 0).max() < 1e-9:
+            return None
+        v = _zscore(_highpass(visual, self.highpass_frames), 0)
+        n, k = len(audio), self.max_offset
+        lags = np.arange(-k, k + 1)
+        padded = np.pad(audio, ((k, k), (0, 0)))  # no audio before the start or past the end
+        real = _scores(v, padded[frames[None, :] + lags[:, None] + k])
+        rot = (frames[None, :] + np.arange(n)[:, None]) % n  # every circular rotation
+        null = self._null_peaks(_scores(v, audio[rot]), n, far=True)
+        if len(null) < self.min_null:
+            null = np.concatenate([null, self._null_peaks(_scores(v, audio[::-1][rot]), n, far=False)])
+        best = int(np.argmax(real))
+        if len(null) < 3:
+            return SyncResult(int(lags[best]) - self.lead_frames(fps), 0.0, float(real[best]), float("nan"), float("nan"), len(null))
+        # A few null windows under-estimate the spread: never below a tenth of the null mean, the
+        # spread long sources show.
+        mu = float(null.mean())
+        sd = max(float(null.std()), self.min_null_spread * mu, 1e-3)
+        return SyncResult(int(lags[best]) - self.lead_frames(fps), round((float(real[best]) - mu) / sd, 3), round(float(real[best]), 4),
+                          round(mu, 4), round(sd, 4), len(null))
+
+    def _null_peaks(self, curve: np.ndarray, n: int, far: bool) -> np.ndarray:
+        """Peak of a circular score curve over windows of 2*max_offset+1 rotations, half a window
+        apart; far: only windows null_gap frames clear of the searched lags (the audio as it is),
+        else all (the audio played backwards: a voice with the same sound, never in time)."""
+        k, gap = self.max_offset, self.null_gap
+        step = max(1, k // 2)
+        centres = np.arange(2 * k + gap, n - 2 * k - gap + 1, step) if far else np.arange(0, n, step)
+        if len(centres) == 0:
+            return np.zeros(0)
+        idx = (centres[:, None] + np.arange(-k, k + 1)[None, :]) % n
+        return curve[idx].max(1)

@@ -1,0 +1,171 @@
+"""The sync measure (stages/sync_measure.py), face assignment and what quality does with an offset.
+
+Synthetic cases run everywhere; the real-media cases run the real download, shots and faces stages
+on ../shared/real-media and skip when it is absent. Thresholds: DiarizeStage's keep threshold
+(4 null standard deviations) was set on the benchmark's dev set; the real-media files used here are
+dev files (benchmarks/sync_corpus.py), the held-out figures come from benchmarks/bench_sync.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from manifests import ManifestStore
+from stages.base import StageContext
+from stages.diarize import DiarizeStage
+from stages.diarize_sync import assign_faces
+from stages.quality import QualityStage
+from stages.sync_features import visual_features
+from stages.sync_measure import SyncMeasure
+
+SR, FPS = 16000, 25.0
+KEEP = DiarizeStage().sync_keep_threshold
+
+
+def babble(seconds: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(wav, mouth opening per frame): noise bursts at syllable rate, the mouth opening a frame
+    before each burst is loud (as lips lead the voice)."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * FPS)
+    syll = np.convolve((rng.random(n) < 0.25).astype(float), np.hanning(5), mode="same")
+    mouth = np.clip(syll + rng.normal(0, 0.15, n), 0, None)
+    loud = np.repeat(np.roll(syll, 1), SR // int(FPS))  # one frame after the mouth
+    wav = (loud * rng.normal(0, 0.3, len(loud)) + rng.normal(0, 0.003, len(loud))).astype(np.float32)
+    return wav, mouth
+
+
+def score(mouth, wav, shift_frames=0):
+    m = SyncMeasure()
+    wav = np.roll(wav, int(shift_frames * SR / FPS))
+    return m.score(np.arange(len(mouth)), visual_features({"mouth_open": mouth}), m.audio(wav, FPS, len(mouth)), fps=FPS)
+
+
+@pytest.mark.parametrize("shift", [0, 5, -8])
+def test_offset_and_confidence_on_synthetic_speech(shift):
+    wav, mouth = babble(12, seed=0)
+    res = score(mouth, wav, shift)
+    assert abs(res.offset_frames - shift) <= 1 and res.confidence >= KEEP, res
+    assert res.n_null >= 8 and res.null_std > 0
+
+
+def test_someone_elses_voice_scores_as_noise():
+    """Twenty unrelated voices against one mouth: the confidence is what the null says it is."""
+    _, mouth = babble(12, seed=0)
+    conf = [score(mouth, babble(12, seed=s)[0]).confidence for s in range(1, 21)]
+    assert max(conf) < KEEP and abs(float(np.median(conf))) < 1.5, conf
+
+
+def test_a_short_source_gets_its_null_from_the_reversed_audio():
+    wav, mouth = babble(3, seed=3)
+    res = score(mouth, wav)
+    assert res.n_null >= 8 and np.isfinite(res.confidence)
+
+
+def _track(tid, frames, mouth):
+    return {"track_id": tid, "frames": list(frames), "mouth_open": list(mouth[list(frames)])}
+
+
+def test_each_segment_goes_to_the_face_that_speaks_it_and_a_listener_gets_none():
+    """Two faces, turn-taking: A speaks 0-8 s, B 8-16 s; C listens throughout (its mouth moves to a voice we never hear)."""
+    wav_a, mouth_a = babble(8, seed=10)
+    wav_b, mouth_b = babble(8, seed=11)
+    _, mouth_c = babble(16, seed=12)
+    wav = np.concatenate([wav_a, wav_b])
+    n = len(mouth_a) + len(mouth_b)
+    quiet = np.random.default_rng(5).normal(0, 0.05, n).clip(0)
+    tracks = [_track("A", range(n), np.concatenate([mouth_a, quiet[len(mouth_a):]])),
+              _track("B", range(n), np.concatenate([quiet[:len(mouth_a)], mouth_b])),
+              _track("C", range(n), mouth_c)]
+    segs = [{"start_s": 0.2, "end_s": 7.8}, {"start_s": 8.2, "end_s": 15.8}]
+    assign_faces(segs, tracks, wav, FPS, n, SyncMeasure(), KEEP)
+    assert [s["track_id"] for s in segs] == ["A", "B"], segs
+    assert all(s["on_screen"] == "synced" and abs(s["sync_offset_frames"]) <= 1 for s in segs)
+    alone = [{"start_s": 0.2, "end_s": 7.8}]
+    assign_faces(alone, [tracks[2]], wav, FPS, n, SyncMeasure(), KEEP)
+    assert alone[0]["track_id"] is None and alone[0]["on_screen"] == "voice_over"
+    assert alone[0]["sync_null_windows"] >= 8 and alone[0]["sync_null_std"] > 0
+
+
+# -- quality: in step, realigned, or rejected ------------------------------------------------------------
+
+
+@pytest.fixture
+def offset_source(demo_corpus, tmp_path):
+    from tests.stages.test_quality import fake_upstream, ingest
+
+    out = tmp_path / "out"
+    src = ingest(out, demo_corpus / "talking.mp4")
+    _, segs = fake_upstream(out, src)
+
+    def with_offset(k: int):
+        ManifestStore(out).write_shard("segments", src["source_id"], [{**segs[0], "sync_offset_frames": k}, segs[1]])
+        return out, src
+
+    return with_offset
+
+
+@pytest.mark.parametrize("offset, realign, kept, shift", [(1, 10, True, 0), (5, 10, True, 5), (-8, 10, True, -8),
+                                                          (5, 0, False, None), (12, 10, False, None)])
+def test_an_offset_is_realigned_or_rejected_by_setting(offset_source, offset, realign, kept, shift):
+    out, src = offset_source(offset)
+    result = QualityStage(realign_max_frames=realign).process(src, StageContext(out=out))
+    clips = [c for c in result["clips"] if c["track_id"].endswith("t00")]
+    if not kept:
+        assert not clips and any(r["rule"] == "av_offset" and r["value"] == abs(offset) for r in result["rejections"])
+        return
+    (clip,) = clips
+    assert clip["audio_shift_frames"] == shift
+    wav, rate = sf.read(str(out / clip["audio_path"]), dtype="float32")
+    full, _ = sf.read(str(out / src["audio_path"]), dtype="float32")
+    a = int(round((clip["start_s"] + shift / FPS) * rate))
+    assert len(wav) == int(round((clip["end_s"] - clip["start_s"]) * rate))
+    np.testing.assert_allclose(wav[: rate // 2], full[a : a + rate // 2], atol=1e-6)
+
+
+# -- real faces, real voices (dev files; skipped without ../shared/real-media) ------------------------------
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    from benchmarks import sync_corpus
+
+    if not sync_corpus.available():
+        pytest.skip("../shared/real-media is absent (a clone without the shared development media)")
+    cache = tmp_path_factory.mktemp("sync-cache")
+
+    def load(name):
+        out, src = sync_corpus.picture(name, cache)
+        tracks = ManifestStore(out).read_shard("tracks", src["source_id"]).to_pylist()
+        wav, fps = sync_corpus.audio_on_video_clock(sync_corpus.REAL / "videos" / name, SR)
+        return max(tracks, key=lambda t: len(t["frames"])), wav, fps, int(src["n_frames"])
+
+    return load
+
+
+@pytest.mark.parametrize("shift", [0, 5, -8])
+def test_a_real_speakers_offset_is_found_and_confident(real, shift):
+    from benchmarks.sync_corpus import shifted
+
+    track, wav, fps, n = real("r2_v09_mimictalk_german.mp4")
+    m = SyncMeasure()
+    res = m.score(track["frames"], visual_features(track), m.audio(shifted(wav, shift, fps, SR) if shift else wav, fps, n),
+                  fps=fps)
+    assert abs(res.offset_frames - shift) <= 1 and res.confidence >= KEEP, res
+
+
+def test_real_faces_under_someone_elses_voice_are_not_synced(real):
+    """r3_v23 / r3_v24 sit silent under r3_v22's voice; v09's face under v12's voice, and under its own rotated."""
+    m = SyncMeasure()
+    for name in ("r3_v23_msdwild_demo1_silent_blonde.mp4", "r3_v24_msdwild_demo1_silent_youngman.mp4"):
+        track, wav, fps, n = real(name)
+        res = m.score(track["frames"], visual_features(track), m.audio(wav, fps, n), fps=fps)
+        assert res.confidence < KEEP, (name, res)
+    track, wav, fps, n = real("r2_v09_mimictalk_german.mp4")
+    from benchmarks.sync_corpus import REAL, audio_on_video_clock
+
+    other, _ = audio_on_video_clock(REAL / "videos" / "r3_v12_dfrf_cnn_jimacosta_71s.mp4", SR)
+    for voice in (other[: len(wav)], np.roll(wav, len(wav) // 2)):
+        res = m.score(track["frames"], visual_features(track), m.audio(voice, fps, n), fps=fps)
+        assert res.confidence < KEEP, res
