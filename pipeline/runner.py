@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import ray
 
 from manifests import ManifestStore
+from manifests.fs import FORWARDED_ENV, Location, is_uri
 from manifests.optout import load_tombstones
 from pipeline.plan import PipelineSettings, build_stages
 from pipeline.sources_file import read_sources
@@ -50,7 +52,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         kwargs["num_cpus"] = num_cpus
     # Workers must import our packages the same way the driver does.
     root = str(Path(__file__).resolve().parents[1])
-    kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}}
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    # Which object store to reach (endpoint, region, profile; never keys): workers see the driver's.
+    env.update({k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)})
+    kwargs["runtime_env"] = {"env_vars": env}
     ray.init(**kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
@@ -121,10 +126,24 @@ def canonical_sources(store: ManifestStore) -> list[dict[str, Any]]:
     return [best[k] for k in sorted(best)]
 
 
+def _read_sources(where: str) -> list[dict[str, Any]]:
+    """A sources file on local disk or object storage (fetched whole; its uri entries must be absolute)."""
+    if not is_uri(where):
+        return read_sources(where)
+    parent, name = where.rstrip("/").rsplit("/", 1)
+    with tempfile.TemporaryDirectory(prefix="emo-sources-") as tmp:
+        try:
+            Location(parent).get_file(name, Path(tmp) / name)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{where}: no such object") from None
+        return read_sources(Path(tmp) / name)
+
+
 def curate(opts: CurateOptions) -> Summary:
-    out = str(Path(opts.out).resolve())
-    store = ManifestStore(out)
-    inputs = read_sources(opts.sources)
+    loc = Location(opts.out)
+    out = loc.uri  # an absolute local path, or the URI as given
+    store = ManifestStore(loc)
+    inputs = _read_sources(opts.sources)
     blocked_uris, blocked_shas = load_tombstones(out)
     if blocked_uris:
         before = len(inputs)
@@ -154,7 +173,7 @@ def curate(opts: CurateOptions) -> Summary:
     if media:
         _run_media_stages(store, media, out, max_workers, settings)
     summary = summarize(store, [r["input_id"] for r in inputs], [s.name for s in stages])
-    (Path(out) / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2, default=str))
+    loc.write_text("summary.json", json.dumps(summary.as_dict(), indent=2, default=str))
     return summary
 
 
