@@ -24,8 +24,11 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-# Environment variables a Ray worker needs to reach the same store as the driver (no secrets).
-FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE")
+# What a Ray worker needs to reach the same store as the driver. Keys set in the driver's
+# environment travel in the job's runtime env (visible to whoever can read the cluster's jobs);
+# on a cloud cluster leave them unset and give the nodes an instance role instead.
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
+                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 

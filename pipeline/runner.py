@@ -52,10 +52,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         kwargs["num_cpus"] = num_cpus
     # Workers must import our packages the same way the driver does.
     root = str(Path(__file__).resolve().parents[1])
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    # Which object store to reach (endpoint, region, profile; never keys): workers see the driver's.
-    env.update({k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)})
-    kwargs["runtime_env"] = {"env_vars": env}
+    kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}}
     ray.init(**kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
@@ -80,6 +77,9 @@ def _map(ds: ray.data.Dataset, worker_cls: type, stages: list[Stage], out: str, 
     gpu_cluster = ray.cluster_resources().get("GPU", 0) > 0
     remote: dict[str, Any] = {"num_cpus": max(s.resources.num_cpus for s in stages),
                               "num_gpus": max(s.resources.num_gpus for s in stages) if gpu_cluster else 0}
+    store_env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    if is_uri(out) and store_env:  # the driver's object store settings, on whichever node runs the stage
+        remote["runtime_env"] = {"env_vars": store_env}
     memory = max(s.resources.memory_mb or 0 for s in stages)
     if memory:
         remote["memory"] = memory * 1024 * 1024
