@@ -64,6 +64,12 @@ def _error_text(e: Exception) -> str:
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
+def _out_relative(error: str | None, ctx: StageContext) -> str | None:
+    """Paths in an error message named relative to OUT: the row then reads the same wherever OUT is
+    (a folder, or a worker's scratch mirror of a bucket), and so does the content hash."""
+    return error.replace(f"{ctx.out}/", "") if error else error
+
+
 class Stuck(Exception):
     """A stage did not finish one source within its time limit."""
 
@@ -181,6 +187,7 @@ class StageWorker:
             status, error, rows, stuck = self._attempt(source, key, ctx)
         # A stage returns rows of its own table, or {table: rows} when it writes several.
         by_table = rows if isinstance(rows, dict) else {self.stage.table: rows}
+        error = _out_relative(error, ctx)
         if status == "ok":
             self.upload()
             for table, table_rows in by_table.items():
@@ -277,6 +284,7 @@ class DownloadWorker(StageWorker):
                 row = self.stage.failed_row(item, f"timeout: fetching took longer than its limit of {limit:.0f} s ({e})")
                 stuck = True
         self.upload()
+        row["error"] = _out_relative(row.get("error"), ctx)
         self.store.write_shard("sources", iid, [row])
         self.record_run(iid, row["status"], row.get("error"), 1, t0, ctx)
         if stuck:
