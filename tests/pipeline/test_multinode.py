@@ -41,12 +41,12 @@ def free_ports(n: int) -> list[int]:
 
 
 def start_node(args: list[str], env: dict, log: Path) -> subprocess.Popen:
-    client, listen, metrics, grpc, rt = free_ports(5)
+    listen, metrics, grpc, rt = free_ports(4)
     cmd = [RAY, "start", "--block", "--num-cpus", "1", "--num-gpus", "0", "--disable-usage-stats",
            "--dashboard-agent-listen-port", str(listen), "--metrics-export-port", str(metrics),
            "--dashboard-agent-grpc-port", str(grpc), "--runtime-env-agent-port", str(rt), *args]
     if "--head" in args:
-        cmd += ["--ray-client-server-port", str(client), "--include-dashboard", "false"]
+        cmd += ["--include-dashboard", "false"]
     return subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -68,6 +68,7 @@ def cluster(tmp_path_factory):
         (port,) = free_ports(1)
         base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}  # the driver forwards them
         base["RAY_health_check_period_ms"] = "1000"  # notice a dead node in seconds, not tens of seconds
+        base["RAY_AUTH_MODE"] = "disabled"  # Ray 2.60's token: the `ray start` nodes and our drivers share none
         scratch = [tmp / "head", tmp / "node2"]
         for s in scratch:
             s.mkdir()
@@ -88,13 +89,14 @@ def cluster(tmp_path_factory):
 
 
 def _wait_for_cpus(address: str, cpus: int, proc: subprocess.Popen, timeout: float = 90) -> None:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     probe = (f"import ray, time\nray.init(address={address!r}, log_to_driver=False)\n"
              f"t = time.time()\nwhile ray.cluster_resources().get('CPU', 0) < {cpus} and time.time() - t < 60: time.sleep(0.5)\n"
              "print(int(ray.cluster_resources().get('CPU', 0)))")
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, f"`ray start` exited with {proc.returncode}"
-        r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+        r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=90, env=env)
         if r.returncode == 0 and r.stdout.strip().endswith(str(cpus)):
             return
         time.sleep(1)
@@ -107,7 +109,7 @@ def curate_cmd(sources: Path, uri: str, address: str, endpoint: str, stages: str
 
 
 def driver_env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "RAY_AUTH_MODE": "disabled"}
 
 
 def versions_per_key(endpoint: str, bucket: str, prefix: str) -> dict[str, int]:
