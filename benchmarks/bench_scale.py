@@ -49,7 +49,7 @@ def synthesise(out: str, n: int, threads: int) -> float:
                                                                "n_rows": 1, "seconds": 0.1, "config_hash": "x"}])
         store.write_shard("shots", sid, [{"shot_id": f"{sid}-{k}", "source_id": sid, "start_frame": 100 * k,
                                           "end_frame": 100 * k + 100, "start_s": 4.0 * k, "end_s": 4.0 * k + 4.0,
-                                          "shot_index": k, "transition_in": "start" if k == 0 else "cut"}
+                                          "shot_index": k, "transition_in": "start" if k == 0 else "cut", "detector": "content"}
                                          for k in range(2)])
 
     t0 = time.perf_counter()
