@@ -8,6 +8,7 @@ applied to the store, files before manifests.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -29,6 +30,7 @@ class Mirror:
         base = Path(root or os.environ.get("EMO_SCRATCH") or tempfile.gettempdir())
         self.dir = base / f"emo-scratch-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.dir.mkdir(parents=True, exist_ok=True)
+        atexit.register(shutil.rmtree, self.dir, True)  # a worker that exits normally leaves no empty folder
         self.synced: dict[str, tuple[int, int]] = {}  # rel -> (size, mtime_ns) as last fetched or uploaded
 
     def _stamp(self, rel: str) -> tuple[int, int]:
