@@ -7,67 +7,58 @@ source back: its URI is never fetched again, and the same bytes from another URI
 from __future__ import annotations
 
 import json
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from manifests.fs import Location
 from manifests.lineage import learned_from
 from manifests.redact import redact_uri
 from manifests.store import ManifestStore
 
 DERIVED_TABLES = ("shots", "tracks", "segments", "clips", "rejections")
+TOMBSTONES = "manifests/tombstones.jsonl"  # relative to OUT (a folder or a URI)
 
 
 def tombstones_path(out: str | Path) -> Path:
-    return Path(out) / "manifests" / "tombstones.jsonl"
+    return Location(out).path / TOMBSTONES
 
 
 def load_tombstones(out: str | Path) -> tuple[set[str], set[str]]:
     """(blocked URIs, blocked sha256s)."""
-    p = tombstones_path(out)
     uris, shas = set(), set()
-    if p.exists():
-        for line in p.read_text().splitlines():
-            if line.strip():
-                t = json.loads(line)
-                uris.update(t.get("uris", []))
-                shas.update(t.get("sha256", []))
+    for line in Location(out).read_text(TOMBSTONES, default="").splitlines():
+        if line.strip():
+            t = json.loads(line)
+            uris.update(t.get("uris", []))
+            shas.update(t.get("sha256", []))
     return uris, shas
 
 
 def forget_inputs(store: ManifestStore, inputs: list[dict[str, Any]]) -> None:
     """Drop these inputs' `sources` rows, download runs and partial downloads; their media stay."""
+    store.delete_shards("sources", [r["input_id"] for r in inputs])
+    store.delete_shards("stage_runs", [f"download-{r['input_id']}" for r in inputs])
     for r in inputs:
-        store.shard_path("sources", r["input_id"]).unlink(missing_ok=True)
-        store.shard_path("stage_runs", f"download-{r['input_id']}").unlink(missing_ok=True)
-        (store.out / "downloads" / f"{r['input_id']}.part").unlink(missing_ok=True)
+        store.loc.delete(f"downloads/{r['input_id']}.part")
 
 
 def remove_sources(store: ManifestStore, sids: set[str], inputs: list[dict[str, Any]]) -> int:
     """Delete everything these sources gave: rows of every derived table, stage runs, masks, clips and the
     trainer's cached features of their clips, and the stored media and audio that `inputs` name.
     Returns the number of files deleted."""
-    removed = 0
-    for r in inputs:
-        for rel in (r["media_path"], r["audio_path"]):
-            if rel and (store.out / rel).exists():
-                (store.out / rel).unlink()
-                removed += 1
+    loc = store.loc
+    removed = sum(loc.delete(rel) for r in inputs for rel in {r["media_path"], r["audio_path"]} if rel)
+    for table in DERIVED_TABLES:
+        store.delete_shards(table, sids)
+    store.delete_shards("stage_runs", [k for k in store.shard_keys("stage_runs") if k.split("-", 1)[-1] in sids])
     for sid in sids:
-        for table in DERIVED_TABLES:
-            store.shard_path(table, sid).unlink(missing_ok=True)
-        for key in store.shard_keys("stage_runs"):
-            if key.endswith(f"-{sid}"):
-                store.shard_path("stage_runs", key).unlink()
         for folder in ("masks", "clips", "crops"):  # crops/: written by earlier versions
-            d = store.out / folder / sid
-            if d.exists():
-                removed += sum(1 for p in d.rglob("*") if p.is_file())
-                shutil.rmtree(d)
-        cache = store.out / "cache"  # the trainer's per-clip audio features (model/data.py), named by clip id
-        for p in list(cache.rglob(f"{sid}-*")) if cache.is_dir() else []:
-            p.unlink()
+            removed += loc.delete_tree(f"{folder}/{sid}")
+    # The trainer's per-clip audio features (model/data.py), named by clip id.
+    for f in loc.files("cache"):
+        if any(f.base_name.startswith(f"{sid}-") for sid in sids):
+            loc.fs.delete_file(f.path)
             removed += 1
     return removed
 
@@ -91,14 +82,13 @@ def optout(out: str | Path, ref: str, reason: str = "opt-out request",
     sids = {r["source_id"] for r in victims if r["source_id"]}
     forget_inputs(store, victims)
     removed_files = remove_sources(store, sids, victims)
-    learned = learned_from([out, *checkpoints], sids)
+    local_out = [out] if store.loc.local else []  # checkpoints are searched on local disk
+    learned = learned_from([*local_out, *checkpoints], sids)
     tomb = {"at": datetime.now(UTC).isoformat(), "reason": reason, "ref": ref,
             "uris": sorted({r["uri"] for r in victims} | {r["final_url"] for r in victims if r["final_url"]}),
             "sha256": sorted(shas), "checkpoints": [a["checkpoint"] for a in learned["affected"]]}
-    p = tombstones_path(out)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with open(p, "a") as fh:
-        fh.write(json.dumps(tomb) + "\n")
+    # Appended by rewriting the whole file: an object store has no append, and a reader sees old or new.
+    store.loc.write_text(TOMBSTONES, store.loc.read_text(TOMBSTONES, default="") + json.dumps(tomb) + "\n")
     return {"sources_removed": len(victims), "source_ids": sorted(sids), "files_removed": removed_files,
             "manifest_hash": store.content_hash(), "checkpoints_affected": learned["affected"],
             "checkpoints_unknown": learned["unknown"]}

@@ -1,26 +1,37 @@
-"""Reading and writing manifest tables as atomic, sharded Parquet files.
+"""Reading and writing manifest tables as atomic, sharded Parquet files, on a local folder or object storage.
 
-Layout: OUT/manifests/<table>/<shard_key>.parquet. A shard is written to a hidden temporary
-name in the same folder and renamed into place, so a reader never sees half a file and a
-crash leaves only a temporary that the next writer of that shard replaces.
+Layout under OUT (a folder or a URI, see manifests/fs.py):
+  manifests/<table>/<shard_key>.parquet           one shard per source, written whole (rename or one PUT)
+  manifests/_compacted/<table>/CURRENT.json       after `emo manifest compact`: the parts and their keys
+  manifests/_compacted/<table>/part-*.parquet     many shards' rows, with their key in `__shard_key`
+
+A shard key lives in exactly one place: a live shard file wins over its rows in a compacted part
+(manifests/compact.py deletes the live files only after CURRENT.json names the part that holds
+them). Every read goes through pyarrow.dataset and Acero, never a Python loop per file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.acero as acero
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from manifests import TABLES
 from manifests._schema import schema_version
+from manifests.fs import Location
 
 # Columns that legitimately differ between two runs over the same input.
 VOLATILE_COLUMNS = frozenset({"fetched_at", "finished_at", "seconds"})
+KEY_COL = "__shard_key"
+COMPACTED = "manifests/_compacted"
 
 
 def _schema(table: str) -> pa.Schema:
@@ -42,94 +53,177 @@ def rows_to_table(table: str, rows: Iterable[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-class ManifestStore:
-    """The manifests of one output folder."""
+def conform(table: str, data: pa.Table | Iterable[dict]) -> pa.Table:
+    """Data as the table's exact schema, with its version metadata."""
+    schema = _schema(table)
+    tbl = data if isinstance(data, pa.Table) else rows_to_table(table, data)
+    if not tbl.schema.equals(schema, check_metadata=False):
+        tbl = tbl.select(schema.names).cast(schema)
+    return tbl.replace_schema_metadata(schema.metadata)
 
-    def __init__(self, out: str | os.PathLike):
-        self.out = Path(out)
-        self.root = self.out / "manifests"
+
+class ManifestStore:
+    """The manifests of one output folder or object-store prefix."""
+
+    def __init__(self, out: str | os.PathLike | Location):
+        self.loc = out if isinstance(out, Location) else Location(out)
+        self._compacted: dict[str, dict[str, list[str]]] = {}  # table -> {part: keys}, read once per store
+
+    @property
+    def out(self) -> Path:
+        """OUT as a local folder (an error for OUT on object storage)."""
+        return self.loc.path
+
+    @property
+    def root(self) -> str:
+        return self.loc.child_uri("manifests")
 
     def table_dir(self, table: str) -> Path:
-        return self.root / table
+        return self.out / "manifests" / table
 
-    def shard_path(self, table: str, key: str) -> Path:
+    @staticmethod
+    def shard_rel(table: str, key: str) -> str:
         if not key or "/" in key or key.startswith("."):
             raise ValueError(f"bad shard key {key!r}")
-        return self.table_dir(table) / f"{key}.parquet"
+        return f"manifests/{table}/{key}.parquet"
 
-    def write_shard(self, table: str, key: str, data: pa.Table | Iterable[dict]) -> Path:
-        """Atomically write (or replace) one shard."""
-        schema = _schema(table)
-        tbl = data if isinstance(data, pa.Table) else rows_to_table(table, data)
-        if not tbl.schema.equals(schema, check_metadata=False):
-            tbl = tbl.select(schema.names).cast(schema)
-        tbl = tbl.replace_schema_metadata(schema.metadata)
-        final = self.shard_path(table, key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".{key}.parquet.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            with open(tmp, "wb") as fh:
-                pq.write_table(tbl, fh, compression="zstd")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return final
+    def shard_path(self, table: str, key: str) -> Path:
+        return self.out / self.shard_rel(table, key)
+
+    def write_shard(self, table: str, key: str, data: pa.Table | Iterable[dict]) -> str:
+        """Write (or replace) one shard, whole or not at all."""
+        tbl = conform(table, data)
+        rel = self.shard_rel(table, key)
+        self.loc.write(rel, lambda fh: pq.write_table(tbl, fh, compression="zstd"))
+        return rel
+
+    # -- compacted parts -------------------------------------------------------------------------
+
+    def compacted(self, table: str) -> dict[str, list[str]]:
+        """{part file name: the shard keys it holds} from CURRENT.json ({} before any compaction)."""
+        if table not in self._compacted:
+            text = self.loc.read_text(f"{COMPACTED}/{table}/CURRENT.json", default="{}")
+            self._compacted[table] = json.loads(text).get("parts", {})
+        return self._compacted[table]
+
+    def forget_cached(self) -> None:
+        self._compacted.clear()
+
+    def _compacted_keys(self, table: str) -> dict[str, str]:
+        return {k: part for part, keys in self.compacted(table).items() for k in keys}
+
+    def _live_keys(self, table: str) -> set[str]:
+        return {f.base_name[: -len(".parquet")] for f in self.loc.files(f"manifests/{table}", recursive=False)
+                if f.base_name.endswith(".parquet")}
+
+    # -- reading ---------------------------------------------------------------------------------
 
     def shard_keys(self, table: str) -> set[str]:
-        d = self.table_dir(table)
-        if not d.is_dir():
-            return set()
-        return {p.name[: -len(".parquet")] for p in d.iterdir() if p.name.endswith(".parquet") and not p.name.startswith(".")}
+        return self._live_keys(table) | set(self._compacted_keys(table))
 
     def has_shard(self, table: str, key: str) -> bool:
-        return self.shard_path(table, key).is_file()
+        return self.loc.exists(self.shard_rel(table, key)) or key in self._compacted_keys(table)
 
     def read_shard(self, table: str, key: str) -> pa.Table:
-        path = self.shard_path(table, key)
-        if not path.is_file():
-            return _schema(table).empty_table()
-        return pq.read_table(path, schema=_schema(table))
+        schema = _schema(table)
+        rel = self.shard_rel(table, key)
+        try:
+            return pq.read_table(self.loc.full(rel), filesystem=self.loc.fs, schema=schema)
+        except FileNotFoundError:
+            pass
+        part = self._compacted_keys(table).get(key)
+        if part is None:
+            return schema.empty_table()
+        dset = ds.dataset(self.loc.full(f"{COMPACTED}/{table}/{part}"), filesystem=self.loc.fs, format="parquet",
+                          schema=schema.append(pa.field(KEY_COL, pa.string())))
+        return dset.to_table(columns=schema.names, filter=ds.field(KEY_COL) == key).replace_schema_metadata(schema.metadata)
 
     def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
-        """The whole table, rows in shard-key order (deterministic across runs)."""
+        """The whole table, rows in shard-key order (deterministic across runs and compactions)."""
+        tbl = self.read_with_keys(table, columns)
+        return tbl.drop_columns([KEY_COL])
+
+    def read_with_keys(self, table: str, columns: list[str] | None = None) -> pa.Table:
+        """read() plus each row's shard key in column `__shard_key`."""
         schema = _schema(table)
-        files = [self.shard_path(table, k) for k in sorted(self.shard_keys(table))]
-        if not files:
-            tbl = schema.empty_table()
-            return tbl.select(columns) if columns else tbl
-        parts = [pq.read_table(f, schema=schema, columns=columns) for f in files]
-        return pa.concat_tables(parts).replace_schema_metadata(schema.metadata)
+        names = columns or schema.names
+        live = sorted(self._live_keys(table))
+        parts = []
+        if live:
+            files = [self.loc.full(self.shard_rel(table, k)) for k in live]
+            parts.append(_scan(ds.dataset(files, filesystem=self.loc.fs, format="parquet", schema=schema), names, None))
+        comp = self.compacted(table)
+        if comp:
+            files = [self.loc.full(f"{COMPACTED}/{table}/{p}") for p in sorted(comp)]
+            dset = ds.dataset(files, filesystem=self.loc.fs, format="parquet",
+                              schema=schema.append(pa.field(KEY_COL, pa.string())))
+            keep = ~ds.field(KEY_COL).isin(pa.array(live, pa.string())) if live else None
+            parts.append(_scan(dset, names, keep))
+        if not parts:
+            empty = schema.empty_table().select(names).append_column(KEY_COL, pa.array([], pa.string()))
+            return empty.replace_schema_metadata(schema.metadata)
+        tbl = pa.concat_tables(parts)
+        # A stable sort: rows of one shard keep their order (batches by their index within the file).
+        tbl = tbl.take(pc.sort_indices(tbl, sort_keys=[(KEY_COL, "ascending"), ("__batch_index", "ascending")]))
+        out_schema = pa.schema([schema.field(n) for n in names] + [pa.field(KEY_COL, pa.string())], schema.metadata)
+        return tbl.drop_columns(["__batch_index"]).cast(out_schema)  # Acero drops `not null`: put it back
 
     def tables(self) -> list[str]:
         """Tables that have at least one shard, in registry order."""
         return [t for t in TABLES if self.shard_keys(t)]
 
     def version_of(self, table: str) -> int | None:
-        keys = sorted(self.shard_keys(table))
-        if not keys:
-            return None
-        return schema_version(pq.read_schema(self.shard_path(table, keys[0])))
+        live = sorted(self._live_keys(table))
+        if live:
+            return schema_version(pq.read_schema(self.loc.full(self.shard_rel(table, live[0])), filesystem=self.loc.fs))
+        comp = self.compacted(table)
+        if comp:
+            part = self.loc.full(f"{COMPACTED}/{table}/{sorted(comp)[0]}")
+            return schema_version(pq.read_schema(part, filesystem=self.loc.fs))
+        return None
+
+    # -- deleting --------------------------------------------------------------------------------
+
+    def delete_shards(self, table: str, keys: Iterable[str]) -> int:
+        """Delete these shards wherever they are (live files, compacted parts); how many existed."""
+        from manifests.compact import drop_from_parts
+
+        keys = set(keys)
+        n = sum(self.loc.delete(self.shard_rel(table, k)) for k in keys)
+        in_parts = keys & set(self._compacted_keys(table))
+        if in_parts:
+            drop_from_parts(self, table, in_parts)
+        return n + len(in_parts)
 
     def content_hash(self, tables: Iterable[str] | None = None) -> str:
         """A hash of the manifests' content, ignoring volatile columns (times).
 
         Identifies "this exact dataset": the same rows give the same hash, whenever they were
-        written. (Two runs over the same input can differ in the `sha256` of the clips they
-        encode: libx264 was seen to give different bytes for the same frames.)
+        written and however they are stored (one file per source or compacted). (Two runs over the
+        same input can differ in the `sha256` of the clips they encode: libx264 was seen to give
+        different bytes for the same frames.)
         """
         h = hashlib.sha256()
         for table in tables or self.tables():
-            tbl = self.read(table)
-            keep = [c for c in tbl.column_names if c not in VOLATILE_COLUMNS]
-            tbl = tbl.select(keep)
+            names = [c for c in _schema(table).names if c not in VOLATILE_COLUMNS]
+            tbl = self.read(table, columns=names).combine_chunks()  # independent of how rows were split into files
             h.update(table.encode())
-            for batch in tbl.to_batches():
-                for col in batch.columns:
-                    h.update(_column_bytes(col))
+            for col in tbl.columns:
+                h.update(_column_bytes(col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)))
         return h.hexdigest()
+
+
+def _scan(dset: ds.Dataset, names: list[str], keep: ds.Expression | None) -> pa.Table:
+    """All rows of a dataset with their shard key and batch index, scanned in parallel by Acero."""
+    has_key = KEY_COL in dset.schema.names
+    decls = [acero.Declaration("scan", acero.ScanNodeOptions(dset, columns=names + ([KEY_COL] if has_key else [])))]
+    if keep is not None:
+        decls.append(acero.Declaration("filter", acero.FilterNodeOptions(keep)))
+    key = pc.field(KEY_COL) if has_key else pc.replace_substring_regex(
+        pc.field("__filename"), pattern=r"^.*/|\.parquet$", replacement="")
+    exprs = [pc.field(n) for n in names] + [key, pc.field("__batch_index")]
+    decls.append(acero.Declaration("project", acero.ProjectNodeOptions(exprs, names + [KEY_COL, "__batch_index"])))
+    return acero.Declaration.from_sequence(decls).to_table()
 
 
 def _column_bytes(col: pa.Array) -> bytes:

@@ -413,9 +413,8 @@ def _forget_stale(store: ManifestStore, old: dict[str, str], new: dict[str, str]
         if r["stage"] in order and (r["source_id"] in redo or r["config_hash"] != current[r["stage"]]):
             i = 0 if r["source_id"] in redo else order[r["stage"]]
             first[r["source_id"]] = min(first.get(r["source_id"], i), i)
-    for sid, i in first.items():
-        for s in media[i:]:
-            store.shard_path("stage_runs", run_key(s.name, sid)).unlink(missing_ok=True)
+    # Through the store: a compacted run row (`emo manifest compact`) has no file of its own to unlink.
+    store.delete_shards("stage_runs", [run_key(s.name, sid) for sid, i in first.items() for s in media[i:]])
     if gone or first:
         log.info("curate: forgetting %d changed or dropped inputs; %d sources redo stages", len(gone), len(first))
 

