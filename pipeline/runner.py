@@ -131,11 +131,11 @@ def _uri_key(loc: Location) -> bytes:
     """OUT's key for the ids of inputs whose URI holds a secret (a 0600 file locally; an object in a bucket)."""
     if not is_uri(loc.uri):
         return uri_key(loc.uri)
-    text = loc.read_text(KEY_FILE, default=None)
-    if text is None:
+    try:
+        return bytes.fromhex(loc.read_text(KEY_FILE).strip())
+    except FileNotFoundError:
         loc.write_text(KEY_FILE, os.urandom(32).hex())
-        text = loc.read_text(KEY_FILE)
-    return bytes.fromhex(text.strip())
+        return bytes.fromhex(loc.read_text(KEY_FILE).strip())
 
 
 def _read_sources(where: str, key: bytes | None = None) -> list[dict[str, Any]]:
