@@ -10,7 +10,7 @@ import numpy as np
 import soundfile as sf
 
 from stages.base import StageError, temp_sibling
-from stages.video_io import SkipCorrupt
+from stages.media_clock import audio_runs, place, video_end, video_origin
 
 
 def probe_media(path: Path) -> dict[str, Any]:
@@ -91,36 +91,34 @@ def _first_frame(container: av.container.InputContainer, vs: av.VideoStream, max
                      + (f"; last error: {last_error})" if last_error else ")"))
 
 
-def decode_audio(path: Path, rate: int = 16000) -> tuple[np.ndarray, int]:
+def decode_audio(path: Path, rate: int = 16000, on_clock: bool = False) -> tuple[np.ndarray, int]:
     """(mono float32 samples at `rate`, corrupt packets skipped) of the first audio stream of any
-    file FFmpeg reads. Packets the decoder rejects are skipped and counted, as the video decoder
-    does; the stream goes on past them. A file with no audio, or none that decodes, is a StageError."""
-    chunks: list[np.ndarray] = []
-    corrupt = 0
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+    file FFmpeg reads, each decoded frame placed by its timestamp (stages/media_clock.py).
+    `on_clock`: sample 0 is the first displayed video frame and the audio covers exactly the video's
+    span (silence where the file has no sound). Packets the decoder rejects are skipped and counted;
+    their time stays silent. A file with no audio, or none that decodes, is a StageError."""
     try:
         with av.open(str(path)) as c:
             if not c.streams.audio:
                 raise StageError("no_audio_stream", "no audio stream")
-            frames = SkipCorrupt(c, c.streams.audio[0])
-            try:
-                for frame in frames:
-                    chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
-                chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
-            finally:
-                corrupt = frames.corrupt
-    except av.error.FFmpegError as e:  # the demuxer itself gave up: keep what decoded
-        if not chunks:
-            raise StageError("audio_undecodable", str(e)) from e
-    if corrupt and not chunks:
-        raise StageError("audio_undecodable", f"all {corrupt} audio packets were rejected by the decoder")
-    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), corrupt
+            runs, corrupt = audio_runs(c, rate)
+        origin = None
+        if on_clock:
+            with av.open(str(path)) as c:
+                origin = video_origin(c)
+    except av.error.FFmpegError as e:
+        raise StageError("audio_undecodable", str(e)) from e
+    if not any(len(r.chunks) for r in runs):
+        raise StageError("audio_undecodable", f"all {corrupt} audio packets were rejected by the decoder"
+                         if corrupt else "no audio frame decodes")
+    span = video_end(path, origin) if origin is not None else None
+    return place(runs, rate, origin, span), corrupt
 
 
 def extract_audio(path: Path, wav: Path, rate: int = 16000) -> dict[str, float]:
-    """Decode the first audio stream to a mono float wav at `rate` (see decode_audio).
+    """Decode the first audio stream to a mono float wav at `rate` on the source's clock (see decode_audio).
     Returns seconds written, corrupt packets, and the fraction of clipped samples."""
-    audio, corrupt = decode_audio(path, rate)
+    audio, corrupt = decode_audio(path, rate, on_clock=True)
     tmp = temp_sibling(wav)
     sf.write(str(tmp), audio, rate, subtype="FLOAT", format="WAV")
     tmp.replace(wav)

@@ -1,0 +1,71 @@
+"""The media clock (stages/media_clock.py): in every container the flash frame and the tone burst
+of tests/fixtures/clock_corpus.py coincide in the extracted wav, and the wav covers the video's span."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from stages.probe import decode_audio
+from tests.fixtures.clock_corpus import TONE_HZ, build, variants
+
+SR = 16000
+ONE_FRAME_50FPS = 0.020
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    return build(tmp_path_factory.mktemp("clock"))
+
+
+def flash_times(path: Path) -> tuple[np.ndarray, float]:
+    """Clock times of the flash frames (by each frame's PTS) and the end of the video."""
+    ts, lum = [], []
+    with av.open(str(path)) as c:
+        vs = c.streams.video[0]
+        for f in c.decode(vs):
+            ts.append(float(f.pts * vs.time_base))
+            lum.append(f.to_ndarray(format="gray").mean())
+    ts, lum = np.asarray(ts) - ts[0], np.asarray(lum)
+    return ts[lum - np.median(lum) > 35], float(ts[-1] + np.median(np.diff(ts[-5:])))
+
+
+def tone_onsets(wav: np.ndarray) -> list[float]:
+    """Where the 1 kHz burst starts: 50% of its peak energy in a 25 ms window, centre-referenced."""
+    n, hop = 400, 40
+    ref = np.exp(-2j * np.pi * TONE_HZ * np.arange(n) / SR) * np.hanning(n)
+    e = np.abs(np.lib.stride_tricks.sliding_window_view(wav, n)[::hop] @ ref)
+    thr, on = 0.5 * e.max(), []
+    for i in np.flatnonzero((e[1:] >= thr) & (e[:-1] < thr)) + 1:
+        t = (i * hop + n / 2) / SR
+        if not on or t - on[-1] > 0.5:
+            on.append(t)
+    return on
+
+
+@pytest.mark.parametrize("name", sorted(variants()))
+def test_tone_and_flash_coincide_on_the_clock(corpus, name):
+    wav, _ = decode_audio(corpus[name], SR, on_clock=True)
+    flashes, end = flash_times(corpus[name])
+    onsets = tone_onsets(wav)
+    assert len(flashes) == len(onsets) == 2, (flashes, onsets)
+    lag = np.asarray(onsets) - flashes
+    assert np.all(np.abs(lag) < ONE_FRAME_50FPS), f"{name}: sound minus picture {np.round(lag * 1000)} ms"
+    assert abs(len(wav) / SR - end) < 0.041, f"{name}: wav {len(wav) / SR:.3f} s for a {end:.3f} s video"
+
+
+def test_audio_that_starts_late_is_silence_before(corpus):
+    from tests.fixtures.clock_corpus import AUDIO_LATE_S
+
+    wav, _ = decode_audio(corpus["audio_late.mp4"], SR, on_clock=True)
+    head = wav[: int((AUDIO_LATE_S - 0.05) * SR)]
+    assert np.abs(head).max() == 0.0 and np.abs(wav[int(AUDIO_LATE_S * SR):]).max() > 0.1
+
+
+def test_sound_alone_starts_at_its_first_sample(corpus, tmp_path):
+    """Without on_clock (emo sample's speech input) the audio is its own clock: nothing is padded."""
+    wav, _ = decode_audio(corpus["audio_late.mp4"], SR)
+    assert np.abs(wav[: SR // 10]).max() > 0.0
