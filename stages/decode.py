@@ -25,8 +25,8 @@ class SmallFrames:
     """The decoded frames of one video, small enough to hold in memory (48x27 RGB: 3.9 KB a frame)."""
 
     frames: np.ndarray  # (N, H, W, 3) uint8 RGB, in decoder output order
-    pts: np.ndarray  # (N,) float64 seconds, from each frame's PTS
-    end_s: float  # PTS of the end of the last frame (its PTS plus its duration)
+    pts: np.ndarray  # (N,) float64 seconds on the source's clock (stages/media_clock.py): PTS minus the first frame's
+    end_s: float  # clock time of the end of the last frame (its time plus its duration)
     corrupt_packets: int  # packets the decoder rejected; their frames are missing
 
     def __len__(self) -> int:
@@ -75,7 +75,8 @@ def decode_small(path: str | Path, size: tuple[int, int] = (48, 27), threads: in
         corrupt += frames.corrupt
     if not out:
         raise StageError("undecodable", "no frame could be decoded")
-    return SmallFrames(np.stack(out), np.asarray(pts, np.float64), pts[-1] + last_duration, corrupt)
+    origin = pts[0]  # t = 0 is the first displayed frame
+    return SmallFrames(np.stack(out), np.asarray(pts, np.float64) - origin, pts[-1] + last_duration - origin, corrupt)
 
 
 def _seconds(frame: av.VideoFrame, tb: float | None, prev: list[float], rate: float) -> float:

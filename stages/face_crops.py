@@ -119,7 +119,7 @@ def write_crops(video: Path, rotation: int, jobs: list[CropJob], anchors: list[t
                 seek_gap: int = 250) -> None:
     """Write every job's crop video, decoding `video` once; frames outside every job are never converted.
 
-    `anchors` are (frame index, PTS seconds) of frames an earlier full decode numbered (the shot
+    `anchors` are (frame index, clock seconds) of frames an earlier full decode numbered (the shot
     table's starts). A job more than `seek_gap` frames past what is being decoded starts a new
     segment at the nearest anchor before it, reached by a seek instead of decoding the gap; when an
     anchor's frame cannot be found, that segment decodes from the start. Raises when the decode

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from stages.base import temp_sibling
+from stages.media_clock import video_origin
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,8 @@ def iter_frames(path: Path, rotation: int, look_only: bool = False,
 
     Packets the decoder rejects are skipped (SkipCorrupt), as the shot stage's decode does, so every
     stage numbers the frames of a damaged file the same way. `look_only` decodes with LOOK_ONLY's
-    shortcuts (same frames, slightly different pixels). `anchor` (index, PTS seconds), a frame whose
-    number and time an earlier full decode recorded (a shot's start), starts there: seek to the
+    shortcuts (same frames, slightly different pixels). `anchor` (index, clock seconds), a frame whose
+    number and clock time an earlier full decode recorded (a shot's start), starts there: seek to the
     keyframe before it, drop the frames before its PTS, number it `index`. Raises AnchorNotFound
     when no frame has that PTS; nothing was yielded then.
     """
@@ -184,11 +185,16 @@ def feed_ranges(path: Path, rotation: int, consumers: list, anchor: tuple[int, f
     return active + pending
 
 
-def _from_anchor(c, vs, frames: SkipCorrupt, index: int, pts_s: float) -> Iterator[av.VideoFrame]:
+def _from_anchor(c, vs, frames: SkipCorrupt, index: int, clock_s: float) -> Iterator[av.VideoFrame]:
     tb = float(vs.time_base or 0)
     rate = float(vs.average_rate or vs.guessed_rate or 25.0)
     if not tb:
         raise AnchorNotFound("the stream has no time base")
+    with av.open(c.name) as first:  # the anchor is on the source's clock: t = 0 is the first frame's PTS
+        origin = video_origin(first)
+    if origin is None:
+        raise AnchorNotFound("the first frame has no timestamp")
+    pts_s = clock_s + origin
     c.seek(int(round(pts_s / tb)), stream=vs, backward=True, any_frame=False)
     tol = 0.25 / rate
     it = iter(frames)

@@ -69,3 +69,23 @@ def test_sound_alone_starts_at_its_first_sample(corpus, tmp_path):
     """Without on_clock (emo sample's speech input) the audio is its own clock: nothing is padded."""
     wav, _ = decode_audio(corpus["audio_late.mp4"], SR)
     assert np.abs(wav[: SR // 10]).max() > 0.0
+
+
+@pytest.mark.parametrize("name", ["video_late.mp4", "mp4_aac.mp4", "matroska.mkv"])
+def test_frame_times_start_at_zero_and_seek_anchors_use_them(corpus, name):
+    """Shots' times (decode_small) are on the clock, and a seek to a shot start given in clock seconds
+    lands on that very frame (quality's crop writer seeks by them). MPEG-TS is left out: FFmpeg's
+    seek there lands past the frame, which raises AnchorNotFound and the crop writer decodes from
+    the start instead, as it always has."""
+    from stages.decode import decode_small
+    from stages.video_io import iter_frames
+
+    small = decode_small(corpus[name], (16, 9))
+    assert small.pts[0] == 0.0 and abs(small.end_s - 6.0) < 0.05, (small.pts[:3], small.end_s)
+    k = 100
+    first_index, first_frame = next(iter_frames(corpus[name], 0, anchor=(k, float(small.pts[k]))))
+    seeked = first_frame.to_ndarray(format="gray").astype(float)
+    for i, frame in iter_frames(corpus[name], 0):
+        if i == k:
+            assert first_index == k and np.abs(frame.to_ndarray(format="gray") - seeked).mean() < 1.0
+            break
