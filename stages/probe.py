@@ -33,6 +33,8 @@ def probe_media(path: Path) -> dict[str, Any]:
             duration = float(vs.duration * vs.time_base)
         elif container.duration is not None:
             duration = container.duration / av.time_base
+        elif first.pts is not None and vs.time_base:  # no duration in the header (live WebM): a demux pass
+            duration = video_end(path, float(first.pts * vs.time_base))
         n_frames = vs.frames or (int(round(duration * fps)) if duration and fps else None)
         rotation = int(round(getattr(first, "rotation", 0) or 0)) % 360
         w, h = first.width, first.height

@@ -89,3 +89,11 @@ def test_frame_times_start_at_zero_and_seek_anchors_use_them(corpus, name):
         if i == k:
             assert first_index == k and np.abs(frame.to_ndarray(format="gray") - seeked).mean() < 1.0
             break
+
+
+def test_a_live_webm_without_duration_gets_one_by_a_demux_pass(corpus):
+    """The per-media time allowance of every stage is computed from duration_s: it must not be None."""
+    from stages.probe import probe_media
+
+    meta = probe_media(corpus["live.webm"])
+    assert meta["duration_s"] == pytest.approx(6.0, abs=0.05) and meta["n_frames"] == 150
