@@ -8,8 +8,9 @@ priming (which FFmpeg applies) are honoured, a gap in the timestamps (a lost pac
 instead of pulling the rest early, and a change of sample rate or channel layout mid-stream starts
 a new resampler instead of failing.
 
-AAC in an MP4 without an edit list carries 1024 samples of encoder priming that nothing signals;
-players that honour the usual convention skip them, and so does this (see `_unsignalled_priming`).
+Encoder priming is taken as the container signals it (an MP4 edit list, Matroska's CodecDelay,
+Opus pre-skip, the earlier timestamp of TS's first audio frame); FFmpeg applies it. Priming that
+nothing signals is not guessed at: no file seen here had any.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from pathlib import Path
 import av
 import numpy as np
 
-AAC_PRIMING = 1024  # samples an AAC encoder puts before the first real one (at the stream's own rate)
 JUMP_S = 0.005  # a timestamp this far from where the previous frame ended starts a new run
 
 
@@ -72,15 +72,13 @@ def audio_runs(container: av.container.InputContainer, rate: int) -> tuple[list[
     stream = container.streams.audio[0]
     tb = stream.time_base
     runs: list[AudioRun] = []
-    resampler, fmt, expected, first_pts, corrupt = None, None, None, "unset", 0
+    resampler, fmt, expected, corrupt = None, None, None, 0
 
     def close():
         if resampler is not None and runs:
             runs[-1].chunks.extend(o.to_ndarray().reshape(-1) for o in resampler.resample(None))
 
-    for packet, frames in _decoded(container, stream):
-        if first_pts == "unset" and packet.dts is not None:
-            first_pts = packet.pts
+    for _packet, frames in _decoded(container, stream):
         if frames is None:
             corrupt += 1
             continue
@@ -96,10 +94,6 @@ def audio_runs(container: av.container.InputContainer, rate: int) -> tuple[list[
             start = t if t is not None else expected
             expected = None if start is None else start + frame.samples / frame.sample_rate
     close()
-    if _unsignalled_priming(container, stream, runs, first_pts):
-        shift = AAC_PRIMING / stream.codec_context.sample_rate
-        for r in runs:
-            r.start_s = None if r.start_s is None else r.start_s - shift
     return runs, corrupt
 
 
@@ -114,17 +108,6 @@ def _decoded(container, stream):
                 yield packet, None
     except av.error.FFmpegError:
         return
-
-
-def _unsignalled_priming(container, stream, runs: list[AudioRun], first_pts) -> bool:
-    """AAC in MP4/MOV whose first packet sits at 0 with no edit list: its priming was left in.
-
-    With an edit list FFmpeg gives the first packet a negative PTS and drops the priming itself; in
-    fragmented MP4 the priming frame stands apart from the audio that follows (a new run), so it is
-    trimmed by placement. MPEG-TS and Matroska put the priming before the start by their timestamps.
-    """
-    return ("mp4" in container.format.name and stream.codec_context.name == "aac" and first_pts == 0
-            and bool(runs) and len(runs[0].chunks) > 1 and runs[0].start_s == 0.0)
 
 
 def place(runs: list[AudioRun], rate: int, origin_s: float | None, span_s: float | None) -> np.ndarray:
