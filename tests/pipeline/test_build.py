@@ -208,9 +208,11 @@ def test_a_dropped_source_leaves_the_dataset(base, footage, tmp_path):
 def test_changing_a_curate_setting_redoes_that_stage_for_every_source(base, footage, tmp_path):
     out = copy_out(base, tmp_path)
     doc = build_doc(footage)
-    doc["curate"]["config"]["quality"]["rules"]["low_sync"] = 0.01
+    # Below every confidence the measure gives (the dubbed footage's voices belong to no face and score
+    # 0): the same clips are kept, so what is tested is only that the setting's change redoes quality.
+    doc["curate"]["config"]["quality"]["rules"]["low_sync"] = -1.0
     report = build(write(tmp_path / "build.yaml", doc), out)
-    assert report.steps[0].reason == "config.quality.rules.low_sync: 0.0 -> 0.01"
+    assert report.steps[0].reason == "config.quality.rules.low_sync: 0.0 -> -1.0"
     lock = json.loads((out / "emo.lock").read_text())["steps"]
     assert lock["curate"]["outputs"]["processed"] == {"quality": 2}  # shots, faces, diarize kept
 
@@ -277,9 +279,9 @@ def test_a_video_leads_to_what_its_model_learned_from_and_an_optout_names_the_mo
 
 
 def test_a_fine_tune_starts_from_its_parent_and_records_it(base, footage, tmp_path):
-    """Same data, seed and fixed batch as the parent's stage 1: the first loss is where the parent ended.
+    """Same data, seed and fixed batch as the parent's stage 1: the first loss (from the parent's EMA) is at or below where the parent ended.
 
-    Measured (one CPU thread): parent 1.165 -> 0.00143 in 30 steps, fine-tune's first 0.00120.
+    Measured (one CPU thread): parent 1.165 -> 0.00142 in 30 steps, fine-tune's first (from its EMA) 0.00084.
     """
     out = copy_out(base, tmp_path)
     parent = base[1] / "train" / "stage1"
@@ -299,11 +301,11 @@ def test_a_fine_tune_starts_from_its_parent_and_records_it(base, footage, tmp_pa
     assert meta["parent"]["path"] == str(base[1] / parent_lock["checkpoint"])
     assert meta["step"] == STAGE1_STEPS // 10  # fewer steps by default
     assert meta["config"]["learning_rate"] == pytest.approx(EMO_MODELS["tiny"].learning_rate / 10)
-    # The parent's last logged loss was measured one update before its final weights; the fine-tune's
-    # first is those weights on the same batch: equal within that last step's change.
+    # The fine-tune starts from the parent's EMA weights, which on this overfitting run sit at or below
+    # the parent's last logged loss (measured: 0.00084 against 0.00142): never far above it.
     print(f"parent: first {parent_lock['first_loss']:.4f}, last {parent_lock['last_loss']:.5f}; "
           f"fine-tune first {ft['first_loss']:.5f}")
-    assert abs(ft["first_loss"] - parent_lock["last_loss"]) <= 0.5 * parent_lock["last_loss"]
+    assert ft["first_loss"] <= 1.5 * parent_lock["last_loss"]
     assert ft["first_loss"] < parent_lock["first_loss"] / 20  # a fresh model would start near the parent's first
     # --trainable audio,temporal in stage 3: audio layers (stage 3 freezes them) move, speed layers do not.
     w = {k: load_file(resolve_checkpoint(d) / "model.safetensors")
