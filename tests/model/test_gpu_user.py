@@ -29,18 +29,6 @@ def write(path: Path, **keys) -> Path:
 
 
 @pytest.fixture(scope="module")
-def wav2vec2_folder(tmp_path_factory) -> Path:
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
-
-    root = tmp_path_factory.mktemp("w2v") / "wav2vec2"
-    torch.manual_seed(0)
-    config = Wav2Vec2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                            conv_dim=(8,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
-    Wav2Vec2Model(config).save_pretrained(root)
-    return root
-
-
-@pytest.fixture(scope="module")
 def stage2(clips_out, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("s2") / "s2"
     cfg = write(run.parent / "c.json", batch_size=1, num_frames=4)

@@ -37,18 +37,6 @@ def sd_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def wav2vec2_folder(tmp_path_factory) -> Path:
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
-
-    root = tmp_path_factory.mktemp("w2v") / "wav2vec2"
-    torch.manual_seed(0)
-    config = Wav2Vec2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                            conv_dim=(8,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
-    Wav2Vec2Model(config).save_pretrained(root)
-    return root
-
-
-@pytest.fixture(scope="module")
 def motion_folder(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("mm") / "adapter"
     torch.manual_seed(0)
