@@ -78,7 +78,7 @@ def audio_runs(container: av.container.InputContainer, rate: int) -> tuple[list[
         if resampler is not None and runs:
             runs[-1].chunks.extend(o.to_ndarray().reshape(-1) for o in resampler.resample(None))
 
-    for _packet, frames in _decoded(container, stream):
+    for frames in _decoded(container, stream):
         if frames is None:
             corrupt += 1
             continue
@@ -98,14 +98,14 @@ def audio_runs(container: av.container.InputContainer, rate: int) -> tuple[list[
 
 
 def _decoded(container, stream):
-    """(packet, its frames or None when the decoder rejects it); the demuxer giving up ends the stream
+    """Each packet's frames, or None when the decoder rejects it; the demuxer giving up ends the stream
     (what decoded is kept)."""
     try:
         for packet in container.demux(stream):
             try:
-                yield packet, packet.decode()
+                yield packet.decode()
             except (av.error.FFmpegError, ValueError):
-                yield packet, None
+                yield None
     except av.error.FFmpegError:
         return
 
