@@ -50,7 +50,7 @@ def _s3_filesystem() -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, root path inside it) for a URI; an unknown scheme is a ValueError naming it."""
     scheme = _SCHEME.match(uri).group(1).lower()
     rest = uri.split("://", 1)[1].strip("/")
@@ -80,7 +80,7 @@ class Location:
             path = Path(target.removeprefix("file://")).resolve()
             self.fs, self.root, self.uri = pafs.LocalFileSystem(), path.as_posix(), str(path)
         else:
-            self.fs, self.root = _filesystem(target)
+            self.fs, self.root = filesystem(target)
             self.uri = target.rstrip("/")
 
     def __repr__(self) -> str:

@@ -61,7 +61,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 def _map(ds: ray.data.Dataset, worker_cls: type, stages: list[Stage], out: str, max_workers: int,
-         settings: PipelineSettings, n_items: int) -> ray.data.Dataset:
+         settings: PipelineSettings, n_items: int, object_sources: bool = False) -> ray.data.Dataset:
     """Stages fused as one Ray Data operator: an actor pool when any holds a model, tasks otherwise.
 
     A worker process that dies (killed, crashed, or ended by the worker after a stuck stage) is
@@ -79,7 +79,8 @@ def _map(ds: ray.data.Dataset, worker_cls: type, stages: list[Stage], out: str, 
     remote: dict[str, Any] = {"num_cpus": max(s.resources.num_cpus for s in stages),
                               "num_gpus": max(s.resources.num_gpus for s in stages) if gpu_cluster else 0}
     store_env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
-    if is_uri(out) and store_env:  # the driver's object store settings, on whichever node runs the stage
+    # The driver's object store settings, on whichever node runs the stage (OUT or inputs on a store).
+    if (is_uri(out) or object_sources) and store_env:
         remote["runtime_env"] = {"env_vars": store_env}
     memory = max(s.resources.memory_mb or 0 for s in stages)
     if memory:
@@ -116,6 +117,10 @@ def operator_groups(stages: list[Stage], gpu_cluster: bool) -> list[list[Stage]]
         else:
             groups.append([s])
     return groups
+
+
+def _on_object_store(uri: str) -> bool:
+    return is_uri(uri) and uri.split("://", 1)[0].lower() not in ("http", "https")
 
 
 def canonical_sources(store: ManifestStore) -> list[dict[str, Any]]:
@@ -177,7 +182,8 @@ def curate(opts: CurateOptions) -> Summary:
         log.info("download: %d inputs, %d already fetched", len(inputs), len(inputs) - len(pending))
         if pending:
             ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-            ds = _map(ds, DownloadWorker, [by_name["download"]], out, max_workers, settings, len(pending))
+            ds = _map(ds, DownloadWorker, [by_name["download"]], out, max_workers, settings, len(pending),
+                      object_sources=any(_on_object_store(r["uri"]) for r in pending))
             for _ in ds.iter_batches(batch_size=None):
                 pass
 

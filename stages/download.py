@@ -5,7 +5,8 @@ content hashes and input ids, never from the URL or the server. Every input is f
 under OUT/downloads (a reflink where the filesystem has them), then checked, hashed and probed,
 and only then moved into media/: OUT never changes when the user's files do, and a failed input
 leaves nothing behind but its rows. The stored `uri`, `final_url`, `redirects` and `error` never
-hold a credential (manifests/redact.py).
+hold a credential (manifests/redact.py). Inputs on object storage (s3://, gs://, any fsspec URI)
+are fetched by stages/fetch_object.py with the settings an OUT on that store uses.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from urllib.parse import unquote, urlparse
 from manifests.redact import redact_uri, scrub
 from stages.base import Resources, Stage, StageContext, StageError
 from stages.fetch_http import HttpFetch, OptOut, Retryable  # noqa: F401  (Retryable: part of this stage's API)
+from stages.fetch_object import fetch_object
 from stages.probe import extract_audio, frames_past_end, probe_media
 from stages.sniff import AUDIO, VIDEO, sniff, sniff_container
 
@@ -130,6 +132,9 @@ class DownloadStage(Stage):
             return self._fetch_local(Path(unquote(parsed.path)), input_id, ctx)
         if scheme == "" or (len(scheme) == 1 and os.name == "nt"):
             return self._fetch_local(Path(uri).expanduser(), input_id, ctx)
+        if "://" in uri:  # s3://, gs://, any fsspec URI: the store OUT would use, with the same caps
+            part = ctx.path("downloads", f"{input_id}.part")
+            return part, fetch_object(uri, part, self.max_bytes)
         raise StageError("unsupported_scheme", f"cannot fetch {scheme!r} URIs")
 
     def _fetch_local(self, path: Path, input_id: str, ctx: StageContext) -> tuple[Path, dict[str, Any]]:
