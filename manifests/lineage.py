@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+
+from manifests.fs import Location, is_uri
 from manifests.redact import redact_uri  # OUTs from before redaction hold full URIs
 from manifests.store import ManifestStore
 
@@ -48,7 +51,7 @@ def merge_sources(earlier: list[dict[str, Any]], now: list[dict[str, Any]]) -> l
 
 @dataclass
 class Checkpoint:
-    path: Path  # the step folder
+    path: Path | str  # the step folder: a local Path, or its URI on object storage
     meta: dict[str, Any]
 
     @property
@@ -76,25 +79,54 @@ def _metas(root: Path) -> list[Path]:
     return sorted(found)
 
 
+def _store_metas(root: str) -> list[tuple[str, str]]:
+    """(step URI, meta.json text) of each meta.json at or under a prefix on object storage."""
+    loc, found = Location(root), []
+    if loc.exists("meta.json"):
+        return [(loc.uri, loc.read_text("meta.json"))]
+    folders = [""]
+    while folders:  # one listing per folder, so a corpus' data folders are never listed
+        rel = folders.pop()
+        sel = pafs.FileSelector(loc.full(rel), recursive=False, allow_not_found=True)
+        for info in loc.fs.get_file_info(sel):
+            child = loc.rel(info)
+            if info.type == pafs.FileType.Directory and not (rel == "" and info.base_name in DATA_FOLDERS):
+                folders.append(child)
+            elif info.base_name == "meta.json":
+                found.append((loc.child_uri(rel), loc.read_text(child)))
+    return sorted(found)
+
+
 def find_checkpoints(*roots: str | Path) -> list[Checkpoint]:
-    """Every emo-forge checkpoint (a step folder with its meta.json) at or under these folders."""
+    """Every emo-forge checkpoint (a step folder with its meta.json) at or under these folders or prefixes."""
     seen, found = set(), []
     for root in roots:
-        for m in _metas(Path(root)):
+        if is_uri(root):
             try:
-                meta = json.loads(m.read_text())
+                metas = _store_metas(str(root))
+            except OSError:  # an unreachable store or a deleted bucket: nothing found there
+                metas = []
+        else:
+            metas = [(m.resolve().parent, m) for m in _metas(Path(root))]
+        for where, m in metas:
+            try:
+                meta = json.loads(m if isinstance(m, str) else m.read_text())
             except (OSError, ValueError):
                 continue
-            if not str(meta.get("format", "")).startswith(CHECKPOINT_FORMAT) or m.resolve() in seen:
+            if not str(meta.get("format", "")).startswith(CHECKPOINT_FORMAT) or where in seen:
                 continue
-            seen.add(m.resolve())
-            found.append(Checkpoint(m.parent, meta))
+            seen.add(where)
+            found.append(Checkpoint(where if isinstance(m, str) else m.parent, meta))
     return found
+
+
+def _exists(root: str | Path) -> bool:
+    return is_uri(root) or Path(root).exists()
 
 
 def _search(roots: list[str | Path]) -> tuple[list[Checkpoint], dict[str, Checkpoint]]:
     """The checkpoints under the roots that exist, and the same by model sha256 (to find parents)."""
-    found = find_checkpoints(*[r for r in roots if Path(r).exists()])
+    found = find_checkpoints(*[r for r in roots if _exists(r)])
     return found, {c.model_sha256: c for c in found if c.model_sha256}
 
 
@@ -105,7 +137,7 @@ def _parent(ck: Checkpoint, index: dict[str, Checkpoint]) -> Checkpoint | None:
         return None
     if parent.get("model_sha256") in index:
         return index[parent["model_sha256"]]
-    found = find_checkpoints(parent["path"]) if parent.get("path") and Path(parent["path"]).exists() else []
+    found = find_checkpoints(parent["path"]) if parent.get("path") and _exists(parent["path"]) else []
     return found[0] if found else Checkpoint(Path(parent.get("path") or "?"), parent)  # the record: no sources
 
 
@@ -172,7 +204,8 @@ def checkpoints_of(out: str | Path) -> list[dict[str, Any]]:
     rows = []
     for ck in found:
         sources, unknown = learned_sources(ck, index)
-        rows.append({"checkpoint": str(ck.path.relative_to(out)) if ck.path.is_relative_to(out) else str(ck.path),
+        rel = isinstance(ck.path, Path) and ck.path.is_relative_to(out)
+        rows.append({"checkpoint": str(ck.path.relative_to(out)) if rel else str(ck.path),
                      "stage": ck.meta.get("stage"), "step": ck.meta.get("step"), "sources": len(sources),
                      "seconds": round(sum(e["seconds"] for e in sources), 1),
                      "opted_out": sorted(e["source_id"] for e in sources if e.get("sha256") in gone),

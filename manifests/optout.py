@@ -82,8 +82,7 @@ def optout(out: str | Path, ref: str, reason: str = "opt-out request",
     sids = {r["source_id"] for r in victims if r["source_id"]}
     forget_inputs(store, victims)
     removed_files = remove_sources(store, sids, victims)
-    local_out = [out] if store.loc.local else []  # checkpoints are searched on local disk
-    learned = learned_from([*local_out, *checkpoints], sids)
+    learned = learned_from([store.loc.uri, *checkpoints], sids)  # a folder, or a prefix on object storage
     tomb = {"at": datetime.now(UTC).isoformat(), "reason": reason, "ref": ref,
             "uris": sorted({r["uri"] for r in victims} | {r["final_url"] for r in victims if r["final_url"]}),
             "sha256": sorted(shas), "checkpoints": [a["checkpoint"] for a in learned["affected"]]}

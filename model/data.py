@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from manifests import ManifestStore
 from model.audio import audio_windows, build_featurizer, featurizer_cache_key, load_wav
 from model.config import EMOConfig
+from model.remote import ClipFiles
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,9 @@ log = logging.getLogger(__name__)
 class AudioFeatureCache:
     """Per-clip audio features (n_frames, L, D), computed on first use and kept under OUT/cache/audio."""
 
-    def __init__(self, out: str | Path, config: EMOConfig):
-        self.out, self.config = Path(out), config
+    def __init__(self, out: str | Path, config: EMOConfig, files: ClipFiles | None = None):
+        self.files = files or ClipFiles(out)  # OUT itself, or a local cache of OUT on object storage
+        self.out, self.config = self.files.dir, config
         self.key = featurizer_cache_key(config)  # from files alone: a cache hit never loads wav2vec2
         self._featurizer = None
         self._memory: dict[str, torch.Tensor] = {}
@@ -47,7 +49,7 @@ class AudioFeatureCache:
         if path.is_file():
             feats = load_file(path)["features"]
         else:
-            feats = self.featurizer(load_wav(self.out / clip["audio_path"]), int(clip["n_frames"])).contiguous()
+            feats = self.featurizer(load_wav(self.files.local(clip["audio_path"])), int(clip["n_frames"])).contiguous()
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             save_file({"features": feats}, str(tmp))
@@ -84,12 +86,13 @@ class ClipWindows(torch.utils.data.Dataset):
 
     def __init__(self, out: str | Path, config: EMOConfig, stage: int, seed: int, first_step: int = 0,
                  num_steps: int = 1, rank: int = 0, accumulation: int = 1):
-        self.out, self.config, self.seed = Path(out), config, seed
+        self.out, self.config, self.seed = out, config, seed
+        self.files = ClipFiles(out)  # OUT's files, through a bounded local cache when OUT is on object storage
         self.first_step, self.num_steps = first_step, num_steps
         self.rank, self.accumulation = rank, accumulation
         self.frames = 1 if stage == 1 else config.num_frames
         self.motion = 0 if stage == 1 else config.num_motion_frames
-        self.audio = AudioFeatureCache(out, config) if stage > 1 else None
+        self.audio = AudioFeatureCache(out, config, self.files) if stage > 1 else None
         self.speed = stage == 3
         store = ManifestStore(out)
         if "clips" not in store.tables():
@@ -129,14 +132,14 @@ class ClipWindows(torch.utils.data.Dataset):
         ref = int(outside[int(rng.integers(len(outside)))])
         motion = list(range(start - m, start))
         valid = [i for i in motion if i >= 0]  # before the clip's start there is no previous clip: zeros
-        frames = _read_frames(self.out / clip["crop_path"], [*range(start, start + f), ref, *valid],
+        frames = _read_frames(self.files.local(clip["crop_path"]), [*range(start, start + f), ref, *valid],
                               self.config.image_size)
         ex = {
             # Which clip and window: logged, so a run shows what each process saw.
             "clip_index": torch.tensor(index), "window_start": torch.tensor(start),
             "frames": frames[:f],  # (F, 3, H, W)
             "reference": frames[f],  # (3, H, W)
-            "face_mask": _read_mask(self.out / clip["face_mask_path"] if clip["face_mask_path"] else None,
+            "face_mask": _read_mask(self.files.local(clip["face_mask_path"]) if clip["face_mask_path"] else None,
                                     self.config.image_size),
         }
         if m:

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from manifests import ManifestStore
+from manifests.fs import is_uri
 from manifests.lineage import merge_sources, training_sources
 from model.audio import check_featurizer
 from model.checkpoint import (
@@ -39,6 +40,7 @@ from model.data import ClipWindows
 from model.emo import EMOModel
 from model.latents import load_codec
 from model.memory import cast_frozen, ema_device, make_optimizer, mixed_precision
+from model.remote import RemoteRun, local_checkpoint
 from model.temporal import load_motion_module
 from model.train_loop import TrainLoop, noise_schedule
 from model.unet import SD15_DOWNLOAD_HINT, load_pretrained_unet, unet_kwargs_of
@@ -201,11 +203,12 @@ def train(args) -> Path:
 
     if args.finetune and not args.init_from:
         raise SystemExit("--finetune needs --init-from: the checkpoint to fine-tune")
+    remote, init_uri = _on_object_store(args)
     if args.steps is None:
         if not args.finetune:
             raise SystemExit("--steps is required (only a --finetune run has a default)")
         args.steps = max(1, read_meta(args.init_from)["step"] // FINETUNE_STEP_DIVISOR)
-    out = Path(args.out)
+    out = remote.staging if remote else Path(args.out)
     resume_from = latest_checkpoint(out) if args.resume and out.is_dir() else None
     if resume_from is not None:  # the run's own config and weights; the other model flags are ignored
         resume_from, meta, config = resume_state(out, args.stage)
@@ -223,6 +226,8 @@ def train(args) -> Path:
         if args.stage > 1:  # before any weights load: a missing wav2vec2 is a one-line error
             check_featurizer(config)
         model, config, parent, vae_folder = build_model(args, config)
+        if parent and init_uri:  # lineage names the checkpoint in the bucket, not the local copy
+            parent["path"] = init_uri
         start_step = 0
         if args.motion_module:
             load_motion_module(args.motion_module, model.temporal, model.temporal_site_names)
@@ -291,6 +296,8 @@ def train(args) -> Path:
             loss_fh.flush()
         if step % config.save_every == 0 or step == args.steps:
             saved = run.save(out, step, names, {**meta_base, "created": datetime.now(UTC).isoformat()})
+            if remote and main_process:
+                remote.push(saved, config.keep_checkpoints)
     bar.close()
     if main_process:
         loss_fh.close()
@@ -304,16 +311,27 @@ def train(args) -> Path:
     return saved
 
 
+def _on_object_store(args) -> tuple[RemoteRun | None, str | None]:
+    """--out / --init-from on object storage: (the run's local staging, --init-from's URI); both
+    are then read and written as local folders here, and each saved step is uploaded."""
+    init_uri = None
+    if args.init_from and is_uri(args.init_from):
+        local, init_uri = local_checkpoint(args.init_from)
+        args.init_from = str(local)
+    return (RemoteRun.open(args.out, args.resume) if is_uri(args.out) else None), init_uri
+
+
 STAGE_NOTE = {1: "backbone, reference_net, face_locator", 2: "temporal, audio", 3: "speed, temporal"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="emo train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="the curation output folder (OUT) holding the clips manifest")
+    p.add_argument("--data", required=True, help="the curation output (OUT) holding the clips manifest: a folder, "
+                   "or s3://... (clips read through a bounded local cache, EMO_CLIP_CACHE_BYTES)")
     p.add_argument("--stage", type=int, choices=(1, 2, 3), required=True)
     p.add_argument("--config", help="YAML/JSON file of EMOConfig keys that override the named size")
     p.add_argument("--model", default="tiny", help="named size: tiny | sd15")
-    p.add_argument("--out", required=True, help="checkpoint folder of this run")
+    p.add_argument("--out", required=True, help="checkpoint folder of this run, or s3://... (each step uploaded whole)")
     p.add_argument("--steps", type=int, help="train until this global step (required unless --finetune)")
     p.add_argument("--init-from", help="previous stage's checkpoint (a step folder or run folder)")
     p.add_argument("--finetune", action="store_true",

@@ -125,7 +125,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     with mirrored(args.out, ("manifests", "export")) as local:
         for line in audit.build_lineage(local):  # when OUT was made by `emo build`
             print(line)
-        for m in audit.checkpoints_of(local):
+        for m in audit.checkpoints_of(args.out):  # checkpoints in the bucket too, not only in the mirror
             if m["opted_out"]:
                 print(f"warning: checkpoint {m['checkpoint']} learned from opted-out source(s) "
                       f"{', '.join(m['opted_out'])}: retrain or delete it", file=sys.stderr)
