@@ -119,12 +119,50 @@ def bench_overhead(tmp: Path, uri: str, n: int) -> dict:
     return row
 
 
+def profile_worker(tmp: Path, uri: str, n: int, top: int) -> dict:
+    """cProfile of the download worker's per-source path, in this process (no Ray): a folder, then the bucket.
+
+    The moto server runs in this process's threads, so its own time is not charged to the worker:
+    the profile shows where the worker's side of each request goes."""
+    import cProfile
+    import io
+    import pstats
+
+    import pyarrow as pa
+
+    from pipeline.sources_file import read_sources
+    from pipeline.worker import DownloadWorker
+    from stages.download import DownloadStage
+
+    items = read_sources(tiny_sources(tmp / "prof", n))
+    times = {}
+    for where, out in (("local", str(tmp / "prof-local")), ("s3", uri)):
+        worker = DownloadWorker(DownloadStage(), out)
+        prof = cProfile.Profile()
+        t0 = time.perf_counter()
+        prof.enable()
+        for item in items:  # as Ray calls it: one input per batch
+            worker(pa.Table.from_pylist([item]))
+        prof.disable()
+        times[where] = (time.perf_counter() - t0) / n
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(top)
+        print(f"--- {where}: {times[where] * 1000:.1f} ms per source; top {top} by own time ---")
+        print("\n".join(line for line in text.getvalue().splitlines() if line.strip())[-6000:], flush=True)
+    row = {"name": f"download worker in-process, {n} sources", "local_ms": round(times["local"] * 1000, 1),
+           "s3_ms": round(times["s3"] * 1000, 1), "ratio": round(times["s3"] / times["local"], 2)}
+    print(row, flush=True)
+    return row
+
+
 def main() -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    p.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000])
     p.add_argument("--s3-max", type=int, default=1000, help="largest N also measured on the local S3 server")
     p.add_argument("--curate-sources", type=int, default=40)
     p.add_argument("--threads", type=int, default=8, help="writer threads for synthesis")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also cProfile the download worker over N sources, in-process, local and s3")
     args = p.parse_args()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     from s3_server import moto_s3, new_bucket
@@ -138,6 +176,8 @@ def main() -> list[dict]:
                 shutil.rmtree(tmp / f"local-{n}")
                 if n <= args.s3_max:
                     rows.append(bench_reads("s3", f"s3://{new_bucket(endpoint)}/n{n}", n, args.threads))
+            if args.profile:
+                rows.append(profile_worker(tmp, f"s3://{new_bucket(endpoint)}/prof", args.profile, 25))
             if args.curate_sources:
                 rows.append(bench_overhead(tmp, f"s3://{new_bucket(endpoint)}/curate", args.curate_sources))
     finally:

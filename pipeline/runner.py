@@ -24,7 +24,7 @@ from manifests.redact import KEY_FILE, redact_uri, uri_key
 from pipeline.plan import PipelineSettings, build_stages
 from pipeline.sources_file import read_sources
 from pipeline.summary import Summary, summarize
-from pipeline.worker import STATE_COL, ChainWorker, DownloadWorker, run_key
+from pipeline.worker import STATE_COL, ChainWorker, DownloadWorker, clear_attempts, run_key
 from stages.base import Stage
 
 log = logging.getLogger(__name__)
@@ -190,6 +190,7 @@ def curate(opts: CurateOptions) -> Summary:
     media = [s for s in stages if s.name != "download"]
     if media:
         _run_media_stages(store, media, out, max_workers, settings)
+    clear_attempts(loc)  # every (stage, source) of this run has its row now
     summary = summarize(store, [r["input_id"] for r in inputs], [s.name for s in stages])
     loc.write_text("summary.json", json.dumps(summary.as_dict(), indent=2, default=str))
     return summary

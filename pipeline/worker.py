@@ -117,7 +117,20 @@ class Attempts:
         return died
 
     def end(self, key: str) -> None:
-        self.loc.delete(f".attempts/{key}")
+        """Forget the count once the run row is written (no try reads it after that). On object
+        storage a DELETE per source cost about as much as the stage's own work on a small input
+        (benchmarks/bench_scale.py --profile), so the runner deletes what is left in one batch
+        at the end of the run instead (clear_attempts)."""
+        if self.loc.local:
+            self.loc.delete(f".attempts/{key}")
+
+
+def clear_attempts(loc: Location) -> None:
+    """Delete the death counts of a finished run; on object storage, batched DeleteObjects requests."""
+    if loc.local:
+        loc.delete_tree(".attempts")
+    elif loc.files(".attempts"):
+        loc.fs.delete_dir(loc.full(".attempts"))
 
 
 def _exit_stuck(stage: str, key: str) -> None:
