@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 import yaml
 
 from manifests import ManifestStore
+from manifests.fs import Location
 from manifests.optout import forget_inputs, remove_sources
 from manifests.sources import SOURCE_FILE_COLUMNS
 from pipeline.lock import FileHashes, Lock, changes, record
@@ -305,7 +306,44 @@ class _Pending(dict):
         return f"<new output of {self.step}>"
 
 
-def plan(spec: BuildSpec, out: Path, hashes: FileHashes, outputs: dict[str, dict]) -> list[Step]:
+class BuildOut:
+    """Where a build writes. A folder: OUT itself. Object storage: curate, export and train read and
+    write the bucket; the lock, build/ and samples/ are written in a local work folder and each file
+    is uploaded as it is saved, so the bucket alone holds the build (the work folder is a cache)."""
+
+    def __init__(self, out: str | Path):
+        self.loc = Location(out)
+        self.data = self.loc.uri  # what curate, export and train are given
+        self.remote = not self.loc.local
+        if self.remote:
+            from model.remote import cache_root
+
+            self.work = cache_root(self.data, "build")
+            shutil.rmtree(self.work, ignore_errors=True)  # only the bucket's copy counts
+            for rel in ("emo.lock", "build/file_hashes.json"):
+                if self.loc.exists(rel):
+                    self.loc.get_file(rel, self.work / rel)
+        else:
+            self.work = self.loc.path
+
+    def __str__(self) -> str:
+        return self.data
+
+    def has(self, rel: str) -> bool:
+        return self.loc.exists(rel)
+
+    def uri(self, rel: str) -> str:
+        """A file or folder of OUT as the commands take it: a local path, or a URI in the bucket."""
+        return self.loc.child_uri(rel) if self.remote else str(self.work / rel)
+
+    def publish(self, *rels: str) -> None:
+        """Upload these files of the work folder (a folder OUT has nothing to do)."""
+        for rel in rels:
+            if self.remote and (self.work / rel).is_file():
+                self.loc.put_file(self.work / rel, rel)
+
+
+def plan(spec: BuildSpec, bo: BuildOut, hashes: FileHashes, outputs: dict[str, dict]) -> list[Step]:
     """The build's steps in order; `outputs` fills in as they run (or are found up to date)."""
     from model.checkpoint import file_sha256, read_meta
 
@@ -317,16 +355,16 @@ def plan(spec: BuildSpec, out: Path, hashes: FileHashes, outputs: dict[str, dict
         return {"dataset_hash": outputs["curate"]["dataset_hash"], "val_fraction": spec.val_fraction}
 
     def card_present(rec: dict) -> bool:
-        card = out / "export" / "dataset_card.json"
-        return card.is_file() and json.loads(card.read_text())["manifest_hash"] == rec["outputs"]["manifest_hash"]
+        card = "export/dataset_card.json"
+        return bo.has(card) and json.loads(bo.loc.read_text(card))["manifest_hash"] == rec["outputs"]["manifest_hash"]
 
     def ckpt_present(rec: dict) -> bool:
-        meta = out / rec["outputs"]["checkpoint"] / "meta.json"
-        return meta.is_file() and json.loads(meta.read_text())["model_sha256"] == rec["outputs"]["model_sha256"]
+        meta = f"{rec['outputs']['checkpoint']}/meta.json"
+        return bo.has(meta) and json.loads(bo.loc.read_text(meta))["model_sha256"] == rec["outputs"]["model_sha256"]
 
-    steps = [Step("curate", curate_inputs, lambda i, p: _run_curate(spec, out, i, p),
-                  lambda rec: (out / "manifests" / "sources").is_dir()),
-             Step("export", export_inputs, lambda i, p: _run_export(spec, out), card_present)]
+    steps = [Step("curate", curate_inputs, lambda i, p: _run_curate(spec, bo, i, p),
+                  lambda rec: bool(ManifestStore(bo.data).shard_keys("sources"))),
+             Step("export", export_inputs, lambda i, p: _run_export(spec, bo), card_present)]
     previous = None
     for t in spec.train:
         def train_inputs(t=t, previous=previous) -> dict:
@@ -339,8 +377,8 @@ def plan(spec: BuildSpec, out: Path, hashes: FileHashes, outputs: dict[str, dict
             return d
 
         def train_run(inputs, prev, t=t, previous=previous) -> dict:
-            parent = t.init_from or (out / outputs[previous]["checkpoint"] if previous else None)
-            return _run_train(spec, out, t, parent)
+            parent = t.init_from or (bo.uri(outputs[previous]["checkpoint"]) if previous else None)
+            return _run_train(spec, bo, t, parent)
 
         steps.append(Step(f"train/stage{t.stage}", train_inputs, train_run, ckpt_present))
         previous = f"train/stage{t.stage}"
@@ -350,10 +388,12 @@ def plan(spec: BuildSpec, out: Path, hashes: FileHashes, outputs: dict[str, dict
             return {"checkpoint_sha256": ckpt, "image": hashes(s.image), "audio": hashes(s.audio), "params": s.params}
 
         def sample_run(inputs, prev, s=s, last=previous) -> dict:
-            return _run_sample(out, s, s.checkpoint or out / outputs[last]["checkpoint"])
+            return _run_sample(bo, s, s.checkpoint or bo.uri(outputs[last]["checkpoint"]))
 
         def video_present(rec: dict) -> bool:
-            video = out / rec["outputs"]["video"]
+            video = bo.work / rec["outputs"]["video"]
+            if bo.remote and bo.has(rec["outputs"]["video"]):
+                bo.loc.get_file(rec["outputs"]["video"], video)
             return video.is_file() and file_sha256(video) == rec["outputs"]["sha256"]
 
         steps.append(Step(f"sample/{s.name}", sample_inputs, sample_run, video_present))
@@ -368,16 +408,17 @@ def _source_hash(row: dict[str, Any], hashes: FileHashes) -> str:
     return digest({**row, "content": content})
 
 
-def _run_curate(spec: BuildSpec, out: Path, inputs: dict, prev: dict | None) -> dict:
+def _run_curate(spec: BuildSpec, bo: BuildOut, inputs: dict, prev: dict | None) -> dict:
     from pipeline.runner import CurateOptions, curate
 
-    store = ManifestStore(out)
+    store = ManifestStore(bo.data)
     _forget_stale(store, (prev or {}).get("inputs", {}).get("sources", {}), inputs["sources"], spec)
-    sources = out / "build" / "sources.jsonl"
+    sources = bo.work / "build" / "sources.jsonl"
     sources.parent.mkdir(parents=True, exist_ok=True)
     sources.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in spec.sources))
+    bo.publish("build/sources.jsonl")
     before = _run_times(store)
-    summary = curate(CurateOptions(sources=str(sources), out=str(out), stages=tuple(spec.stages),
+    summary = curate(CurateOptions(sources=str(sources), out=bo.data, stages=tuple(spec.stages),
                                    config=spec.curate_config, num_cpus=spec.num_cpus, max_workers=spec.max_workers))
     processed: dict[str, int] = {}
     for (stage, key), finished in _run_times(store).items():
@@ -419,53 +460,67 @@ def _forget_stale(store: ManifestStore, old: dict[str, str], new: dict[str, str]
         log.info("curate: forgetting %d changed or dropped inputs; %d sources redo stages", len(gone), len(first))
 
 
-def _run_export(spec: BuildSpec, out: Path) -> dict:
+def _run_export(spec: BuildSpec, bo: BuildOut) -> dict:
     from manifests.export import export
+    from manifests.mirror import mirrored
 
-    card = export(out, val_fraction=spec.val_fraction, command=f"emo build {spec.file} --out {out}")
-    return {"manifest_hash": card["manifest_hash"], "clips_hash": ManifestStore(out).content_hash(["clips"]),
+    with mirrored(bo.data, ("manifests", "clips")) as local:  # as `emo export` does on object storage
+        card = export(local, val_fraction=spec.val_fraction, command=f"emo build {spec.file} --out {bo}")
+    return {"manifest_hash": card["manifest_hash"], "clips_hash": ManifestStore(bo.data).content_hash(["clips"]),
             "clips": card["clips"], "identities": card["identities"], "card": "export/dataset_card.json"}
 
 
-def _run_train(spec: BuildSpec, out: Path, t: TrainSpec, parent: Path | None) -> dict:
+def _run_train(spec: BuildSpec, bo: BuildOut, t: TrainSpec, parent: Path | str | None) -> dict:
     from model.checkpoint import read_meta
     from model.train import build_parser, train
 
-    run = out / "train" / f"stage{t.stage}"
-    if parent is not None and Path(parent).resolve().is_relative_to(run):
+    run_rel = f"train/stage{t.stage}"
+    run = bo.uri(run_rel)
+    if parent is not None and not bo.remote and Path(parent).resolve().is_relative_to(run):
         raise ValueError(f"train stage {t.stage}: init_from {parent} lies inside {run}, which a retrain replaces")
-    shutil.rmtree(run, ignore_errors=True)  # a changed input retrains from step 0
-    config = out / "build" / f"train-stage{t.stage}.json"
+    # A changed input retrains from step 0.
+    bo.loc.delete_tree(run_rel) if bo.remote else shutil.rmtree(run, ignore_errors=True)
+    config = bo.work / "build" / f"train-stage{t.stage}.json"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(json.dumps(t.config, sort_keys=True))
-    argv = ["--data", str(out), "--stage", str(t.stage), "--model", spec.model, "--out", str(run),
+    bo.publish(f"build/train-stage{t.stage}.json")
+    argv = ["--data", bo.data, "--stage", str(t.stage), "--model", spec.model, "--out", run,
             "--seed", str(spec.seed), "--config", str(config), "--quiet"]
     argv += ["--steps", str(t.steps)] if t.steps is not None else []
     argv += ["--init-from", str(parent)] if parent is not None else []
     argv += ["--finetune"] if t.init_from else []
     argv += ["--trainable", ",".join(t.trainable)] if t.trainable else []
-    saved = train(build_parser().parse_args(argv))
+    saved = train(build_parser().parse_args(argv))  # on object storage: its local staging copy
     meta = read_meta(saved)
-    with open(run / "loss.csv", newline="") as fh:
+    with open(saved.parent / "loss.csv", newline="") as fh:
         losses = [float(r["loss"]) for r in csv.DictReader(fh)]
-    return {"checkpoint": str(saved.relative_to(out)), "model_sha256": meta["model_sha256"],
+    return {"checkpoint": f"{run_rel}/{saved.name}", "model_sha256": meta["model_sha256"],
             "manifest_hash": meta["manifest_hash"], "parent": meta["parent"], "finetune": meta["finetune"],
             "step": meta["step"], "learning_rate": meta["config"]["learning_rate"],
             "first_loss": losses[0], "last_loss": losses[-1]}
 
 
-def _run_sample(out: Path, s: SampleSpec, checkpoint: Path) -> dict:
+def _run_sample(bo: BuildOut, s: SampleSpec, checkpoint: Path | str) -> dict:
     from model.checkpoint import file_sha256
+    from model.remote import local_checkpoint
     from model.sample import build_parser, sample
 
+    name = None  # how the lock names the checkpoint: relative to OUT when it lies in OUT
+    if bo.remote and str(checkpoint).startswith(bo.data + "/"):
+        checkpoint, uri = local_checkpoint(str(checkpoint))
+        name = uri[len(bo.data) + 1:]
+    out = bo.work
     video = out / "samples" / f"{s.name}.mp4"
+    video.parent.mkdir(parents=True, exist_ok=True)
     argv = ["--checkpoint", str(checkpoint), "--image", str(s.image), "--audio", str(s.audio), "--out", str(video)]
     for k, v in s.params.items():
         argv += [f"--{k.replace('_', '-')}", str(v)]
     rec = sample(build_parser().parse_args(argv))
+    bo.publish(f"samples/{s.name}.mp4", f"samples/{s.name}.mp4.json")
     ckpt = Path(rec["checkpoint"])
+    name = name or (str(ckpt.relative_to(out)) if ckpt.is_relative_to(out) else str(ckpt))
     return {"video": str(video.relative_to(out)), "sha256": file_sha256(video),
-            "checkpoint": str(ckpt.relative_to(out)) if ckpt.is_relative_to(out) else str(ckpt),
+            "checkpoint": name,
             "checkpoint_sha256": rec["checkpoint_sha256"], "manifest_hash": rec["manifest_hash"],
             "frames": rec["frames"]}
 
@@ -484,7 +539,7 @@ class StepResult:
 @dataclass
 class BuildReport:
     build_file: Path
-    out: Path
+    out: Path | str  # a folder, or the URI of a bucket prefix
     dry_run: bool
     steps: list[StepResult]
     lock: Lock
@@ -504,7 +559,7 @@ class BuildReport:
             lines.append(f"nothing to do: all {n} steps are up to date")
         else:
             lines.append(f"{k} of {n} steps would run" if self.dry_run else
-                         f"ran {k} of {n} steps; lock: {self.out / 'emo.lock'}")
+                         f"ran {k} of {n} steps; lock: {self.out}/emo.lock")
         return "\n".join(lines)
 
 
@@ -513,13 +568,14 @@ def build(build_file: str | Path, out: str | Path, dry_run: bool = False) -> Bui
     from pipeline.lock import digest
 
     spec = load_build_file(build_file)
-    out = Path(out).resolve()
+    bo = BuildOut(out)
+    out = bo.work  # the lock and build/ are written here (and uploaded when OUT is a bucket)
     old = Lock.load(out)
     new = Lock(build_file=str(spec.file))
     hashes = FileHashes(out / "build" / "file_hashes.json")
     outputs: dict[str, dict] = {}
     results = []
-    for step in plan(spec, out, hashes, outputs):
+    for step in plan(spec, bo, hashes, outputs):
         prev = old.steps.get(step.name)
         inputs = step.inputs()
         if prev is None:
@@ -541,9 +597,12 @@ def build(build_file: str | Path, out: str | Path, dry_run: bool = False) -> Bui
             new.steps[step.name] = record(inputs, produced, time.perf_counter() - t0)
             outputs[step.name] = produced
             Lock({**old.steps, **new.steps}, new.build_file).save(out)  # a crash keeps what finished
+            bo.publish("emo.lock")
             results.append(StepResult(step.name, "ran", reason, time.perf_counter() - t0))
     if not dry_run and (new.steps != old.steps or new.build_file != old.build_file):
         new.save(out)
+        bo.publish("emo.lock")
     if not dry_run:
         hashes.save()
-    return BuildReport(spec.file, out, dry_run, results, new)
+        bo.publish("build/file_hashes.json")
+    return BuildReport(spec.file, out if not bo.remote else bo.data, dry_run, results, new)
