@@ -39,6 +39,7 @@ class ClipFiles:
         self.max_bytes = max_bytes or int(os.environ.get("EMO_CLIP_CACHE_BYTES") or 20 << 30)
         self.dir = cache_root(self.out, "clips") if self.remote else Path(self.out)
         self._loc: Location | None = None  # opened lazily: a DataLoader worker opens its own
+        self._held: int | None = None  # bytes in the cache as this process last counted them
 
     def local(self, rel: str) -> Path:
         path = self.dir / rel
@@ -50,11 +51,14 @@ class ClipFiles:
         if self._loc is None:
             self._loc = Location(self.out)
         self._loc.get_file(rel, path)
-        self._evict(keep=path)
+        if self._held is None or self._held + path.stat().st_size > self.max_bytes:
+            self._held = self._evict(keep=path)  # a full scan only when the budget may be passed
+        else:
+            self._held += path.stat().st_size
         return path
 
-    def _evict(self, keep: Path) -> None:
-        """Delete the least recently used files until the cache fits its budget (never `keep`)."""
+    def _evict(self, keep: Path) -> int:
+        """Delete the least recently used files until the cache fits its budget (never `keep`); bytes left."""
         files = [(p.stat().st_mtime, p.stat().st_size, p) for p in self.dir.rglob("*")
                  if p.is_file() and not p.name.startswith(".")]
         total = sum(size for _, size, _ in files)
@@ -64,6 +68,7 @@ class ClipFiles:
             if p != keep:
                 p.unlink(missing_ok=True)
                 total -= size
+        return total
 
 
 class RemoteRun:
