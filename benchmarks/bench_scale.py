@@ -87,6 +87,7 @@ def read_times(out: str) -> tuple[float, float]:
 
 def bench_reads(where: str, out: str, n: int, threads: int, fast: bool = False, raw: bool = True) -> dict:
     made = synthesise(out, n, threads, fast)
+    print(f"  {where} n={n}: synthesised in {made:.1f} s", flush=True)
     show, hashing = read_times(out) if raw else (float("nan"), float("nan"))
     t0 = time.perf_counter()
     h = ManifestStore(out).content_hash()  # also the content hash's time when the reads were not timed
@@ -94,6 +95,7 @@ def bench_reads(where: str, out: str, n: int, threads: int, fast: bool = False, 
     t0 = time.perf_counter()
     compact(out)
     compacting = time.perf_counter() - t0
+    print(f"  {where} n={n}: hash before {hashing:.1f} s, compacted in {compacting:.1f} s", flush=True)
     show_c, hashing_c = read_times(out)
     assert ManifestStore(out).content_hash() == h, "compaction changed the content hash"
     row = {"name": f"reads {where} n={n}" + (" (unsynced writes)" if fast else ""), "write_s": round(made, 2), "show_s": round(show, 3), "hash_s": round(hashing, 3),

@@ -52,7 +52,9 @@ class Summary:
 def summarize(store: ManifestStore, input_ids: list[str], stage_names: list[str]) -> Summary:
     s = Summary(inputs=len(input_ids))
     wanted = set(input_ids)
-    sources = [r for r in store.read("sources").to_pylist() if r["input_id"] in wanted]
+    # Each table read once: on object storage a read costs requests per shard, not per row.
+    read = {"sources": store.read("sources"), "stage_runs": store.read("stage_runs")}
+    sources = [r for r in read["sources"].to_pylist() if r["input_id"] in wanted]
     seen_content: set[str] = set()
     for r in sources:
         if r["status"] == "ok":
@@ -68,7 +70,7 @@ def summarize(store: ManifestStore, input_ids: list[str], stage_names: list[str]
     s.unique_sources = len(seen_content)
     per: dict[str, dict[str, Any]] = defaultdict(lambda: {"ok": 0, "failed": 0, "skipped": 0, "rows": 0,
                                                           "seconds": 0.0, "reasons": Counter()})
-    for r in store.read("stage_runs").to_pylist():
+    for r in read["stage_runs"].to_pylist():
         if r["stage"] == "download" or r["stage"] not in stage_names or r["source_id"] not in seen_content:
             continue
         st = per[r["stage"]]
@@ -81,5 +83,6 @@ def summarize(store: ManifestStore, input_ids: list[str], stage_names: list[str]
             if k not in ("ok",):
                 st["reasons"][k] += v
     s.stages = {n: {**per[n], "reasons": dict(per[n]["reasons"])} for n in stage_names if n in per}
-    s.tables = {t: store.read(t, columns=[TABLES[t].names[0]]).num_rows for t in store.tables()}
+    s.tables = {t: (read[t] if t in read else store.read(t, columns=[TABLES[t].names[0]])).num_rows
+                for t in store.tables()}
     return s
