@@ -182,6 +182,9 @@ def main() -> list[dict]:
     p.add_argument("--raw-max", type=int, default=10**9,
                    help="largest N whose per-source-shard reads are timed (they are linear in files; the "
                         "content hash compaction must keep is still computed before compacting)")
+    p.add_argument("--moto-process", action="store_true",
+                   help="run the S3 server in its own process, not in this one's threads (where it shares "
+                        "the GIL with the Ray driver)")
     p.add_argument("--fast-writes", action="store_true",
                    help="local synthesis without temporary names or fsync (same files; for 100 k sources)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
@@ -193,7 +196,7 @@ def main() -> list[dict]:
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     try:
-        with moto_s3() as endpoint:
+        with moto_s3(own_process=args.moto_process) as endpoint:
             for n in args.sizes:
                 rows.append(bench_reads("local", str(tmp / f"local-{n}"), n, args.threads, args.fast_writes,
                                         raw=n <= args.raw_max))

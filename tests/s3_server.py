@@ -18,11 +18,17 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "emo-test", "AWS_SECRET_ACCESS_KEY": "emo-test", 
 
 
 @contextlib.contextmanager
-def moto_s3() -> Iterator[str]:
-    """Start the server; yields its endpoint URL and sets the AWS_* environment to reach it."""
+def moto_s3(own_process: bool = False) -> Iterator[str]:
+    """Start the server; yields its endpoint URL and sets the AWS_* environment to reach it.
+
+    own_process: run it as a separate process (as a real store is), not in this process's threads,
+    where it shares the GIL with whatever this process does (benchmarks use it; tests need not)."""
     server_mod = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install 'moto[server]')")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    if own_process:
+        server = _MotoProcess()
+    else:
+        server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
@@ -37,6 +43,37 @@ def moto_s3() -> Iterator[str]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+class _MotoProcess:
+    """`python -m moto.server` on a free port of 127.0.0.1, in its own process."""
+
+    def start(self) -> None:
+        import socket
+        import subprocess
+        import sys
+        import time
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("moto.server did not start within 60 s")
+
+    def get_host_and_port(self) -> tuple[str, int]:
+        return "127.0.0.1", self.port
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
 
 
 def new_bucket(endpoint: str) -> str:
