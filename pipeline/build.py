@@ -34,7 +34,7 @@ from manifests.sources import SOURCE_FILE_COLUMNS
 from pipeline.lock import FileHashes, Lock, changes, record
 
 log = logging.getLogger(__name__)
-CURATE_TABLES = ("sources", "shots", "tracks", "segments", "clips", "rejections")
+CURATE_TABLES = ("sources", "shots", "timeline", "tracks", "segments", "clips", "rejections")
 SAMPLE_PARAMS = {"steps": int, "fps": (int, float), "seed": int, "guidance_ref": (int, float),
                  "guidance_audio": (int, float), "speed": (int, float)}
 
