@@ -43,8 +43,9 @@ def load_audio(path: Path) -> np.ndarray:
 
 class DiarizeStage(Stage):
     name = "diarize"
-    table = "segments"
-    needs = ("download",)
+    reads = ("sources",)
+    uses = ("tracks", "timeline")  # which visible face speaks; without tracks, nobody on screen
+    writes = ("segments",)
     uses_model = True
     resources = Resources(num_cpus=1.0, memory_mb=2048)
 

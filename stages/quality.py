@@ -9,7 +9,6 @@ Near-duplicates are a corpus-level rule, judged at export (manifests/export.py).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 import soundfile as sf
 import yaml
 
+from manifests.hashing import sha256_file
 from stages.base import Resources, Stage, StageContext
 from stages.face_crops import CropJob, write_crops
 from stages.media_clock import Timeline, source_timeline
@@ -28,8 +28,9 @@ DEFAULTS = yaml.safe_load((Path(__file__).with_name("quality.yaml")).read_text()
 
 class QualityStage(Stage):
     name = "quality"
-    table = "clips"
-    needs = ("download", "faces")
+    reads = ("sources", "tracks")
+    uses = ("segments", "shots", "timeline")  # without segments, clips are judged on pictures alone
+    writes = ("clips", "rejections")
     resources = Resources(num_cpus=1)
 
     def __init__(self, min_clip_s: float | None = None, max_clip_s: float | None = None,
@@ -234,7 +235,7 @@ class QualityStage(Stage):
             else:
                 audio, rate = np.zeros(int(round(c["n_frames"] / c["fps"] * 16000)), np.float32), 16000
             sf.write(str(ctx.out / c["audio_path"]), audio, rate, subtype="FLOAT")
-            c["sha256"] = hashlib.sha256((ctx.out / c["crop_path"]).read_bytes()).hexdigest()
+            c["sha256"] = sha256_file(ctx.out / c["crop_path"])
 
 
 def resample(tl: Timeline, a: int, b: int, fps: float) -> tuple[list[int], float]:

@@ -22,8 +22,8 @@ DETECTORS = ("content", "transnetv2")
 
 class ShotStage(Stage):
     name = "shots"
-    table = "shots"  # and `timeline`: the decode that finds the cuts numbers and times every frame
-    needs = ("download",)
+    reads = ("sources",)
+    writes = ("shots", "timeline")  # the decode that finds the cuts numbers and times every frame
 
     def __init__(
         self,
