@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from stages.media_clock import Timeline
 from stages.sync_features import visual_features
 from stages.sync_measure import SyncMeasure, SyncResult
 
@@ -42,7 +43,7 @@ def _record(seg: dict, track_id: str | None, res: SyncResult | None, pooled: boo
 
 
 def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps: float, n_frames: int,
-                 measure: SyncMeasure, keep_threshold: float) -> None:
+                 measure: SyncMeasure, keep_threshold: float, timeline: Timeline | None = None) -> None:
     """Set the SYNC_COLUMNS and on_screen of each voiced segment, in place.
 
     A face takes a segment when its mouth follows the segment's voice with a confidence at or above
@@ -52,12 +53,19 @@ def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps:
     measure alone). Among several, the best segment score wins.
 
     sync_pooled says which evidence the sync columns hold: the segment's own, or the pooled measure.
+    timeline: the source's frame times; without one, frame i is at i / fps (n_frames of them).
+
     on_screen: synced (track_id is the face), voice_over (faces are visible during the segment but
     none is in sync; the sync columns describe the best of them, track_id stays null), off_screen
     (the source has faces, none during this segment), no_faces.
     """
-    audio = measure.audio(wav, fps, n_frames)
-    spans = [(int(round(s["start_s"] * fps)), int(round(s["end_s"] * fps))) for s in segments]
+    if timeline is not None:  # the source's own frame times (stages/media_clock.py): frames i / fps apart otherwise
+        fps = timeline.fps
+        audio = measure.audio(wav, fps, times=timeline.frame_s)
+        spans = [(timeline.index_near(s["start_s"]), timeline.index_near(s["end_s"])) for s in segments]
+    else:
+        audio = measure.audio(wav, fps, n_frames)
+        spans = [(int(round(s["start_s"] * fps)), int(round(s["end_s"] * fps))) for s in segments]
     faces = []  # (track_id, frames, features, pooled result)
     for tr in tracks:
         frames, v = np.asarray(tr.get("frames") or [], int), visual_features(tr)
