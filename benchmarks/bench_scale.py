@@ -88,16 +88,16 @@ def read_times(out: str) -> tuple[float, float]:
 def bench_reads(where: str, out: str, n: int, threads: int, fast: bool = False, raw: bool = True) -> dict:
     made = synthesise(out, n, threads, fast)
     print(f"  {where} n={n}: synthesised in {made:.1f} s", flush=True)
+    # Past --raw-max the per-shard reads are not timed (linear in files, measured at smaller N), nor is
+    # the hash compared across compaction (tests/manifests and smaller N check that).
     show, hashing = read_times(out) if raw else (float("nan"), float("nan"))
-    t0 = time.perf_counter()
-    h = ManifestStore(out).content_hash()  # also the content hash's time when the reads were not timed
-    hashing = hashing if raw else time.perf_counter() - t0
+    h = ManifestStore(out).content_hash() if raw else None
     t0 = time.perf_counter()
     compact(out)
     compacting = time.perf_counter() - t0
     print(f"  {where} n={n}: hash before {hashing:.1f} s, compacted in {compacting:.1f} s", flush=True)
     show_c, hashing_c = read_times(out)
-    assert ManifestStore(out).content_hash() == h, "compaction changed the content hash"
+    assert h is None or ManifestStore(out).content_hash() == h, "compaction changed the content hash"
     row = {"name": f"reads {where} n={n}" + (" (unsynced writes)" if fast else ""), "write_s": round(made, 2), "show_s": round(show, 3), "hash_s": round(hashing, 3),
            "compact_s": round(compacting, 2), "show_after_s": round(show_c, 3), "hash_after_s": round(hashing_c, 3)}
     print(row, flush=True)
