@@ -90,6 +90,7 @@ class EMOConfig:
     keep_checkpoints: int = 2
     gradient_checkpointing: bool = False  # backbone and ReferenceNet recompute activations
     num_workers: int = 0
+    frame_cache_mb: int = 0  # keep decoded clips in memory up to this (per process and worker)
     # Steps of batch_size per process summed before each optimizer step.
     gradient_accumulation: int = 1
     # Memory switches (model/memory.py says what each saves).
@@ -127,6 +128,7 @@ EMO_MODELS: dict[str, EMOConfig] = {
         image_size=128,
         reference_skip=True,
         residual_scale=4.0,
+        frame_cache_mb=1024,  # the demo's training clips, decoded once (about 200 MB at 128 px)
     ),
     "sd15": EMOConfig(
         name="sd15",
