@@ -61,6 +61,17 @@ def _scores(v: np.ndarray, a: np.ndarray) -> np.ndarray:
     return np.linalg.svd(c, compute_uv=False)[:, 0]
 
 
+def _vertex(curve: np.ndarray, i: int) -> float:
+    """Where between its neighbours the peak at i lies (-0.5..0.5 frames), by the parabola through the
+    three; 0 at an edge. The lead the offset is corrected by is a fraction of a frame: rounding the
+    lag first would move every offset by a whole frame whichever side of the half it falls."""
+    if i <= 0 or i >= len(curve) - 1:
+        return 0.0
+    y0, y1, y2 = curve[i - 1], curve[i], curve[i + 1]
+    den = y0 - 2 * y1 + y2
+    return float(np.clip(0.5 * (y0 - y2) / den, -0.5, 0.5)) if den < -1e-12 else 0.0
+
+
 class SyncMeasure:
     """Offset and calibrated confidence of one face track over one stretch of a source's audio."""
 
@@ -90,9 +101,6 @@ class SyncMeasure:
             times = np.arange(n) / fps
         return _highpass(audio_features(wav, times).astype(np.float64), self.highpass_frames)
 
-    def lead_frames(self, fps: float) -> int:
-        return int(round(self.visual_lead_s * fps))
-
     def score(self, frames, visual: np.ndarray, audio: np.ndarray, start: int | None = None,
               end: int | None = None, fps: float = 25.0) -> SyncResult | None:
         """visual[i] (D,) belongs to source frame frames[i]; audio[f] to source frame f (SyncMeasure.audio).
@@ -114,13 +122,14 @@ class SyncMeasure:
         if len(null) < self.min_null:
             null = np.concatenate([null, self._null_peaks(_scores(v, audio[::-1][rot]), n, far=False)])
         best = int(np.argmax(real))
+        offset = int(np.round(lags[best] + _vertex(real, best) - self.visual_lead_s * fps))
         if len(null) < 3:
-            return SyncResult(int(lags[best]) - self.lead_frames(fps), 0.0, float(real[best]), float("nan"), float("nan"), len(null))
+            return SyncResult(offset, 0.0, float(real[best]), float("nan"), float("nan"), len(null))
         # A few null windows under-estimate the spread: never below a tenth of the null mean, the
         # spread long sources show.
         mu = float(null.mean())
         sd = max(float(null.std()), self.min_null_spread * mu, 1e-3)
-        return SyncResult(int(lags[best]) - self.lead_frames(fps), round((float(real[best]) - mu) / sd, 3), round(float(real[best]), 4),
+        return SyncResult(offset, round((float(real[best]) - mu) / sd, 3), round(float(real[best]), 4),
                           round(mu, 4), round(sd, 4), len(null))
 
     def _null_peaks(self, curve: np.ndarray, n: int, far: bool) -> np.ndarray:
