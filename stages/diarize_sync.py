@@ -73,7 +73,7 @@ def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps:
                  for s in segments]
     faces = []  # (track_id, frames, features, pooled result)
     for tr in tracks:
-        frames, v = np.asarray(tr.get("frames") or [], int), visual_features(tr)
+        frames, v = np.asarray(tr.get("frames") or [], int), getattr(measure, "features", visual_features)(tr)
         if v is None or len(v) != len(frames):
             continue
         voiced = np.zeros(len(frames), bool)

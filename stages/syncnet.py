@@ -179,3 +179,75 @@ def syncnet_offset(net: SyncNet, crops: np.ndarray, wav: np.ndarray, times: np.n
     mean = dist.mean(0)
     best = int(torch.argmin(mean))
     return SyncNetResult(best - k, float(mean.median() - mean[best]), float(mean[best]))
+
+
+def face_crop(rgb: np.ndarray, box) -> np.ndarray:
+    """224x224 BGR crop around a face box as the network was trained on: half-side s = the box's
+    larger half-side, from s above the centre to 1.8 s below it, 1.4 s either side (mouth and chin in)."""
+    import cv2
+
+    x0, y0, x1, y1 = (float(v) for v in box)
+    s, cx, cy = max(x1 - x0, y1 - y0) / 2, (x0 + x1) / 2, (y0 + y1) / 2
+    pad = int(np.ceil(2.8 * s)) + 1  # a box near the edge: grey beyond the frame, not a shifted face
+    img = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(110, 110, 110))
+    top, left = int(cy - s) + pad, int(cx - 1.4 * s) + pad
+    side = max(int(2.8 * s), 1)
+    return cv2.resize(img[top:top + side, left:left + side, ::-1], (CROP, CROP), interpolation=cv2.INTER_AREA)
+
+
+def track_crops(path: Path, rotation: int, tracks: list[dict]) -> dict[str, np.ndarray]:
+    """(len(frames), 224, 224, 3) BGR crops per track id, by one decode of the source."""
+    from stages.video_io import iter_frames, to_rgb
+
+    where = {}  # frame index -> [(track id, row in its track)]
+    out = {t["track_id"]: np.zeros((len(t["frames"]), CROP, CROP, 3), np.uint8) for t in tracks}
+    for t in tracks:
+        for k, f in enumerate(t["frames"]):
+            where.setdefault(int(f), []).append((t["track_id"], k))
+    boxes = {t["track_id"]: t["boxes"] for t in tracks}
+    last = max(where, default=-1)
+    for i, frame in iter_frames(path, rotation):
+        if i in where:
+            rgb = to_rgb(frame, rotation)
+            for tid, k in where[i]:
+                out[tid][k] = face_crop(rgb, boxes[tid][k])
+        if i >= last:
+            break
+    return out
+
+
+class SyncNetMeasure:
+    """stages/diarize_sync.assign_faces' measure, by SyncNet: `features` gives a track's crops (from
+    `crops`, filled by track_crops), `audio` the wav and frame times, `score` the network's offset and
+    confidence (median minus least mean distance; no null: null columns stay NaN)."""
+
+    def __init__(self, net: SyncNet, crops: dict[str, np.ndarray], max_offset: int = 15, min_frames: int = 20):
+        self.net, self.crops, self.max_offset, self.min_frames = net, crops, max_offset, min_frames
+
+    def features(self, track: dict) -> np.ndarray | None:
+        return self.crops.get(track["track_id"])
+
+    def audio(self, wav: np.ndarray, fps: float, n_frames: int | None = None, times: np.ndarray | None = None):
+        n = n_frames if n_frames is not None else int(len(wav) / SR * fps)
+        return wav, (np.arange(n) / fps if times is None else np.asarray(times, np.float64))
+
+    def score(self, frames, visual: np.ndarray, audio, start: int | None = None, end: int | None = None,
+              fps: float = 25.0):
+        from stages.sync_measure import SyncResult
+
+        wav, times = audio
+        frames = np.asarray(frames, int)
+        keep = (frames >= 0) & (frames < len(times))
+        if start is not None:
+            keep &= (frames >= start) & (frames < end)
+        idx = np.flatnonzero(keep)
+        if len(idx) < self.min_frames:
+            return None
+        # consecutive frames only: a 5-frame window must not bridge a gap in the track
+        run = np.split(idx, np.flatnonzero(np.diff(frames[idx]) != 1) + 1)
+        run = max(run, key=len)
+        res = syncnet_offset(self.net, visual[run], wav, times[frames[run]], self.max_offset)
+        if res is None:
+            return None
+        nan = float("nan")
+        return SyncResult(res.offset_frames, round(res.confidence, 3), round(res.min_dist, 4), nan, nan, 0)
