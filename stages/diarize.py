@@ -19,6 +19,7 @@ import numpy as np
 from stages.base import Resources, Stage, StageContext, StageError
 from stages.diarize_sync import assign_faces
 from stages.diarize_vocal import VocalTyper, is_silent, vocal_features
+from stages.media_clock import source_timeline
 from stages.sync_measure import SyncMeasure
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,9 @@ def load_audio(path: Path) -> np.ndarray:
 
 class DiarizeStage(Stage):
     name = "diarize"
-    table = "segments"
-    needs = ("download",)
+    reads = ("sources",)
+    uses = ("tracks", "timeline")  # which visible face speaks; without tracks, nobody on screen
+    writes = ("segments",)
     uses_model = True
     resources = Resources(num_cpus=1.0, memory_mb=2048)
 
@@ -219,16 +221,18 @@ class DiarizeStage(Stage):
         return rows
 
     def _sync(self, source: dict[str, Any], rows: list[dict], wav: np.ndarray, ctx: StageContext) -> None:
-        fps = float(source.get("fps") or 25.0)
         tracks = ctx.upstream("tracks", source["source_id"]).to_pylist()
-        n_frames = int(source.get("n_frames") or round(len(wav) / SR * fps))
+        if not tracks:  # nothing to match: no timeline needed (a demux pass, without the shot stage)
+            assign_faces(rows, tracks, wav, 25.0, 0, SyncMeasure(self.sync_max_offset), self.sync_keep_threshold)
+            return
+        tl = source_timeline(source, ctx)
         measure = SyncMeasure(self.sync_max_offset)
         if self._syncnet is not None:
             from stages.syncnet import SyncNetMeasure, track_crops
 
             crops = track_crops(ctx.out / source["media_path"], int(source.get("rotation") or 0), tracks)
             measure = SyncNetMeasure(self._syncnet, crops, self.sync_max_offset)
-        assign_faces(rows, tracks, wav, fps, n_frames, measure, self.sync_keep_threshold)
+        assign_faces(rows, tracks, wav, tl.fps, len(tl), measure, self.sync_keep_threshold, tl)
 
     def _count(self, rows: list[dict], ctx: StageContext) -> None:
         voiced = [r for r in rows if r["vocal_type"] in ("speech", "singing")]

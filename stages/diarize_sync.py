@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from stages.media_clock import Timeline
 from stages.sync_features import visual_features
 from stages.sync_measure import SyncMeasure, SyncResult
 
@@ -40,7 +41,7 @@ def _record(seg: dict, track_id: str | None, res: SyncResult | None, pooled: boo
 
 
 def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps: float, n_frames: int,
-                 measure: SyncMeasure, keep_threshold: float, times: np.ndarray | None = None) -> None:
+                 measure: SyncMeasure, keep_threshold: float, timeline: Timeline | None = None) -> None:
     """Set the SYNC_COLUMNS and on_screen of each voiced segment, in place.
 
     Each face is measured twice: over the segment, and pooled over all of its track (speech and the
@@ -59,16 +60,16 @@ def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps:
     visible during the segment but none is in sync; the sync columns describe the best of them,
     track_id stays null), off_screen (the source has faces, none during this segment), no_faces.
 
-    times: each source frame's clock time in seconds (variable frame rate sources: the n-th frame is
-    not at n / fps); None: frame i at i / fps.
+    timeline: the source's frame times (stages/media_clock.py); without one, frame i is at i / fps
+    (n_frames of them).
     """
-    times = None if times is None or len(times) != n_frames else np.asarray(times, np.float64)
-    audio = measure.audio(wav, fps, n_frames, times=times)
-    if times is None:
-        spans = [(int(round(s["start_s"] * fps)), int(round(s["end_s"] * fps))) for s in segments]
+    if timeline is not None:  # the source's own frame times (stages/media_clock.py): frames i / fps apart otherwise
+        fps = timeline.fps
+        audio = measure.audio(wav, fps, times=timeline.frame_s)
+        spans = [(timeline.index_near(s["start_s"]), timeline.index_near(s["end_s"])) for s in segments]
     else:
-        spans = [(int(np.searchsorted(times, s["start_s"] - 1e-6)), int(np.searchsorted(times, s["end_s"] - 1e-6)))
-                 for s in segments]
+        audio = measure.audio(wav, fps, n_frames)
+        spans = [(int(round(s["start_s"] * fps)), int(round(s["end_s"] * fps))) for s in segments]
     faces = []  # (track_id, frames, features, pooled result)
     for tr in tracks:
         frames, v = np.asarray(tr.get("frames") or [], int), getattr(measure, "features", visual_features)(tr)
