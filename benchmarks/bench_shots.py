@@ -38,7 +38,7 @@ def _timed(methods: list[tuple], repeat: int) -> dict[str, tuple[float, object]]
 
 def _stage_starts(stage: ShotStage, video: Path) -> list[int]:
     source = {"source_id": "bench", "media_path": video.name, "fps": 25.0}
-    rows = stage.process(source, StageContext(out=video.parent))
+    rows = stage.process(source, StageContext(out=video.parent))["shots"]
     return [r["start_frame"] for r in rows[1:]]
 
 

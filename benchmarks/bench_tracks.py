@@ -83,7 +83,7 @@ def detect(path: Path, detector: str) -> list[int]:
     stage = ShotStage(detector=detector, device="cpu")
     stage.setup()
     src = {**probe_media(path), "source_id": "b", "media_path": path.name}
-    rows = stage.process(src, StageContext(out=path.parent))
+    rows = stage.process(src, StageContext(out=path.parent))["shots"]
     return [r["start_frame"] for r in rows[1:]]
 
 

@@ -178,7 +178,8 @@ def picture(name: str, cache: Path = CACHE) -> tuple[Path, dict]:
     shutil.rmtree(out, ignore_errors=True)
     src = ingest(original(name, cache), out)
     store, ctx = ManifestStore(out), StageContext(out=out)
-    store.write_shard("shots", src["source_id"], ShotStage().process(src, ctx))
+    for table, rows in ShotStage().process(src, ctx).items():
+        store.write_shard(table, src["source_id"], rows)
     store.write_shard("tracks", src["source_id"], FaceStage().process(src, ctx))
     done.write_text(json.dumps(src, default=str))
     return out, src

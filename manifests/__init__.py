@@ -2,8 +2,9 @@
 
 Where each column is born:
   sources     manifests/sources.py   (stages/download.py)
-  stage_runs  manifests/runs.py      (pipeline/runner.py, one row per stage and source)
+  stage_runs  manifests/runs.py      (pipeline/worker.py, one row per stage and source)
   shots       manifests/shots.py     (stages/shots.py)
+  timeline    manifests/timeline.py  (stages/shots.py: each frame's time on the media clock)
   tracks      manifests/tracks.py    (stages/faces.py)
   segments    manifests/segments.py  (stages/diarize.py)
   clips       manifests/clips.py     (stages/quality.py)
@@ -15,12 +16,14 @@ from manifests.runs import STAGE_RUNS
 from manifests.segments import SEGMENTS
 from manifests.shots import SHOTS
 from manifests.sources import SOURCES
+from manifests.timeline import TIMELINE
 from manifests.tracks import TRACKS
 
 TABLES = {
     "sources": SOURCES,
     "stage_runs": STAGE_RUNS,
     "shots": SHOTS,
+    "timeline": TIMELINE,
     "tracks": TRACKS,
     "segments": SEGMENTS,
     "clips": CLIPS,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import io
 import json
@@ -11,17 +10,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from manifests.hashing import sha256_file
 from manifests.lineage import checkpoints_of
 from manifests.redact import redact_uri
 from manifests.store import ManifestStore
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify(out: str | Path) -> list[str]:
@@ -36,13 +28,13 @@ def verify(out: str | Path) -> list[str]:
         p = store.out / r["media_path"]
         if not p.is_file():
             problems.append(f"missing: {r['media_path']} (source {r['source_id']}, {redact_uri(r['uri'])})")
-        elif _sha256(p) != r["sha256"]:
+        elif sha256_file(p) != r["sha256"]:
             problems.append(f"changed: {r['media_path']} (source {r['source_id']}): sha256 differs from the manifest")
     for c in store.read("clips").to_pylist():
         p = store.out / c["crop_path"]
         if not p.is_file():
             problems.append(f"missing: {c['crop_path']} (clip {c['clip_id']})")
-        elif c["sha256"] and _sha256(p) != c["sha256"]:
+        elif c["sha256"] and sha256_file(p) != c["sha256"]:
             problems.append(f"changed: {c['crop_path']} (clip {c['clip_id']}): sha256 differs from the manifest")
         if not (store.out / c["audio_path"]).is_file():
             problems.append(f"missing: {c['audio_path']} (clip {c['clip_id']})")

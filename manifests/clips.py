@@ -18,7 +18,7 @@ RULE_RESULTS = pa.list_(pa.struct([
 
 CLIPS = table_schema(
     "clips",
-    3,  # 3: audio_shift_frames
+    4,  # 3: audio_shift_frames. 4: resampled, av_lag_ms; times from the source's timeline
     [
         pa.field("clip_id", pa.string(), nullable=False),
         pa.field("source_id", pa.string(), nullable=False),
@@ -27,10 +27,16 @@ CLIPS = table_schema(
         pa.field("segment_id", pa.string()),
         pa.field("start_frame", pa.int64(), nullable=False),  # source frame index, inclusive
         pa.field("end_frame", pa.int64(), nullable=False),  # exclusive
-        pa.field("start_s", pa.float64(), nullable=False),
-        pa.field("end_s", pa.float64(), nullable=False),
-        pa.field("n_frames", pa.int64(), nullable=False),
-        pa.field("fps", pa.float64(), nullable=False),
+        pa.field("start_s", pa.float64(), nullable=False),  # clock time of start_frame (the timeline table)
+        pa.field("end_s", pa.float64(), nullable=False),  # clock time of end_frame
+        pa.field("n_frames", pa.int64(), nullable=False),  # frames of the crop mp4: (end_s - start_s) * fps
+        pa.field("fps", pa.float64(), nullable=False),  # the crop mp4's constant frame rate
+        # True: the crop's frames are not the source's one for one (a variable-rate source, or a
+        # quality clip_fps other than the source's): each shows the source frame nearest its instant.
+        pa.field("resampled", pa.bool_()),
+        # Mean (sound instant - instant of the source frame shown) over the crop's frames, ms: what
+        # timestamp resampling leaves of audio-visual lag (0 for frames taken one for one).
+        pa.field("av_lag_ms", pa.float32()),
         pa.field("crop_path", pa.string(), nullable=False),  # square face-region mp4 of exactly this clip
         pa.field("audio_path", pa.string(), nullable=False),  # 16 kHz mono wav of exactly this clip
         pa.field("face_mask_path", pa.string()),  # PNG, crop resolution

@@ -100,8 +100,12 @@ def identity_split(clips: list[dict], val_fraction: float, seed: str = "emo-forg
     return split
 
 
-def export(out: str | Path, val_fraction: float = 0.1, command: str | None = None) -> dict[str, Any]:
-    """Judge near-duplicates, split by identity, write the card; returns the card as a dict."""
+def export(out: str | Path, val_fraction: float = 0.1, command: str | None = None,
+           near_duplicate: float | None = None) -> dict[str, Any]:
+    """Judge near-duplicates, split by identity, write the card; returns the card as a dict.
+
+    near_duplicate: the rule's threshold (mean dHash distance); default quality.yaml's. It is a
+    corpus-level rule, so it is set here, not in curate's quality settings."""
     from stages.quality import DEFAULTS
 
     store = ManifestStore(out)
@@ -109,7 +113,7 @@ def export(out: str | Path, val_fraction: float = 0.1, command: str | None = Non
     identities = corpus_identities(store)
     for c in clips:
         c["identity_id"] = identities.get(c["track_id"], c["identity_id"])
-    threshold = float(DEFAULTS["rules"]["near_duplicate"])
+    threshold = float(near_duplicate if near_duplicate is not None else DEFAULTS["rules"]["near_duplicate"])
     dupes = find_near_duplicates(store, clips, threshold)
     kept = [c for c in clips if c["clip_id"] not in dupes]
     split = identity_split(kept, val_fraction)

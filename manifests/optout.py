@@ -16,7 +16,7 @@ from manifests.lineage import learned_from
 from manifests.redact import redact_uri
 from manifests.store import ManifestStore
 
-DERIVED_TABLES = ("shots", "tracks", "segments", "clips", "rejections")
+DERIVED_TABLES = ("shots", "timeline", "tracks", "segments", "clips", "rejections")
 TOMBSTONES = "manifests/tombstones.jsonl"  # relative to OUT (a folder or a URI)
 
 

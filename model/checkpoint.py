@@ -14,7 +14,6 @@ optimizer state is flattened into safetensors plus JSON.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from manifests.hashing import sha256_file
 from model.config import EMOConfig
 
 FORMAT = "emo-forge/checkpoint/1"
@@ -53,14 +53,6 @@ def read_meta(path: str | Path) -> dict:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not an {FORMAT} checkpoint")
     return meta
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def optimizer_to_tensors(optimizer: torch.optim.Optimizer, names: list[str]) -> tuple[dict, list]:
@@ -105,7 +97,7 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, weights: dict[str, torch.Te
         tensors, groups = optimizer_to_tensors(optimizer, param_names)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
     meta = {"format": FORMAT, **meta, "step": step, "optimizer_groups": groups,
-            "model_sha256": file_sha256(tmp / "model.safetensors")}
+            "model_sha256": sha256_file(tmp / "model.safetensors")}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)

@@ -32,9 +32,10 @@ import cv2
 import numpy as np
 import torch
 
+from manifests.hashing import sha256_file
 from model import watermark
 from model.audio import SAMPLE_RATE, audio_windows, build_featurizer
-from model.checkpoint import file_sha256, load_checkpoint
+from model.checkpoint import load_checkpoint
 from model.latents import load_codec
 from model.reference_skip import decode_residual
 
@@ -88,7 +89,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def checkpoint_hash(meta: dict) -> str:
     """The model weights' sha256: from meta.json, or hashed from the file for older checkpoints."""
-    return meta.get("model_sha256") or file_sha256(Path(meta["dir"]) / "model.safetensors")
+    return meta.get("model_sha256") or sha256_file(Path(meta["dir"]) / "model.safetensors")
 
 
 @torch.no_grad()

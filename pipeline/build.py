@@ -34,7 +34,7 @@ from manifests.sources import SOURCE_FILE_COLUMNS
 from pipeline.lock import FileHashes, Lock, changes, record
 
 log = logging.getLogger(__name__)
-CURATE_TABLES = ("sources", "shots", "tracks", "segments", "clips", "rejections")
+CURATE_TABLES = ("sources", "shots", "timeline", "tracks", "segments", "clips", "rejections")
 SAMPLE_PARAMS = {"steps": int, "fps": (int, float), "seed": int, "guidance_ref": (int, float),
                  "guidance_audio": (int, float), "speed": (int, float)}
 
@@ -189,16 +189,16 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _curate(spec: BuildSpec, at: _At | None) -> None:
-    from pipeline.plan import STAGES, build_stages, load_config
+    from pipeline.plan import STAGES, build_stages, canonical, known, load_config, normalize_config
     from pipeline.runner import DEFAULT_STAGES
 
     keys = at.keys(("stages", "config", "config_file", "num_cpus", "max_workers")) if at else {}
     spec.stages = list(DEFAULT_STAGES)
     if "stages" in keys:
-        spec.stages = [s.value(str, "a stage name") for s in keys["stages"].items()]
+        spec.stages = [canonical(s.value(str, "a stage name")) for s in keys["stages"].items()]
         for s, node in zip(spec.stages, keys["stages"].items(), strict=True):
             if s not in STAGES:
-                node.fail(f"unknown stage {s!r}; known: {', '.join(STAGES)}")
+                node.fail(f"unknown stage {s!r}; known: {known()}")
         if "download" not in spec.stages:
             keys["stages"].fail("a build curates its sources: 'download' must be one of the stages")
     config: dict[str, Any] = {}
@@ -209,8 +209,10 @@ def _curate(spec: BuildSpec, at: _At | None) -> None:
             keys["config_file"].fail(str(e))
     if "config" in keys:
         inline = keys["config"].value(dict, "a mapping of stage names to settings")
-        if unknown := set(inline) - set(STAGES):
-            keys["config"].fail(f"unknown stages {sorted(unknown)}; known: {', '.join(STAGES)}")
+        try:
+            inline = normalize_config(inline, "config")
+        except ValueError as e:
+            keys["config"].fail(str(e))
         config = _merge(config, inline)
     try:
         build_stages(spec.stages, config)
@@ -307,7 +309,8 @@ class _Pending(dict):
 
 def plan(spec: BuildSpec, out: Path, hashes: FileHashes, outputs: dict[str, dict]) -> list[Step]:
     """The build's steps in order; `outputs` fills in as they run (or are found up to date)."""
-    from model.checkpoint import file_sha256, read_meta
+    from manifests.hashing import sha256_file
+    from model.checkpoint import read_meta
 
     def curate_inputs() -> dict:
         sources = {r["uri"]: _source_hash(r, hashes) for r in spec.sources}
@@ -354,7 +357,7 @@ def plan(spec: BuildSpec, out: Path, hashes: FileHashes, outputs: dict[str, dict
 
         def video_present(rec: dict) -> bool:
             video = out / rec["outputs"]["video"]
-            return video.is_file() and file_sha256(video) == rec["outputs"]["sha256"]
+            return video.is_file() and sha256_file(video) == rec["outputs"]["sha256"]
 
         steps.append(Step(f"sample/{s.name}", sample_inputs, sample_run, video_present))
     return steps
@@ -455,7 +458,7 @@ def _run_train(spec: BuildSpec, out: Path, t: TrainSpec, parent: Path | None) ->
 
 
 def _run_sample(out: Path, s: SampleSpec, checkpoint: Path) -> dict:
-    from model.checkpoint import file_sha256
+    from manifests.hashing import sha256_file
     from model.sample import build_parser, sample
 
     video = out / "samples" / f"{s.name}.mp4"
@@ -464,7 +467,7 @@ def _run_sample(out: Path, s: SampleSpec, checkpoint: Path) -> dict:
         argv += [f"--{k.replace('_', '-')}", str(v)]
     rec = sample(build_parser().parse_args(argv))
     ckpt = Path(rec["checkpoint"])
-    return {"video": str(video.relative_to(out)), "sha256": file_sha256(video),
+    return {"video": str(video.relative_to(out)), "sha256": sha256_file(video),
             "checkpoint": str(ckpt.relative_to(out)) if ckpt.is_relative_to(out) else str(ckpt),
             "checkpoint_sha256": rec["checkpoint_sha256"], "manifest_hash": rec["manifest_hash"],
             "frames": rec["frames"]}

@@ -95,7 +95,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from manifests.mirror import mirrored
 
     with mirrored(args.out, ("manifests", "clips")) as local:  # OUT itself when it is a folder
-        card = export(local, val_fraction=args.val_fraction, command=" ".join(sys.argv))
+        card = export(local, val_fraction=args.val_fraction, command=" ".join(sys.argv), near_duplicate=args.near_duplicate)
     print(render_card(card).split("## Configuration")[0])
     print(f"card: {Location(args.out).child_uri('export/dataset_card.md')}")
     return 0
@@ -253,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="judge near-duplicates, split train/val by identity, write the dataset card")
     e.add_argument("out")
     e.add_argument("--val-fraction", type=float, default=0.1, help="share of clip time for validation")
+    e.add_argument("--near-duplicate", type=float, default=None,
+                   help="near-duplicate threshold, mean dHash bits (default: quality.yaml's)")
     e.set_defaults(func=_cmd_export)
 
     a = sub.add_parser("audit", help="HTML report of a curated corpus, or --verify files, or --trace a clip")

@@ -22,6 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from manifests.hashing import sha256_file
+
 LOCK_NAME = "emo.lock"
 FORMAT = "emo-forge/lock/1"
 KEY_PACKAGES = ("torch", "ray", "diffusers", "transformers", "accelerate", "pyarrow", "numpy", "mediapipe",
@@ -71,13 +73,10 @@ class FileHashes:
         hit = self.cache.get(str(file))
         if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
             return hit[2]
-        h = hashlib.sha256()
-        with open(file, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-        self.cache[str(file)] = [st.st_size, st.st_mtime_ns, h.hexdigest()]
+        digest = sha256_file(file)
+        self.cache[str(file)] = [st.st_size, st.st_mtime_ns, digest]
         self._changed = True
-        return h.hexdigest()
+        return digest
 
     def save(self) -> None:
         if self._changed:

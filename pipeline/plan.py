@@ -1,4 +1,4 @@
-"""Which stages exist, in which order, and how they are built from a config."""
+"""The stage registry: which stages exist, in which order, what each needs, and how they are built from a config."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import yaml
 from stages.base import Stage
 
 # name -> "module:Class". Order is execution order; the download stage runs first, per input.
+# The names are the ledger's (stage_runs.stage); the design's names are accepted everywhere a stage is named.
 STAGES: dict[str, str] = {
     "download": "stages.download:DownloadStage",
     "shots": "stages.shots:ShotStage",
@@ -19,6 +20,26 @@ STAGES: dict[str, str] = {
     "diarize": "stages.diarize:DiarizeStage",
     "quality": "stages.quality:QualityStage",
 }
+ALIASES = {"shot-detect": "shots", "face-crop": "faces", "speaker-diarize": "diarize", "quality-filter": "quality"}
+
+
+def canonical(name: str) -> str:
+    """A stage's ledger name from its own or its design name (shot-detect, face-crop, ...)."""
+    return ALIASES.get(name, name)
+
+
+def stage_class(name: str) -> type[Stage]:
+    module, cls = STAGES[canonical(name)].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def needs(stage: Stage | type[Stage]) -> tuple[str, ...]:
+    """Stages that must have succeeded on a source before `stage` runs on it: the writers of what it reads."""
+    return tuple(n for n in STAGES if n != stage.name and set(stage_class(n).writes) & set(stage.reads))
+
+
+def known() -> str:
+    return ", ".join(f"{n} ({d})" if (d := next((a for a, c in ALIASES.items() if c == n), None)) else n for n in STAGES)
 
 
 def available_stages() -> list[str]:
@@ -38,9 +59,15 @@ def load_config(path: str | Path | None) -> dict[str, dict[str, Any]]:
     data = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of stage names to settings")
-    unknown = set(data) - set(STAGES) - {"pipeline"}
+    return normalize_config(data, str(path))
+
+
+def normalize_config(data: dict[str, Any], where: str = "config") -> dict[str, Any]:
+    """Stage sections under their ledger names (a design name is accepted); unknown names are an error."""
+    unknown = {k for k in data if canonical(k) not in STAGES and k != "pipeline"}
     if unknown:
-        raise ValueError(f"{path}: unknown stages {sorted(unknown)}; known: {list(STAGES)}")
+        raise ValueError(f"{where}: unknown stages {sorted(unknown)}; known: {known()}")
+    data = {canonical(k): v for k, v in data.items()}
     PipelineSettings.from_config(data)  # unknown pipeline settings fail here, before any work
     return data
 
@@ -85,17 +112,17 @@ class PipelineSettings:
 
 
 def build_stages(names: list[str], config: dict[str, dict[str, Any]] | None = None) -> list[Stage]:
-    config = config or {}
-    unknown = [n for n in names if n not in STAGES]
+    config = {canonical(k): v for k, v in (config or {}).items()}
+    unknown = [n for n in names if canonical(n) not in STAGES]
     if unknown:
-        raise ValueError(f"unknown stages {unknown}; known: {list(STAGES)}")
+        raise ValueError(f"unknown stages {unknown}; known: {known()}")
+    names = [canonical(n) for n in names]
     missing = [n for n in names if n not in available_stages()]
     if missing:
         raise ValueError(f"stages not implemented in this version: {missing}")
     stages = []
-    for name in sorted(names, key=list(STAGES).index):
-        module, cls = STAGES[name].split(":")
-        stage_cls = getattr(importlib.import_module(module), cls)
+    for name in sorted(set(names), key=list(STAGES).index):
+        stage_cls = stage_class(name)
         try:
             stages.append(stage_cls(**(config.get(name) or {})))
         except TypeError as e:

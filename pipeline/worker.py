@@ -36,7 +36,7 @@ import pyarrow as pa
 from manifests import ManifestStore
 from manifests.fs import Location
 from manifests.sources import SOURCES
-from pipeline.plan import PipelineSettings
+from pipeline.plan import PipelineSettings, needs
 from pipeline.scratch import MirrorContext, Scratch
 from stages.base import Stage, StageContext, StageError
 
@@ -145,11 +145,12 @@ class StageWorker:
 
     def context(self, source: dict[str, Any]) -> StageContext:
         """The stage's view of OUT for one source: OUT itself, or the mirror with its inputs fetched."""
+        readable = frozenset(self.stage.reads + self.stage.uses)
         if self.scratch is None:
-            return StageContext(out=self.loc.path)
+            return StageContext(out=self.loc.path, readable=readable)
         if self.stage.name != "download":
             self.scratch.fetch(source.get("media_path"), source.get("audio_path"))
-        return MirrorContext(out=self.scratch.dir, manifests=self.store)
+        return MirrorContext(out=self.scratch.dir, readable=readable, manifests=self.store)
 
     def upload(self) -> None:
         """Files the stage produced go up before any manifest row that names them."""
@@ -177,7 +178,7 @@ class StageWorker:
             if earlier != "ok":
                 failed.append(name)
             return
-        blocked = [n for n in self.stage.needs if n in failed]
+        blocked = [n for n in needs(self.stage) if n in failed]
         t0 = time.perf_counter()
         ctx = self.context(source)
         stuck = False
@@ -185,8 +186,10 @@ class StageWorker:
             status, error, rows = "skipped", f"upstream_failed: {', '.join(blocked)} failed for this source", []
         else:
             status, error, rows, stuck = self._attempt(source, key, ctx)
-        # A stage returns rows of its own table, or {table: rows} when it writes several.
+        # A stage returns rows of its first table, or {table: rows} for tables it declares it writes.
         by_table = rows if isinstance(rows, dict) else {self.stage.table: rows}
+        if status == "ok" and (undeclared := set(by_table) - set(self.stage.writes)):
+            status, error, by_table = "failed", f"internal_error: {name} wrote undeclared tables {sorted(undeclared)}", {}
         error = _out_relative(error, ctx)
         if status == "ok":
             self.upload()

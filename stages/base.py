@@ -43,6 +43,7 @@ class StageContext:
 
     out: Path
     counters: Counter = field(default_factory=Counter)
+    readable: frozenset[str] | None = None  # the stage's reads + uses; None (tests, tools): any table
 
     @property
     def store(self) -> ManifestStore:
@@ -50,6 +51,8 @@ class StageContext:
 
     def upstream(self, table: str, source_id: str) -> pa.Table:
         """Rows an earlier stage wrote for this source (empty when that stage did not run)."""
+        if self.readable is not None and table not in self.readable:
+            raise KeyError(f"{table!r} is not among the tables this stage declares it reads ({sorted(self.readable)})")
         return self.store.read_shard(table, source_id)
 
     def path(self, *parts: str) -> Path:
@@ -66,22 +69,33 @@ class StageContext:
 
 
 class Stage:
-    """Base class. Subclasses set `name`, `table`, `needs`, and implement `process`.
+    """Base class. Subclasses set `name`, `reads`, `uses`, `writes`, and implement `process`.
 
-    `__init__` keeps plain values only so the stage pickles to a Ray worker; models load in `setup`.
+    The tables a stage touches are its contract: `writes` are the tables it writes (one shard per
+    source each; the first is where a plain list of rows goes), `reads` the tables it cannot do
+    without (when the stage that writes one failed for a source, this stage is skipped for it),
+    `uses` the tables it reads when they are there. Run order and `needs` follow from them
+    (pipeline/plan.py). `__init__` keeps plain values only so the stage pickles to a Ray worker;
+    models load in `setup`.
     """
 
     name: ClassVar[str] = "stage"
-    table: ClassVar[str] = ""  # manifest table this stage writes, one shard per source
-    needs: ClassVar[tuple[str, ...]] = ()  # stages that must have run first, by name
+    reads: ClassVar[tuple[str, ...]] = ()
+    uses: ClassVar[tuple[str, ...]] = ()
+    writes: ClassVar[tuple[str, ...]] = ()
     uses_model: ClassVar[bool] = False  # True: run in an actor pool so setup() happens once per worker
     resources: Resources = Resources()
+
+    @property
+    def table(self) -> str:
+        """The table a plain list of rows from `process` goes to."""
+        return self.writes[0] if self.writes else ""
 
     def setup(self) -> None:
         """Load models or other per-worker state. Called once per worker before `process`."""
 
     def process(self, source: dict[str, Any], ctx: StageContext) -> list[dict[str, Any]] | dict[str, list[dict[str, Any]]]:
-        """Rows of `self.table` for one ok source, or {table: rows} for a stage that writes several tables.
+        """Rows of `self.table` for one ok source, or {table: rows} for tables among `writes`.
 
         Raise StageError (or anything) to fail the source; the runner records it and goes on.
         """

@@ -8,13 +8,14 @@ goes on past them.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
 import numpy as np
 
 from stages.base import StageError
+from stages.media_clock import Timeline
 from stages.video_io import LOOK_ONLY, SkipCorrupt
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,10 @@ class SmallFrames:
     pts: np.ndarray  # (N,) float64 seconds on the source's clock (stages/media_clock.py): PTS minus the first frame's
     end_s: float  # clock time of the end of the last frame (its time plus its duration)
     corrupt_packets: int  # packets the decoder rejected; their frames are missing
+    sizes: list[tuple[int, int, int]] = field(default_factory=list)  # (first frame, width, height) per coded size
+
+    def timeline(self) -> Timeline:
+        return Timeline(self.pts, self.end_s, self.sizes)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -50,6 +55,7 @@ def decode_small(path: str | Path, size: tuple[int, int] = (48, 27), threads: in
     out: list[np.ndarray] = []
     pts: list[float] = []
     corrupt, last_duration = 0, 0.0
+    sizes: list[tuple[int, int, int]] = []
     with container:
         if not container.streams.video:
             raise StageError("undecodable", "no video stream")
@@ -65,6 +71,8 @@ def decode_small(path: str | Path, size: tuple[int, int] = (48, 27), threads: in
         try:
             for frame in frames:
                 t = _seconds(frame, tb, pts, rate)
+                if not sizes or sizes[-1][1:] != (frame.width, frame.height):
+                    sizes.append((len(out), frame.width, frame.height))
                 small = scaler.reformat(frame, width=w, height=h, format="rgb24", interpolation=interpolation)
                 out.append(small.to_ndarray())
                 pts.append(t)
@@ -76,7 +84,7 @@ def decode_small(path: str | Path, size: tuple[int, int] = (48, 27), threads: in
     if not out:
         raise StageError("undecodable", "no frame could be decoded")
     origin = pts[0]  # t = 0 is the first displayed frame
-    return SmallFrames(np.stack(out), np.asarray(pts, np.float64) - origin, pts[-1] + last_duration - origin, corrupt)
+    return SmallFrames(np.stack(out), np.asarray(pts, np.float64) - origin, pts[-1] + last_duration - origin, corrupt, sizes)
 
 
 def _seconds(frame: av.VideoFrame, tb: float | None, prev: list[float], rate: float) -> float:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import re
 import stat
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from manifests.hashing import sha256_file
 from manifests.redact import redact_uri, scrub
 from stages.base import Resources, Stage, StageContext, StageError
 from stages.fetch_http import HttpFetch, OptOut, Retryable  # noqa: F401  (Retryable: part of this stage's API)
@@ -37,7 +37,7 @@ URL_SCHEMES = ("http", "https", "file")
 
 class DownloadStage(Stage):
     name = "download"
-    table = "sources"
+    writes = ("sources",)
     resources = Resources(num_cpus=0.5)
 
     def __init__(
@@ -181,7 +181,7 @@ class DownloadStage(Stage):
             mime, ext, kind = found
         if kind not in (VIDEO, AUDIO):
             raise StageError("not_media", f"content is {mime}, not a media container")
-        sha, size = _sha256(path)
+        sha, size = sha256_file(path), path.stat().st_size
         if sha in self.blocked_sha256:
             raise OptOut("opted_out: this content was removed at its owner's request", {})
         meta: dict[str, Any] = {"sha256": sha, "bytes": size, "mime": mime, "source_id": sha[:16]}
@@ -267,11 +267,3 @@ def _input_fields(source: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _sha256(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n

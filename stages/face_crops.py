@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,14 +106,22 @@ class CropWriter:
 
 @dataclass
 class CropJob:
-    """One crop video: source frames [first, end) (decoder indices, as the face stage counts them)."""
+    """One crop video: the source frame (decoder index, as the face stage counts them) each of its
+    frames shows, in order; a source frame may repeat or be skipped (a clip resampled by timestamp)."""
 
     path: Path
-    first: int
-    end: int
+    picks: list[int]
     window: np.ndarray  # [x0, y0, x1, y1] in displayed-frame pixels
     size: int
     fps: float
+
+    @property
+    def first(self) -> int:
+        return min(self.picks)
+
+    @property
+    def end(self) -> int:
+        return max(self.picks) + 1
 
 
 def write_crops(video: Path, rotation: int, jobs: list[CropJob], anchors: list[tuple[int, float]] = (),
@@ -147,12 +156,17 @@ class _CropFeed:
 
     def __init__(self, job: CropJob):
         self.job, self.first, self.last = job, job.first, job.end - 1
+        self._times = Counter(job.picks)  # picks are in order: frames arrive in order
         self._writer: CropWriter | None = None
+
+    def wants(self, index: int) -> bool:
+        return index in self._times
 
     def observe(self, index: int, rgb: np.ndarray) -> None:
         if self._writer is None:
             self._writer = CropWriter(self.job.path, self.job.fps, self.job.window, self.job.size)
-        self._writer.add(rgb)
+        for _ in range(self._times[index]):
+            self._writer.add(rgb)
 
     def close(self) -> None:
         writer, self._writer = self._writer, None

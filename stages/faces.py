@@ -47,8 +47,9 @@ class FaceStage(Stage):
     """Face tracks of one source, with per-frame measures, crop windows and masks, as `tracks` rows."""
 
     name = "faces"
-    table = "tracks"
-    needs = ("download",)
+    reads = ("sources",)
+    uses = ("shots",)  # without shots, the whole source is one shot
+    writes = ("tracks",)
     uses_model = True
     resources = Resources(num_cpus=1.0, memory_mb=3072)
 
@@ -70,7 +71,7 @@ class FaceStage(Stage):
     ):
         """Settings of the face stage.
 
-        backend: "mediapipe" (bundled, offline, no identity embedding) or "insightface" (SCRFD + ArcFace).
+        backend: "mediapipe" (bundled, offline; identity by dlib's descriptor) or "insightface" (SCRFD + ArcFace).
         insightface_root: folder holding models/buffalo_l for insightface (default $INSIGHTFACE_HOME or ~/.insightface).
         stride: run the detector every `stride` frames; boxes between samples are interpolated.
         scan_every: search the whole frame every `scan_every` samples (and at each shot's first); at the

@@ -35,20 +35,25 @@ class AudioRun:
         return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
 
 
-def video_origin(container: av.container.InputContainer) -> float | None:
-    """Container seconds of the first decoded video frame (t = 0), or None without video or timestamps."""
+def first_frame(container: av.container.InputContainer) -> av.VideoFrame | None:
+    """The first video frame that decodes (it defines t = 0 and the display size), or None."""
     if not container.streams.video:
         return None
-    vs = container.streams.video[0]
-    for packet in container.demux(vs):
+    for packet in container.demux(container.streams.video[0]):
         try:
             frames = packet.decode()
         except (av.error.FFmpegError, ValueError):
             continue
         if frames:
-            f = frames[0]
-            return float(f.pts * vs.time_base) if f.pts is not None and vs.time_base else None
+            return frames[0]
     return None
+
+
+def video_origin(container: av.container.InputContainer) -> float | None:
+    """Container seconds of the first decoded video frame (t = 0), or None without video or timestamps."""
+    f = first_frame(container)
+    tb = container.streams.video[0].time_base if f is not None else None
+    return float(f.pts * tb) if f is not None and f.pts is not None and tb else None
 
 
 def video_end(path: Path, origin_s: float) -> float | None:
@@ -131,3 +136,100 @@ def place(runs: list[AudioRun], rate: int, origin_s: float | None, span_s: float
         if b > a:
             out[a:b] = x[a - pos : b - pos]
     return out
+
+
+@dataclass
+class Timeline:
+    """Frame index <-> clock time for one source: the `timeline` table's row (manifests/timeline.py).
+
+    Frame i is displayed from frame_s[i] until frame_s[i + 1] (the last until end_s). Every stage
+    that turns frames into seconds or seconds into frames goes through this, never index / fps.
+    """
+
+    frame_s: np.ndarray  # (N,) float64, [0] == 0.0; non-decreasing but where a splice steps back
+    end_s: float
+    sizes: list[tuple[int, int, int]] = field(default_factory=list)  # (first frame, width, height) per size run
+
+    @classmethod
+    def from_row(cls, row: dict) -> Timeline:
+        return cls(np.asarray(row["frame_s"], np.float64), float(row["end_s"]),
+                   [tuple(int(x) for x in s) for s in row.get("sizes") or []])
+
+    @classmethod
+    def from_demux(cls, path: Path) -> Timeline:
+        """Without a shot stage's table: the video packets' timestamps in display order, by a demux pass
+        (no decoding; a packet that would not decode still counts here, which the table's decode does not)."""
+        with av.open(str(path)) as c:
+            origin = video_origin(c)
+        with av.open(str(path)) as c:
+            vs = c.streams.video[0]
+            tb = float(vs.time_base or 0)
+            step = 1.0 / float(vs.average_rate or vs.guessed_rate or 25)
+            got = sorted((float(p.pts * tb), float(p.duration * tb) if p.duration else step)
+                         for p in c.demux(vs) if p.pts is not None and tb and p.size)
+        t0 = origin if origin is not None else (got[0][0] if got else 0.0)
+        times = np.asarray([t for t, _ in got if t >= t0 - 1e-6], np.float64) - t0
+        if not len(times):
+            return cls(np.zeros(0), 0.0)
+        return cls(times, float(times[-1] + got[-1][1]))
+
+    def __len__(self) -> int:
+        return len(self.frame_s)
+
+    @property
+    def steps(self) -> np.ndarray:
+        return np.diff(np.append(self.frame_s, self.end_s))
+
+    @property
+    def fps(self) -> float:
+        """The nominal rate: one over the median frame step."""
+        s = self.steps[self.steps > 0]
+        return 1.0 / float(np.median(s)) if len(s) else 25.0
+
+    @property
+    def constant_rate(self) -> bool:
+        s = self.steps[:-1] if len(self.steps) > 1 else self.steps  # the last frame's duration is a guess
+        return bool(len(s) == 0 or np.all(np.abs(s * self.fps - 1.0) <= 0.1))
+
+    def time_of(self, index: int | np.ndarray) -> float | np.ndarray:
+        """Start time of frame `index`; len(self) gives end_s, later indices go on at the nominal rate."""
+        edges = np.append(self.frame_s, self.end_s)
+        i = np.asarray(index)
+        t = np.where(i < len(edges), edges[np.clip(i, 0, len(edges) - 1)], self.end_s + (i - len(self)) / self.fps)
+        return float(t) if t.ndim == 0 else t
+
+    def _sorted_edges(self) -> np.ndarray:
+        """Frame starts and end_s, each at least the one before (a splice's step back flattened) for searching."""
+        return np.maximum.accumulate(np.append(self.frame_s, self.end_s))
+
+    def index_near(self, t: float | np.ndarray) -> int | np.ndarray:
+        """The frame boundary (0 .. len) nearest clock time t: where a span starting or ending at t
+        begins or ends in frames."""
+        edges = self._sorted_edges()
+        t = np.asarray(t, np.float64)
+        j = np.clip(np.searchsorted(edges, t), 1, len(edges) - 1)
+        i = np.where(np.abs(edges[j - 1] - t) <= np.abs(edges[j] - t), j - 1, j)
+        return int(i) if i.ndim == 0 else i
+
+    def index_at(self, t: float | np.ndarray) -> int | np.ndarray:
+        """The frame on screen at clock time t (the last one starting at or before it)."""
+        starts = self._sorted_edges()[:-1]
+        i = np.clip(np.searchsorted(starts, np.asarray(t, np.float64) + 1e-9, side="right") - 1, 0, len(self) - 1)
+        return int(i) if i.ndim == 0 else i
+
+    def row(self, source_id: str) -> dict:
+        return {"source_id": source_id, "n_frames": len(self), "frame_s": self.frame_s.tolist(), "end_s": self.end_s,
+                "fps": self.fps, "constant_rate": self.constant_rate, "sizes": [list(s) for s in self.sizes]}
+
+
+def source_timeline(source: dict, ctx) -> Timeline:
+    """The source's timeline: the shot stage's row, or (that stage not run) one by a demux pass; for a
+    row without a media file (audio-only test sources), frames evenly spaced at the row's fps."""
+    rows = ctx.upstream("timeline", source["source_id"]).to_pylist()
+    if rows:
+        return Timeline.from_row(rows[0])
+    if source.get("media_path") and (ctx.out / source["media_path"]).is_file():
+        return Timeline.from_demux(ctx.out / source["media_path"])
+    fps = float(source.get("fps") or 25.0)
+    n = int(source.get("n_frames") or round(float(source.get("duration_s") or 0.0) * fps))
+    return Timeline(np.arange(n) / fps, n / fps)

@@ -9,7 +9,6 @@ Near-duplicates are a corpus-level rule, judged at export (manifests/export.py).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -18,22 +17,47 @@ import numpy as np
 import soundfile as sf
 import yaml
 
+from manifests.hashing import sha256_file
 from stages.base import Resources, Stage, StageContext
 from stages.face_crops import CropJob, write_crops
+from stages.media_clock import Timeline, source_timeline
 from stages.probe import CLIP_LEVEL
 
 DEFAULTS = yaml.safe_load((Path(__file__).with_name("quality.yaml")).read_text())
 
+# Each rule: the measure it judges (QualityStage._measure) and how a value passes its threshold
+# (quality.yaml; too_short's is min_clip_s). Evaluated in this order, every one for every candidate.
+RULES: dict[str, tuple[str, str]] = {
+    "face_too_small": ("face_side_px", ">="),
+    "blurry": ("blur", ">="),
+    "low_sync": ("sync_confidence", ">="),
+    "low_speech_ratio": ("speech_ratio", ">="),
+    "low_resolution": ("source_height", ">="),
+    "low_fps": ("source_fps", ">="),
+    "extreme_yaw": ("max_abs_yaw", "<"),
+    "extreme_pitch": ("max_abs_pitch", "<"),
+    "jittery_head": ("head_speed_p95", "<"),
+    "multiple_faces": ("other_face_ratio", "<"),
+    "clipped_audio": ("clipped_fraction", "<"),
+    "too_dark": ("exposure", ">="),
+    "too_bright": ("exposure", "<="),
+    "too_short": ("duration_s", ">="),
+    "no_crop": ("face_stage_reasons", "<="),
+    "av_offset": ("abs_offset_frames", "<="),
+}
+COMPARE = {">=": lambda v, t: v >= t, "<": lambda v, t: v < t, "<=": lambda v, t: v <= t}
+
 
 class QualityStage(Stage):
     name = "quality"
-    table = "clips"
-    needs = ("download", "faces")
+    reads = ("sources", "tracks")
+    uses = ("segments", "shots", "timeline")  # without segments, clips are judged on pictures alone
+    writes = ("clips", "rejections")
     resources = Resources(num_cpus=1)
 
     def __init__(self, min_clip_s: float | None = None, max_clip_s: float | None = None,
                  rules: dict[str, float] | None = None, write_media: bool = True,
-                 realign_max_frames: int | None = None):
+                 realign_max_frames: int | None = None, clip_fps: float | None = None, vfr_fps: float | None = None):
         """
         min_clip_s / max_clip_s: candidate length bounds (defaults in quality.yaml).
         rules: thresholds overriding quality.yaml, by rule name.
@@ -41,6 +65,9 @@ class QualityStage(Stage):
         realign_max_frames: a clip whose own voice is off by more than the av_offset rule allows but
             at most this many frames is kept with its wav moved into step (audio_shift_frames);
             0 rejects it as av_offset instead. Default in quality.yaml.
+        clip_fps: frame rate of every crop mp4; None keeps a constant-rate source's own rate (frames
+            one for one). vfr_fps: the rate a variable-rate source's clips get when clip_fps is None.
+            Resampled clips show, at each instant, the source frame nearest it (clips.resampled).
         """
         self.min_clip_s = float(min_clip_s if min_clip_s is not None else DEFAULTS["min_clip_s"])
         self.max_clip_s = float(max_clip_s if max_clip_s is not None else DEFAULTS["max_clip_s"])
@@ -51,10 +78,13 @@ class QualityStage(Stage):
         self.write_media = write_media
         self.realign_max_frames = int(realign_max_frames if realign_max_frames is not None
                                       else DEFAULTS["realign_max_frames"])
+        clip_fps = clip_fps if clip_fps is not None else DEFAULTS.get("clip_fps")
+        self.clip_fps = None if clip_fps is None else float(clip_fps)
+        self.vfr_fps = float(vfr_fps if vfr_fps is not None else DEFAULTS["vfr_fps"])
 
     def process(self, source: dict[str, Any], ctx: StageContext) -> dict[str, list[dict[str, Any]]]:
         sid = source["source_id"]
-        fps = float(source.get("fps") or 25.0)
+        tl = source_timeline(source, ctx)
         tracks = ctx.upstream("tracks", sid).to_pylist()
         segments = ctx.upstream("segments", sid).to_pylist()
         diarized = ctx.store.has_shard("segments", sid)
@@ -62,9 +92,9 @@ class QualityStage(Stage):
         clips, rejections = [], []
         for track in tracks:
             others = [t for t in tracks if t["shot_id"] == track["shot_id"] and t["track_id"] != track["track_id"]]
-            for k, (a, b, seg) in enumerate(self._candidates(track, segments, diarized, fps)):
+            for k, (a, b, seg) in enumerate(self._candidates(track, segments, diarized, tl)):
                 cand_id = f"{track['track_id']}-c{k:02d}"
-                measures = self._measure(source, audio_path, track, others, segments if diarized else None, seg, a, b, fps)
+                measures = self._measure(source, audio_path, track, others, segments if diarized else None, seg, a, b, tl)
                 results = self._judge(measures)
                 failed = [(x["rule"], x["value"], x["threshold"]) for x in results if not x["passed"]]
                 ctx.count("candidates")
@@ -73,18 +103,19 @@ class QualityStage(Stage):
                         ctx.count(f"rejected_{rule}")
                         rejections.append({"candidate_id": cand_id, "source_id": sid, "shot_id": track["shot_id"],
                                            "track_id": track["track_id"], "segment_id": seg and seg["segment_id"],
-                                           "start_s": a / fps, "end_s": b / fps, "rule": rule, "value": value,
+                                           "start_s": tl.time_of(a), "end_s": tl.time_of(b), "rule": rule, "value": value,
                                            "threshold": threshold, "rules": results})
                     continue
                 ctx.count("kept")
-                clips.append({**self._clip(cand_id, source, track, seg, a, b, fps, measures, ctx), "rules": results})
+                clips.append({**self._clip(cand_id, source, track, seg, a, b, tl, measures, ctx), "rules": results})
+        picks = {c["clip_id"]: c.pop("picks") for c in clips}  # source frame of each crop frame
         if self.write_media and clips:
-            self._write_media(source, audio_path, clips, {t["track_id"]: t for t in tracks}, ctx)
+            self._write_media(source, audio_path, clips, picks, {t["track_id"]: t for t in tracks}, tl, ctx)
         return {"clips": clips, "rejections": rejections}
 
     # -- candidates ----------------------------------------------------------------------------------
 
-    def _candidates(self, track, segments, diarized, fps):
+    def _candidates(self, track, segments, diarized, tl: Timeline):
         """(start_frame, end_frame, segment) intervals inside the track, cut to max_clip_s pieces."""
         t0, t1 = track["start_frame"], track["end_frame"]
         spans = []
@@ -92,7 +123,7 @@ class QualityStage(Stage):
             for seg in segments:
                 if seg["vocal_type"] not in ("speech", "singing"):
                     continue
-                a, b = max(t0, round(seg["start_s"] * fps)), min(t1, round(seg["end_s"] * fps))
+                a, b = max(t0, tl.index_near(seg["start_s"])), min(t1, tl.index_near(seg["end_s"]))
                 if b > a:
                     spans.append((a, b, seg))
             if not spans:
@@ -100,16 +131,16 @@ class QualityStage(Stage):
         else:
             spans = [(t0, t1, None)]
         out = []
-        max_len = max(1, int(self.max_clip_s * fps))
-        for a, b, seg in spans:
-            pieces = max(1, math.ceil((b - a) / max_len))
-            edges = np.linspace(a, b, pieces + 1).round().astype(int)
-            out.extend((int(x), int(y), seg) for x, y in zip(edges[:-1], edges[1:], strict=True))
+        for a, b, seg in spans:  # equal pieces in time, each no longer than max_clip_s
+            s_a, s_b = tl.time_of(a), tl.time_of(b)
+            pieces = max(1, math.ceil((s_b - s_a) / self.max_clip_s - 1e-9))
+            edges = [a, *(tl.index_near(t) for t in np.linspace(s_a, s_b, pieces + 1)[1:-1]), b]
+            out.extend((int(x), int(y), seg) for x, y in zip(edges[:-1], edges[1:], strict=True) if y > x)
         return out
 
     # -- measures and rules ----------------------------------------------------------------------------
 
-    def _measure(self, source, audio_path, track, others, segments, seg, a, b, fps) -> dict[str, float | None]:
+    def _measure(self, source, audio_path, track, others, segments, seg, a, b, tl: Timeline) -> dict[str, float | None]:
         frames = np.asarray(track["frames"])
         sel = (frames >= a) & (frames < b)
 
@@ -124,11 +155,12 @@ class QualityStage(Stage):
         for o in others:
             if o["start_frame"] < b and o["end_frame"] > a:
                 other_ratio = max(other_ratio, float(o.get("face_size_px") or 0.0) / max(face, 1e-6))
+        s_a, s_b = tl.time_of(a), tl.time_of(b)
         speech = None
         if segments is not None:
-            covered = sum(max(0.0, min(s["end_s"], b / fps) - max(s["start_s"], a / fps))
+            covered = sum(max(0.0, min(s["end_s"], s_b) - max(s["start_s"], s_a))
                           for s in segments if s["vocal_type"] in ("speech", "singing"))
-            speech = covered / max((b - a) / fps, 1e-6)
+            speech = covered / max(s_b - s_a, 1e-6)
         sync = offset = None
         if segments is not None:
             # Below the null is no sync at all: floored at 0, so a threshold of 0 turns the rule off.
@@ -136,24 +168,24 @@ class QualityStage(Stage):
             sync = max(float(seg["sync_confidence"] or 0.0), 0.0) if same_face else 0.0
             offset = seg.get("sync_offset_frames") if same_face else None
         yaw, pitch, speed = arr("yaw"), arr("pitch"), arr("head_speed")
-        audio = self._audio(audio_path, a / fps, b / fps)
+        audio = self._audio(audio_path, s_a, s_b)
         return {
-            "duration": (b - a) / fps,
-            "face_too_small": face,
-            "blurry": track.get("blur"),
+            "duration_s": s_b - s_a,
+            "face_side_px": face,
+            "blur": track.get("blur"),
             "exposure": track.get("exposure"),
-            "extreme_yaw": float(np.abs(yaw).max()) if yaw.size else None,
-            "extreme_pitch": float(np.abs(pitch).max()) if pitch.size else None,
-            "jittery_head": float(np.percentile(speed, 95)) if speed.size else None,
-            "multiple_faces": other_ratio,
-            "low_sync": sync,
-            "av_offset": None if offset is None else abs(float(offset)),
+            "max_abs_yaw": float(np.abs(yaw).max()) if yaw.size else None,
+            "max_abs_pitch": float(np.abs(pitch).max()) if pitch.size else None,
+            "head_speed_p95": float(np.percentile(speed, 95)) if speed.size else None,
+            "other_face_ratio": other_ratio,
+            "sync_confidence": sync,
+            "abs_offset_frames": None if offset is None else abs(float(offset)),
             "offset_frames": offset,
-            "low_speech_ratio": speech,
-            "clipped_audio": float(np.mean(np.abs(audio) >= CLIP_LEVEL)) if audio is not None and audio.size else None,
-            "low_resolution": float(source.get("height") or 0),
-            "low_fps": fps,
-            "no_crop": 1.0 if track.get("reasons") else 0.0,  # failed the face stage's cheap checks
+            "speech_ratio": speech,
+            "clipped_fraction": float(np.mean(np.abs(audio) >= CLIP_LEVEL)) if audio is not None and audio.size else None,
+            "source_height": float(source.get("height") or 0),
+            "source_fps": tl.fps,
+            "face_stage_reasons": 1.0 if track.get("reasons") else 0.0,  # failed the face stage's cheap checks
         }
 
     @staticmethod
@@ -163,38 +195,34 @@ class QualityStage(Stage):
 
     def _judge(self, m: dict[str, float | None]) -> list[dict[str, Any]]:
         """Every rule, evaluated: {rule, value, threshold, passed}. A value of None (not measured) passes."""
-        r = self.rules
-        tolerance = r["av_offset"]
-        if self.realign_max_frames > tolerance:
-            tolerance = self.realign_max_frames  # kept, its wav moved by the offset (_shift)
-        below = ("face_too_small", "blurry", "low_sync", "low_speech_ratio", "low_resolution", "low_fps")
-        above = ("extreme_yaw", "extreme_pitch", "jittery_head", "multiple_faces", "clipped_audio")
-        checks = [(k, m[k], r[k], lambda v, t: v >= t) for k in below]
-        checks += [(k, m[k], r[k], lambda v, t: v < t) for k in above]
-        checks += [("too_dark", m["exposure"], r["too_dark"], lambda v, t: v >= t),
-                   ("too_bright", m["exposure"], r["too_bright"], lambda v, t: v <= t),
-                   ("too_short", m["duration"], self.min_clip_s, lambda v, t: v >= t),
-                   ("no_crop", m["no_crop"], 0.0, lambda v, t: v <= t),
-                   ("av_offset", m["av_offset"], tolerance, lambda v, t: v <= t)]
-        return [{"rule": k, "value": None if v is None else float(v), "threshold": float(t),
-                 "passed": v is None or bool(ok(float(v), float(t)))} for k, v, t, ok in checks]
+        thresholds = {**self.rules, "too_short": self.min_clip_s, "no_crop": 0.0,
+                      # a larger offset within realign_max_frames is kept, its wav moved by it (_shift)
+                      "av_offset": max(self.rules["av_offset"], self.realign_max_frames)}
+        out = []
+        for rule, (measure, passes) in RULES.items():
+            v, t = m[measure], float(thresholds[rule])
+            out.append({"rule": rule, "value": None if v is None else float(v), "threshold": t,
+                        "passed": v is None or bool(COMPARE[passes](float(v), t))})
+        return out
 
     # -- kept clips -----------------------------------------------------------------------------------
 
-    def _clip(self, clip_id, source, track, seg, a, b, fps, m, ctx: StageContext) -> dict[str, Any]:
+    def _clip(self, clip_id, source, track, seg, a, b, tl: Timeline, m, ctx: StageContext) -> dict[str, Any]:
         sid = source["source_id"]
-        frames = list(track["frames"])
-        i0, i1 = frames.index(a), frames.index(b - 1) + 1
+        fps = self.clip_fps or (tl.fps if tl.constant_rate else self.vfr_fps)
+        picks, lag_s = resample(tl, a, b, fps)
         speed = track.get("head_speed") or []
+        first = int(track["frames"][0]) if track.get("frames") else a
         return {
             "clip_id": clip_id, "source_id": sid, "shot_id": track["shot_id"], "track_id": track["track_id"],
-            "segment_id": seg and seg["segment_id"], "start_frame": a, "end_frame": b, "start_s": a / fps,
-            "end_s": b / fps, "n_frames": b - a, "fps": fps,
+            "segment_id": seg and seg["segment_id"], "start_frame": a, "end_frame": b, "start_s": tl.time_of(a),
+            "end_s": tl.time_of(b), "n_frames": len(picks), "fps": fps,
+            "resampled": picks != list(range(a, b)), "av_lag_ms": round(lag_s * 1000, 3), "picks": picks,
             "crop_path": ctx.rel(ctx.path("clips", sid, f"{clip_id}.mp4")),
             "audio_path": ctx.rel(ctx.path("clips", sid, f"{clip_id}.wav")),
             "face_mask_path": track.get("face_mask_path"), "lip_mask_path": track.get("lip_mask_path"),
-            "head_speed": [float(x) for x in speed[i0:i1]], "face_size_px": m["face_too_small"],
-            "sync_confidence": m["low_sync"], "audio_shift_frames": self._shift(m["offset_frames"]),
+            "head_speed": [float(speed[i - first]) for i in picks] if speed else [], "face_size_px": m["face_side_px"],
+            "sync_confidence": m["sync_confidence"], "audio_shift_frames": self._shift(m["offset_frames"]),
             "vocal_type": seg and seg["vocal_type"],
             "category": source.get("category"), "language": (seg and seg.get("language")) or source.get("language"),
             "license": source.get("license"), "consent": source.get("consent"),
@@ -206,23 +234,41 @@ class QualityStage(Stage):
         rule's tolerance (and within realign_max_frames, else it was rejected); else 0."""
         return int(offset) if offset is not None and abs(offset) > self.rules["av_offset"] else 0
 
-    def _write_media(self, source, audio_path: Path | None, clips, tracks, ctx: StageContext) -> None:
-        """Every kept clip's crop (one decode of the source for all of them), its wav, and the crop's sha256."""
-        jobs = [CropJob(ctx.out / c["crop_path"], c["start_frame"], c["end_frame"],
-                        np.asarray(tracks[c["track_id"]]["crop_box"], float), int(tracks[c["track_id"]]["crop_size"]),
-                        c["fps"]) for c in clips]
+    def _write_media(self, source, audio_path: Path | None, clips, picks, tracks, tl: Timeline, ctx: StageContext) -> None:
+        """Every kept clip's crop (one decode of the source for all of them), its wav, and the crop's sha256.
+
+        The wav covers [start_s, end_s) on the clock, as the crop's frames do."""
+        jobs = [CropJob(ctx.out / c["crop_path"], picks[c["clip_id"]], np.asarray(tracks[c["track_id"]]["crop_box"], float),
+                        int(tracks[c["track_id"]]["crop_size"]), c["fps"]) for c in clips]
         shots = ctx.upstream("shots", source["source_id"]).to_pylist()  # their starts: places to seek to
         write_crops(ctx.out / source["media_path"], int(source.get("rotation") or 0), jobs,
                     anchors=[(int(s["start_frame"]), float(s["start_s"])) for s in shots if s["start_s"] is not None])
         for c in clips:
             if audio_path:
                 # Sound k frames late (k > 0): the picture's sound is k frames further on in the wav.
-                lag = c["audio_shift_frames"] / c["fps"]
-                audio, rate = _read_span(audio_path, c["start_s"] + lag, c["end_s"] + lag)
+                lag = c["audio_shift_frames"] / tl.fps  # the sync measure's frames are the source's
+                audio, rate = _read_span(audio_path, c["start_s"] + lag, c["start_s"] + lag + c["n_frames"] / c["fps"])
             else:
-                audio, rate = np.zeros(int(c["n_frames"] / c["fps"] * 16000), np.float32), 16000
+                audio, rate = np.zeros(int(round(c["n_frames"] / c["fps"] * 16000)), np.float32), 16000
             sf.write(str(ctx.out / c["audio_path"]), audio, rate, subtype="FLOAT")
-            c["sha256"] = hashlib.sha256((ctx.out / c["crop_path"]).read_bytes()).hexdigest()
+            c["sha256"] = sha256_file(ctx.out / c["crop_path"])
+
+
+def resample(tl: Timeline, a: int, b: int, fps: float) -> tuple[list[int], float]:
+    """(source frame shown at each instant start + k / fps of frames [a, b), mean lag in seconds).
+
+    Each instant shows the source frame whose start is nearest it; the lag is the mean of (instant -
+    that frame's time), what the picture trails the sound by. A source frame per instant, one for
+    one, when the source is at this constant rate.
+    """
+    s_a, s_b = tl.time_of(a), tl.time_of(b)
+    n = max(1, int(round((s_b - s_a) * fps)))
+    instants = s_a + np.arange(n) / fps
+    starts = np.maximum.accumulate(np.asarray(tl.time_of(np.arange(a, b)), np.float64))  # a splice's step back flattened
+    j = np.clip(np.searchsorted(starts, instants), 1, max(len(starts) - 1, 1))
+    j = np.where(np.abs(starts[j - 1] - instants) <= np.abs(starts[np.minimum(j, len(starts) - 1)] - instants), j - 1, j)
+    j = np.clip(j, 0, len(starts) - 1)
+    return [int(a + k) for k in j], float(np.mean(instants - starts[j]))
 
 
 def _read_span(path: Path, start_s: float, end_s: float) -> tuple[np.ndarray, int]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
-
 from stages.base import Resources, Stage, StageContext
 from stages.decode import SmallFrames, decode_small
 from stages.shot_detectors import Boundary, ContentShotDetector, suppress_close
@@ -24,8 +22,8 @@ DETECTORS = ("content", "transnetv2")
 
 class ShotStage(Stage):
     name = "shots"
-    table = "shots"
-    needs = ("download",)
+    reads = ("sources",)
+    writes = ("shots", "timeline")  # the decode that finds the cuts numbers and times every frame
 
     def __init__(
         self,
@@ -101,7 +99,7 @@ class ShotStage(Stage):
             self._detector = ContentShotDetector(self.cut_threshold, self.cut_ratio, dissolve_frames=self.dissolve_frames,
                                                  jump_threshold=self.jump_threshold, jump_ratio=self.jump_ratio)
 
-    def process(self, source: dict[str, Any], ctx: StageContext) -> list[dict[str, Any]]:
+    def process(self, source: dict[str, Any], ctx: StageContext) -> dict[str, list[dict[str, Any]]]:
         if self._detector is None:
             self.setup()
         video = decode_small(ctx.out / source["media_path"], self.frame_size, threads=self.decode_threads)
@@ -109,13 +107,16 @@ class ShotStage(Stage):
             ctx.count("corrupt_frames", video.corrupt_packets)
             log.warning("%s: %d packets did not decode; went on past them", source["source_id"], video.corrupt_packets)
         ctx.count("frames", len(video))
-        fps = source.get("fps") or _fps(video)
+        timeline = video.timeline()
+        if len(timeline.sizes) > 1:
+            ctx.count("size_changes", len(timeline.sizes) - 1)
+        fps = timeline.fps
         bounds = suppress_close(self._detector.detect(video), max(1, round(self.min_shot_s * fps)))
         rows = shot_rows(source["source_id"], video, bounds, self.detector)
         ctx.count("shots", len(rows))
         for r in rows[1:]:
             ctx.count(f"transition_{r['transition_in']}")
-        return rows
+        return {"shots": rows, "timeline": [timeline.row(source["source_id"])]}
 
 
 def shot_rows(source_id: str, video: SmallFrames, bounds: list[Boundary], detector: str) -> list[dict[str, Any]]:
@@ -132,8 +133,3 @@ def shot_rows(source_id: str, video: SmallFrames, bounds: list[Boundary], detect
         })
     return rows
 
-
-def _fps(video: SmallFrames) -> float:
-    steps = np.diff(video.pts)
-    steps = steps[steps > 0]
-    return 1.0 / float(np.median(steps)) if len(steps) else 25.0

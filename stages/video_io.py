@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from stages.base import temp_sibling
-from stages.media_clock import video_origin
+from stages.media_clock import first_frame
 
 log = logging.getLogger(__name__)
 
@@ -130,16 +130,29 @@ def iter_frames(path: Path, rotation: int, look_only: bool = False,
     number and clock time an earlier full decode recorded (a shot's start), starts there: seek to the
     keyframe before it, drop the frames before its PTS, number it `index`. Raises AnchorNotFound
     when no frame has that PTS; nothing was yielded then.
+
+    Frames whose coded size differs from the first frame's (a resolution change mid-stream) are
+    scaled to the first frame's size, so every pixel coordinate of a source is in one system.
     """
+    size, origin = None, None
+    if anchor is not None:  # the first frame, not the one seeked to, sets the clock and the size
+        with av.open(str(path)) as c:
+            f = first_frame(c)
+            if f is not None:
+                size, tb = (f.width, f.height), c.streams.video[0].time_base
+                origin = float(f.pts * tb) if f.pts is not None and tb else None
     with av.open(str(path)) as c:
         vs = c.streams.video[0]
         vs.thread_type = "AUTO"
         if look_only:
             vs.codec_context.options = dict(LOOK_ONLY)
         skip = SkipCorrupt(c, vs)
-        frames, i = (skip, 0) if anchor is None else (_from_anchor(c, vs, skip, *anchor), anchor[0])
+        frames, i = (skip, 0) if anchor is None else (_from_anchor(vs, skip, origin, *anchor), anchor[0])
         try:
             for frame in frames:
+                size = size or (frame.width, frame.height)
+                if (frame.width, frame.height) != size:
+                    frame = frame.reformat(width=size[0], height=size[1])
                 yield i, frame
                 i += 1
         except av.error.FFmpegError as e:  # the demuxer itself gave up: keep what decoded
@@ -185,13 +198,13 @@ def feed_ranges(path: Path, rotation: int, consumers: list, anchor: tuple[int, f
     return active + pending
 
 
-def _from_anchor(c, vs, frames: SkipCorrupt, index: int, clock_s: float) -> Iterator[av.VideoFrame]:
+def _from_anchor(vs, frames: SkipCorrupt, origin: float | None, index: int, clock_s: float) -> Iterator[av.VideoFrame]:
+    """Frames from the anchor on; `origin`: container seconds of the first frame (the clock's t = 0)."""
+    c = frames.container
     tb = float(vs.time_base or 0)
     rate = float(vs.average_rate or vs.guessed_rate or 25.0)
     if not tb:
         raise AnchorNotFound("the stream has no time base")
-    with av.open(c.name) as first:  # the anchor is on the source's clock: t = 0 is the first frame's PTS
-        origin = video_origin(first)
     if origin is None:
         raise AnchorNotFound("the first frame has no timestamp")
     pts_s = clock_s + origin

@@ -34,10 +34,10 @@ def check(path, crops, job: CropJob) -> None:
 
 def test_crops_hold_their_own_frames_with_and_without_seeking(talking, tmp_path):
     path, crops, pts = talking
-    jobs = [CropJob(tmp_path / "early.mp4", 20, 45, WINDOW, SIZE, 25.0),
-            CropJob(tmp_path / "late.mp4", 410, 440, WINDOW, SIZE, 25.0),  # reached by seeking to frame 400
-            CropJob(tmp_path / "later.mp4", 560, 580, WINDOW, SIZE, 25.0),  # its anchor is wrong: decoded instead
-            CropJob(tmp_path / "last.mp4", 700, 750, WINDOW, SIZE, 25.0)]  # seeks, and runs to the video's end
+    jobs = [CropJob(tmp_path / "early.mp4", list(range(20, 45)), WINDOW, SIZE, 25.0),
+            CropJob(tmp_path / "late.mp4", list(range(410, 440)), WINDOW, SIZE, 25.0),  # reached by seeking to frame 400
+            CropJob(tmp_path / "later.mp4", list(range(560, 580)), WINDOW, SIZE, 25.0),  # its anchor is wrong: decoded instead
+            CropJob(tmp_path / "last.mp4", list(range(700, 750)), WINDOW, SIZE, 25.0)]  # seeks, and runs to the video's end
     anchors = [(400, float(pts[400])), (550, float(pts[550]) + 100.0), (690, float(pts[690]))]
     write_crops(path, 0, jobs, anchors=anchors, seek_gap=50)
     for job in jobs:
@@ -46,7 +46,7 @@ def test_crops_hold_their_own_frames_with_and_without_seeking(talking, tmp_path)
 
 def test_a_crop_past_the_end_of_the_video_is_an_error_and_leaves_no_file(talking, tmp_path):
     path, _, _ = talking
-    job = CropJob(tmp_path / "past.mp4", 740, 760, WINDOW, SIZE, 25.0)
+    job = CropJob(tmp_path / "past.mp4", list(range(740, 760)), WINDOW, SIZE, 25.0)
     with pytest.raises(RuntimeError, match="decoding ended before frame 759"):
         write_crops(path, 0, [job])
     assert not job.path.exists()

@@ -35,7 +35,7 @@ def make_source(path: Path, out: Path, source_id: str = "src0") -> dict:
 
 def run(stage: ShotStage, source: dict, out: Path) -> tuple[list[dict], dict]:
     ctx = StageContext(out=out)
-    rows = stage.process(source, ctx)
+    rows = stage.process(source, ctx)["shots"]
     return rows, dict(ctx.counters)
 
 
@@ -135,7 +135,11 @@ def test_curate_writes_the_shots_table(ray_local, demo_corpus, tmp_path):
     store = ManifestStore(tmp_path / "out")
     shots = store.read("shots").to_pylist()
     runs = {r["stage"]: r for r in store.read("stage_runs").to_pylist()}
-    assert runs["shots"]["status"] == "ok" and runs["shots"]["n_rows"] == len(shots)
+    timeline = store.read("timeline").to_pylist()
+    assert runs["shots"]["status"] == "ok" and runs["shots"]["n_rows"] == len(shots) + len(timeline)
+    # One frame -> time row per source, consistent with the shots' own times
+    assert len(timeline) == 1 and timeline[0]["n_frames"] == shots[-1]["end_frame"]
+    assert all(timeline[0]["frame_s"][s["start_frame"]] == s["start_s"] for s in shots)
     assert [s["transition_in"] for s in shots].count("cut") == 6
     assert {"fade", "dissolve"} <= {s["transition_in"] for s in shots}
 
