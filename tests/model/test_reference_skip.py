@@ -18,7 +18,8 @@ import torch
 
 from model.latents import PixelCodec
 from model.reference_skip import decode_residual, to_residual
-from model.sample import crop_reference, main as sample_main, read_portrait
+from model.sample import crop_reference, read_portrait
+from model.sample import main as sample_main
 from model.train import main as train_main
 from pipeline.demo_corpus import packaged_media
 from tests.model.test_sample import iter_video
