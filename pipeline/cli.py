@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from pipeline.demo import DEMO_TRAIN_STEPS  # light: the demo's heavy imports are inside run_demo
 
-    dm = sub.add_parser("demo", help="sources to video: demo corpus, curate, export, train tiny, sample, detect, audit",
+    dm = sub.add_parser("demo", help="sources to video: demo corpus, curate, export, train, sample, measure, detect, audit",
                         description="The whole path on the bundled demo corpus, on one machine without a GPU "
                                     "(about 12 minutes on 2 idle cores). Writes everything under --dir.")
     dm.add_argument("--dir", default="demo")
