@@ -41,7 +41,7 @@ def training_portrait(root: Path) -> Path:
     return path
 
 
-# About 7 of the demo's 15 minutes on two idle cores (stage 1 ~0.15 s a step, stages 2 and 3 ~0.7 s).
+# Took 199 + 277 + 106 s on a shared 2-core machine (load about 10), torch on one thread (README).
 DEMO_TRAIN_STEPS = (600, 150, 40)
 
 
