@@ -31,7 +31,7 @@ RSS_PROBE = ("import resource, runpy, sys; sys.argv = ['emo sample'] + sys.argv[
 
 def tiny_checkpoint(tmp: Path) -> Path:
     from model.train import main as train_main
-    from pipeline.tiny_clips import build_clips
+    from tests.fixtures.tiny_clips import build_clips
 
     data = build_clips(tmp / "clips_out")
     run = tmp / "ckpt"

@@ -113,7 +113,7 @@ def sample_window(config, vae: Path, model) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     from model.emo import EMOModel
-    from pipeline.tiny_clips import build_clips
+    from tests.fixtures.tiny_clips import build_clips
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--width", type=float, default=1.0, help="scale every UNet width (1.0: SD 1.5's)")

@@ -1,7 +1,8 @@
 """The EMO model's configuration: one dataclass and a registry of named sizes.
 
 Tests and production differ only by name: `EMO_MODELS["tiny"]` (one layer per block, two heads,
-8x8 latents, a parameter-free pixel codec and a mel featurizer; trains on two CPU cores) and
+8x8 latents, a parameter-free pixel codec and a mel featurizer; trains on two CPU cores),
+`EMO_MODELS["demo"]` (tiny at 16x16 latents of 128 px, denoising changes from the reference) and
 `EMO_MODELS["sd15"]` (Stable Diffusion 1.5's UNet shape, its VAE, wav2vec2 audio features).
 """
 
@@ -51,6 +52,9 @@ class EMOConfig:
     unet: dict[str, Any] = field(default_factory=lambda: dict(TINY_UNET))
     image_size: int = 64  # pixels; latents are image_size / 8
     codec: str = "pixel"  # "pixel" (parameter-free, tiny only) or "autoencoder_kl" (SD VAE)
+    # Denoise each frame's change from the reference instead of the frame (model/reference_skip.py).
+    reference_skip: bool = False
+    residual_scale: float = 1.0  # the changes times this: towards the noise's unit variance
     requires_pretrained: bool = False  # sd15 refuses to start from random weights
 
     # Audio: features of `audio_feature_layers` encoder layers of width `audio_feature_dim` per video
@@ -86,6 +90,7 @@ class EMOConfig:
     keep_checkpoints: int = 2
     gradient_checkpointing: bool = False  # backbone and ReferenceNet recompute activations
     num_workers: int = 0
+    frame_cache_mb: int = 0  # keep decoded clips in memory up to this (per process and worker)
     # Steps of batch_size per process summed before each optimizer step.
     gradient_accumulation: int = 1
     # Memory switches (model/memory.py says what each saves).
@@ -115,6 +120,16 @@ class EMOConfig:
 
 EMO_MODELS: dict[str, EMOConfig] = {
     "tiny": EMOConfig(),
+    # The demo's model: tiny's UNet on 16x16 latents of a 128-px crop, with the reference skip path,
+    # so a CPU demo of minutes shows a face (pipeline/demo.py).
+    "demo": EMOConfig(
+        name="demo",
+        unet={**TINY_UNET, "sample_size": 16},
+        image_size=128,
+        reference_skip=True,
+        residual_scale=4.0,
+        frame_cache_mb=1024,  # the demo's training clips, decoded once (about 200 MB at 128 px)
+    ),
     "sd15": EMOConfig(
         name="sd15",
         unet=dict(SD15_UNET),

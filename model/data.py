@@ -70,6 +70,27 @@ def _read_frames(path: Path, indices: list[int], size: int) -> torch.Tensor:
     return frames
 
 
+class FrameCache:
+    """Whole clips decoded and resized once and kept in memory, up to `megabytes`: a small corpus
+    (the demo's) is then read from disk once instead of once per window. Beyond the budget, clips
+    are read per window as before; the frames are the same either way."""
+
+    def __init__(self, megabytes: int, size: int):
+        self.budget, self.size = megabytes * 2**20, size
+        self._clips: dict[Path, torch.Tensor] = {}
+
+    def read(self, path: Path, indices: list[int]) -> torch.Tensor:
+        clip = self._clips.get(path)
+        if clip is None and self.budget > 0:
+            import decord
+
+            n = len(decord.VideoReader(str(path), ctx=decord.cpu(0)))
+            if (n * 3 * self.size**2 * 4) <= self.budget:
+                clip = self._clips[path] = _read_frames(path, list(range(n)), self.size)  # (n, 3, S, S)
+                self.budget -= clip.numel() * clip.element_size()
+        return clip[indices] if clip is not None else _read_frames(path, indices, self.size)
+
+
 def _read_mask(path: Path | None, size: int) -> torch.Tensor:
     """The face-region mask as (1, size, size) in {0, 1}; the whole frame when the clip has none."""
     if path is None:
@@ -94,6 +115,7 @@ class ClipWindows(torch.utils.data.Dataset):
         self.motion = 0 if stage == 1 else config.num_motion_frames
         self.audio = AudioFeatureCache(out, config, self.files) if stage > 1 else None
         self.speed = stage == 3
+        self.frame_cache = FrameCache(config.frame_cache_mb, config.image_size)
         store = ManifestStore(out)
         if "clips" not in store.tables():
             raise FileNotFoundError(f"{out}: no clips manifest here (run emo curate, then emo export, into it)")
@@ -132,8 +154,7 @@ class ClipWindows(torch.utils.data.Dataset):
         ref = int(outside[int(rng.integers(len(outside)))])
         motion = list(range(start - m, start))
         valid = [i for i in motion if i >= 0]  # before the clip's start there is no previous clip: zeros
-        frames = _read_frames(self.files.local(clip["crop_path"]), [*range(start, start + f), ref, *valid],
-                              self.config.image_size)
+        frames = self.frame_cache.read(self.files.local(clip["crop_path"]), [*range(start, start + f), ref, *valid])
         ex = {
             # Which clip and window: logged, so a run shows what each process saw.
             "clip_index": torch.tensor(index), "window_start": torch.tensor(start),

@@ -37,6 +37,7 @@ from model import watermark
 from model.audio import SAMPLE_RATE, audio_windows, build_featurizer
 from model.checkpoint import load_checkpoint
 from model.latents import load_codec
+from model.reference_skip import decode_residual
 
 log = logging.getLogger("emo.sample")
 
@@ -143,7 +144,11 @@ def generate(model, codec, config, scheduler, ref_image: torch.Tensor, face_mask
 
         latents = denoise(scheduler, steps, (1, f, c, hw, hw), guided_eps, generator, device, dtype)
         motion = latents[:, -n:]  # (1, f, C, h, w) -> (1, n, C, h, w): the next window's motion frames
-        frames = to_uint8(codec.decode(latents[0, :count].float()))  # (count, H, W, 3)
+        if config.reference_skip:  # the latents are changes from the reference (model/reference_skip.py)
+            images = decode_residual(codec, latents[0, :count], ref_image.to(device), ref_latent, config.residual_scale)
+        else:
+            images = codec.decode(latents[0, :count].float())
+        frames = to_uint8(images)  # (count, H, W, 3)
         for frame in frames:
             if frame.shape[0] < MIN_WATERMARK_SIZE:
                 frame = cv2.resize(frame, (MIN_WATERMARK_SIZE, MIN_WATERMARK_SIZE), interpolation=cv2.INTER_CUBIC)

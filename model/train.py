@@ -142,7 +142,7 @@ def _groups(text: str) -> list[str]:
 TRAINING_KEYS = {"batch_size", "learning_rate", "weight_decay", "grad_clip", "ema_decay", "cond_drop_prob",
                  "save_every", "gradient_checkpointing", "num_workers", "overfit_batch", "keep_checkpoints",
                  "num_frames", "num_motion_frames", "gradient_accumulation", "optimizer", "ema_device",
-                 "frozen_dtype", "mixed_precision"}
+                 "frozen_dtype", "mixed_precision", "frame_cache_mb"}
 
 
 def _with_featurizer_dims(config: EMOConfig) -> EMOConfig:

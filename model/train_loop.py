@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from model.checkpoint import save_checkpoint, step_dir
 from model.config import EMOConfig
 from model.emo import EMOModel
+from model.reference_skip import to_residual
 
 # Stable Diffusion 1.5's noise schedule; the sampler builds its scheduler from the same numbers.
 NOISE_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
@@ -28,8 +29,9 @@ def noise_schedule(config: EMOConfig) -> dict:
     return {**NOISE_SCHEDULE, "prediction_type": config.prediction_type}
 
 
-def encode_batch(codec, batch: dict, device) -> dict:
-    """Pixels to latents for the window, the reference and the motion frames (one codec call)."""
+def encode_batch(codec, batch: dict, device, config: EMOConfig | None = None) -> dict:
+    """Pixels to latents for the window, the reference and the motion frames (one codec call);
+    with the config's reference skip, the window and motion latents are changes from the reference."""
     frames = batch["frames"].to(device)  # (B, F, 3, H, W)
     b, f = frames.shape[:2]
     images = [frames.flatten(0, 1), batch["reference"].to(device)]  # (B*F, 3, H, W), (B, 3, H, W)
@@ -39,7 +41,13 @@ def encode_batch(codec, batch: dict, device) -> dict:
     out = {"latents": latents[: b * f].unflatten(0, (b, f)), "ref_latent": latents[b * f: b * f + b]}
     if "motion" in batch:
         valid = batch["motion_valid"].to(device)[..., None, None, None]  # (B, n) -> (B, n, 1, 1, 1)
-        out["motion"] = latents[b * f + b:].unflatten(0, (b, -1)) * valid  # zeros before the clip starts
+        out["motion"] = latents[b * f + b:].unflatten(0, (b, -1))
+    if config is not None and config.reference_skip:
+        out["latents"] = to_residual(out["latents"], out["ref_latent"], config.residual_scale)
+        if "motion" in out:
+            out["motion"] = to_residual(out["motion"], out["ref_latent"], config.residual_scale)
+    if "motion" in out:
+        out["motion"] = out["motion"] * valid  # zeros before the clip starts, as the sampler's first window
     return out
 
 
@@ -77,7 +85,7 @@ class TrainLoop:
         """Forward and backward one micro-batch; on the last of a step, the optimizer step and its log row."""
         acc, device = self.acc, self.acc.device
         with torch.no_grad():
-            inputs = encode_batch(self.codec, batch, device)
+            inputs = encode_batch(self.codec, batch, device, self.config)
         noise = batch["noise"].to(device)
         t = batch["timesteps"].to(device)
         noisy = self.scheduler.add_noise(inputs["latents"], noise, t)

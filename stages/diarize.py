@@ -60,6 +60,8 @@ class DiarizeStage(Stage):
         hf_token: str | None = None,
         sync_max_offset: int = 15,
         sync_keep_threshold: float = 4.0,
+        sync_backend: str = "offline",
+        sync_weights: str | None = None,
         min_gap_s: float = 1.0,
         merge_gap_s: float = 0.3,
         whisper_checkpoint: str | None = None,
@@ -77,6 +79,8 @@ class DiarizeStage(Stage):
         sync_max_offset: audio-visual offsets searched, in video frames either way.
         sync_keep_threshold: sync confidence (null standard deviations above the same source's null,
             stages/sync_measure.py) at or above which a face is taken as the speaker.
+        sync_backend: "offline" (stages/sync_measure.py, no weights) or "syncnet" (stages/syncnet.py, the
+            published SyncNet weights at sync_weights; setup fails with syncnet_unavailable without them).
         min_gap_s: shortest non-speech stretch that gets its own music/silence row.
         merge_gap_s: same-speaker turns closer than this are one segment.
         whisper_checkpoint: local whisper .pt for language and transcript; None skips them.
@@ -93,6 +97,9 @@ class DiarizeStage(Stage):
         self._hf_token = hf_token
         self.sync_max_offset = sync_max_offset
         self.sync_keep_threshold = sync_keep_threshold
+        if sync_backend not in ("offline", "syncnet"):
+            raise ValueError(f"unknown sync backend {sync_backend!r}; known: ('offline', 'syncnet')")
+        self.sync_backend, self.sync_weights, self._syncnet = sync_backend, sync_weights, None
         self.min_gap_s = min_gap_s
         self.merge_gap_s = merge_gap_s
         self.whisper_checkpoint = whisper_checkpoint
@@ -100,6 +107,13 @@ class DiarizeStage(Stage):
         self._diarizer = self._whisper = None
 
     def setup(self) -> None:
+        if self.sync_backend == "syncnet":
+            from stages.syncnet import SyncNetUnavailable, load_syncnet
+
+            try:
+                self._syncnet = load_syncnet(self.sync_weights)
+            except SyncNetUnavailable as e:
+                raise StageError("syncnet_unavailable", str(e)) from None
         if self.backend == "pyannote":
             from stages.diarize_pyannote import PyannoteDiarizer, PyannoteUnavailable
 
@@ -212,7 +226,13 @@ class DiarizeStage(Stage):
             assign_faces(rows, tracks, wav, 25.0, 0, SyncMeasure(self.sync_max_offset), self.sync_keep_threshold)
             return
         tl = source_timeline(source, ctx)
-        assign_faces(rows, tracks, wav, tl.fps, len(tl), SyncMeasure(self.sync_max_offset), self.sync_keep_threshold, tl)
+        measure = SyncMeasure(self.sync_max_offset)
+        if self._syncnet is not None:
+            from stages.syncnet import SyncNetMeasure, track_crops
+
+            crops = track_crops(ctx.out / source["media_path"], int(source.get("rotation") or 0), tracks)
+            measure = SyncNetMeasure(self._syncnet, crops, self.sync_max_offset)
+        assign_faces(rows, tracks, wav, tl.fps, len(tl), measure, self.sync_keep_threshold, tl)
 
     def _count(self, rows: list[dict], ctx: StageContext) -> None:
         voiced = [r for r in rows if r["vocal_type"] in ("speech", "singing")]

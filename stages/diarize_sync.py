@@ -10,8 +10,6 @@ Sign: offset k > 0 means the sound comes k frames after the picture (audio lags 
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from stages.media_clock import Timeline
@@ -46,18 +44,24 @@ def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps:
                  measure: SyncMeasure, keep_threshold: float, timeline: Timeline | None = None) -> None:
     """Set the SYNC_COLUMNS and on_screen of each voiced segment, in place.
 
-    A face takes a segment when its mouth follows the segment's voice with a confidence at or above
-    keep_threshold, or when it follows all the source's voiced time it is seen in that well (pooled:
-    short turns alone say little) and this segment's own best offset agrees with the pooled one
-    within a frame and scores above its null mean (a segment too short to measure alone: the pooled
-    measure alone). Among several, the best segment score wins.
+    Each face is measured twice: over the segment, and pooled over all of its track (speech and the
+    pauses between: a mouth that rests when the voice does is evidence too, and a short turn alone
+    says little). A face takes a segment when its mouth follows the segment's voice with a
+    confidence at or above keep_threshold, or when the pooled measure is that sure and the segment's
+    own best offset agrees with it within a frame and scores above its null mean; a segment too
+    short to measure alone goes by the pooled measure alone. Among several, the best segment score
+    wins (pooled alone ranks as 0).
 
-    sync_pooled says which evidence the sync columns hold: the segment's own, or the pooled measure.
-    timeline: the source's frame times; without one, frame i is at i / fps (n_frames of them).
+    The evidence recorded is the pooled measure when it decided, when the segment agrees with it, or
+    when nobody took the segment and it is surer than the segment's own: one offset over a face's
+    whole track is steadier than one over a few seconds (bench_sync: the pooled lag of a shifted copy
+    moves with the shift within 0.2 frames on every held-out source; single segments wander).
+    sync_pooled says which it is. on_screen: synced (track_id is the face), voice_over (faces are
+    visible during the segment but none is in sync; the sync columns describe the best of them,
+    track_id stays null), off_screen (the source has faces, none during this segment), no_faces.
 
-    on_screen: synced (track_id is the face), voice_over (faces are visible during the segment but
-    none is in sync; the sync columns describe the best of them, track_id stays null), off_screen
-    (the source has faces, none during this segment), no_faces.
+    timeline: the source's frame times (stages/media_clock.py); without one, frame i is at i / fps
+    (n_frames of them).
     """
     if timeline is not None:  # the source's own frame times (stages/media_clock.py): frames i / fps apart otherwise
         fps = timeline.fps
@@ -68,13 +72,9 @@ def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps:
         spans = [(int(round(s["start_s"] * fps)), int(round(s["end_s"] * fps))) for s in segments]
     faces = []  # (track_id, frames, features, pooled result)
     for tr in tracks:
-        frames, v = np.asarray(tr.get("frames") or [], int), visual_features(tr)
-        if v is None or len(v) != len(frames):
-            continue
-        voiced = np.zeros(len(frames), bool)
-        for a, b in spans:
-            voiced |= (frames >= a) & (frames < b)
-        faces.append((tr["track_id"], frames, v, measure.score(frames[voiced], v[voiced], audio, fps=fps)))
+        frames, v = np.asarray(tr.get("frames") or [], int), getattr(measure, "features", visual_features)(tr)
+        if v is not None and len(v) == len(frames):
+            faces.append((tr["track_id"], frames, v, measure.score(frames, v, audio, fps=fps)))
     for seg, (a, b) in zip(segments, spans, strict=True):
         _record(seg, None, None)
         if not tracks:
@@ -82,20 +82,23 @@ def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps:
             continue
         visible = any(np.any((np.asarray(t.get("frames") or [], int) >= a) & (np.asarray(t.get("frames") or [], int) < b))
                       for t in tracks)
-        best_track, best, best_ok, best_pool = None, None, False, None
+        best = (False, -np.inf, None, None, False)  # (taken, rank, track id, evidence, pooled?)
         for track_id, frames, v, pooled in faces:
+            if not np.any((frames >= a) & (frames < b)):
+                continue
             res = measure.score(frames, v, audio, a, b, fps)
             trusted = pooled is not None and pooled.confidence >= keep_threshold
-            short = res is None and trusted and bool(np.any((frames >= a) & (frames < b)))
-            if short:
-                res = replace(pooled, confidence=0.0)  # too short to measure alone: the pooled measure decides
-            if res is None:
+            if res is None:  # too short to measure alone
+                if pooled is not None:
+                    cand = (trusted, 0.0 if trusted else pooled.confidence, track_id, pooled, True)
+                    best = max(best, cand, key=lambda c: c[:2])
                 continue
-            by_pool = short or (res.confidence < keep_threshold and trusted and res.confidence > 0
-                                and abs(res.offset_frames - pooled.offset_frames) <= 1)
-            ok = res.confidence >= keep_threshold or by_pool
-            if (ok, res.confidence) > (best_ok, best.confidence if best else -np.inf):
-                best_track, best, best_ok, best_pool = track_id, res, ok, pooled if by_pool else None
-        # Taken by the pooled measure: that is the evidence recorded (its offset, confidence, null).
-        _record(seg, best_track if best_ok else None, best_pool or best, pooled=best_pool is not None)
-        seg["on_screen"] = "synced" if best_ok else ("voice_over" if visible else "off_screen")
+            agree = trusted and res.confidence > 0 and abs(res.offset_frames - pooled.offset_frames) <= 1
+            ok = res.confidence >= keep_threshold or agree
+            surer = not ok and pooled is not None and pooled.confidence > res.confidence
+            evidence = pooled if agree or surer else res
+            cand = (ok, res.confidence if ok else evidence.confidence, track_id, evidence, evidence is pooled)
+            best = max(best, cand, key=lambda c: c[:2])
+        taken, _, track_id, evidence, by_pool = best
+        _record(seg, track_id if taken else None, evidence, pooled=by_pool)
+        seg["on_screen"] = "synced" if taken else ("voice_over" if visible else "off_screen")

@@ -25,6 +25,28 @@ from stages.probe import CLIP_LEVEL
 
 DEFAULTS = yaml.safe_load((Path(__file__).with_name("quality.yaml")).read_text())
 
+# Each rule: the measure it judges (QualityStage._measure) and how a value passes its threshold
+# (quality.yaml; too_short's is min_clip_s). Evaluated in this order, every one for every candidate.
+RULES: dict[str, tuple[str, str]] = {
+    "face_too_small": ("face_side_px", ">="),
+    "blurry": ("blur", ">="),
+    "low_sync": ("sync_confidence", ">="),
+    "low_speech_ratio": ("speech_ratio", ">="),
+    "low_resolution": ("source_height", ">="),
+    "low_fps": ("source_fps", ">="),
+    "extreme_yaw": ("max_abs_yaw", "<"),
+    "extreme_pitch": ("max_abs_pitch", "<"),
+    "jittery_head": ("head_speed_p95", "<"),
+    "multiple_faces": ("other_face_ratio", "<"),
+    "clipped_audio": ("clipped_fraction", "<"),
+    "too_dark": ("exposure", ">="),
+    "too_bright": ("exposure", "<="),
+    "too_short": ("duration_s", ">="),
+    "no_crop": ("face_stage_reasons", "<="),
+    "av_offset": ("abs_offset_frames", "<="),
+}
+COMPARE = {">=": lambda v, t: v >= t, "<": lambda v, t: v < t, "<=": lambda v, t: v <= t}
+
 
 class QualityStage(Stage):
     name = "quality"
@@ -148,22 +170,22 @@ class QualityStage(Stage):
         yaw, pitch, speed = arr("yaw"), arr("pitch"), arr("head_speed")
         audio = self._audio(audio_path, s_a, s_b)
         return {
-            "duration": s_b - s_a,
-            "face_too_small": face,
-            "blurry": track.get("blur"),
+            "duration_s": s_b - s_a,
+            "face_side_px": face,
+            "blur": track.get("blur"),
             "exposure": track.get("exposure"),
-            "extreme_yaw": float(np.abs(yaw).max()) if yaw.size else None,
-            "extreme_pitch": float(np.abs(pitch).max()) if pitch.size else None,
-            "jittery_head": float(np.percentile(speed, 95)) if speed.size else None,
-            "multiple_faces": other_ratio,
-            "low_sync": sync,
-            "av_offset": None if offset is None else abs(float(offset)),
+            "max_abs_yaw": float(np.abs(yaw).max()) if yaw.size else None,
+            "max_abs_pitch": float(np.abs(pitch).max()) if pitch.size else None,
+            "head_speed_p95": float(np.percentile(speed, 95)) if speed.size else None,
+            "other_face_ratio": other_ratio,
+            "sync_confidence": sync,
+            "abs_offset_frames": None if offset is None else abs(float(offset)),
             "offset_frames": offset,
-            "low_speech_ratio": speech,
-            "clipped_audio": float(np.mean(np.abs(audio) >= CLIP_LEVEL)) if audio is not None and audio.size else None,
-            "low_resolution": float(source.get("height") or 0),
-            "low_fps": tl.fps,
-            "no_crop": 1.0 if track.get("reasons") else 0.0,  # failed the face stage's cheap checks
+            "speech_ratio": speech,
+            "clipped_fraction": float(np.mean(np.abs(audio) >= CLIP_LEVEL)) if audio is not None and audio.size else None,
+            "source_height": float(source.get("height") or 0),
+            "source_fps": tl.fps,
+            "face_stage_reasons": 1.0 if track.get("reasons") else 0.0,  # failed the face stage's cheap checks
         }
 
     @staticmethod
@@ -173,21 +195,15 @@ class QualityStage(Stage):
 
     def _judge(self, m: dict[str, float | None]) -> list[dict[str, Any]]:
         """Every rule, evaluated: {rule, value, threshold, passed}. A value of None (not measured) passes."""
-        r = self.rules
-        tolerance = r["av_offset"]
-        if self.realign_max_frames > tolerance:
-            tolerance = self.realign_max_frames  # kept, its wav moved by the offset (_shift)
-        below = ("face_too_small", "blurry", "low_sync", "low_speech_ratio", "low_resolution", "low_fps")
-        above = ("extreme_yaw", "extreme_pitch", "jittery_head", "multiple_faces", "clipped_audio")
-        checks = [(k, m[k], r[k], lambda v, t: v >= t) for k in below]
-        checks += [(k, m[k], r[k], lambda v, t: v < t) for k in above]
-        checks += [("too_dark", m["exposure"], r["too_dark"], lambda v, t: v >= t),
-                   ("too_bright", m["exposure"], r["too_bright"], lambda v, t: v <= t),
-                   ("too_short", m["duration"], self.min_clip_s, lambda v, t: v >= t),
-                   ("no_crop", m["no_crop"], 0.0, lambda v, t: v <= t),
-                   ("av_offset", m["av_offset"], tolerance, lambda v, t: v <= t)]
-        return [{"rule": k, "value": None if v is None else float(v), "threshold": float(t),
-                 "passed": v is None or bool(ok(float(v), float(t)))} for k, v, t, ok in checks]
+        thresholds = {**self.rules, "too_short": self.min_clip_s, "no_crop": 0.0,
+                      # a larger offset within realign_max_frames is kept, its wav moved by it (_shift)
+                      "av_offset": max(self.rules["av_offset"], self.realign_max_frames)}
+        out = []
+        for rule, (measure, passes) in RULES.items():
+            v, t = m[measure], float(thresholds[rule])
+            out.append({"rule": rule, "value": None if v is None else float(v), "threshold": t,
+                        "passed": v is None or bool(COMPARE[passes](float(v), t))})
+        return out
 
     # -- kept clips -----------------------------------------------------------------------------------
 
@@ -205,8 +221,8 @@ class QualityStage(Stage):
             "crop_path": ctx.rel(ctx.path("clips", sid, f"{clip_id}.mp4")),
             "audio_path": ctx.rel(ctx.path("clips", sid, f"{clip_id}.wav")),
             "face_mask_path": track.get("face_mask_path"), "lip_mask_path": track.get("lip_mask_path"),
-            "head_speed": [float(speed[i - first]) for i in picks] if speed else [], "face_size_px": m["face_too_small"],
-            "sync_confidence": m["low_sync"], "audio_shift_frames": self._shift(m["offset_frames"]),
+            "head_speed": [float(speed[i - first]) for i in picks] if speed else [], "face_size_px": m["face_side_px"],
+            "sync_confidence": m["sync_confidence"], "audio_shift_frames": self._shift(m["offset_frames"]),
             "vocal_type": seg and seg["vocal_type"],
             "category": source.get("category"), "language": (seg and seg.get("language")) or source.get("language"),
             "license": source.get("license"), "consent": source.get("consent"),

@@ -5,7 +5,8 @@ widths, jaw, their speed, mouth-region motion) against the voice's per-frame ban
 loudness and onsets. At each lag the score is how strongly any combination of mouth features
 follows any combination of audio features: the top singular value of their cross-correlation
 matrix (both sides high-passed, so slow drifts in loudness or pose do not count). The offset is the
-lag of the highest score within +-max_offset frames, over the whole segment.
+lag of the highest score within +-max_offset frames, over the whole segment, placed between whole
+frames by the parabola through its neighbours, less the mouth's lead (visual_lead_s), rounded.
 
 The score alone means little (short segments and many features correlate by chance), so it is
 calibrated on the same source: the same face against the source's audio rotated far away, and
@@ -61,6 +62,17 @@ def _scores(v: np.ndarray, a: np.ndarray) -> np.ndarray:
     return np.linalg.svd(c, compute_uv=False)[:, 0]
 
 
+def _vertex(curve: np.ndarray, i: int) -> float:
+    """Where between its neighbours the peak at i lies (-0.5..0.5 frames), by the parabola through the
+    three; 0 at an edge. The lead the offset is corrected by is a fraction of a frame: rounding the
+    lag first would move every offset by a whole frame whichever side of the half it falls."""
+    if i <= 0 or i >= len(curve) - 1:
+        return 0.0
+    y0, y1, y2 = curve[i - 1], curve[i], curve[i + 1]
+    den = y0 - 2 * y1 + y2
+    return float(np.clip(0.5 * (y0 - y2) / den, -0.5, 0.5)) if den < -1e-12 else 0.0
+
+
 class SyncMeasure:
     """Offset and calibrated confidence of one face track over one stretch of a source's audio."""
 
@@ -75,8 +87,11 @@ class SyncMeasure:
         min_null: fewer far-rotation windows than this (short sources): the reversed audio's are added.
         min_null_spread: least null standard deviation, as a fraction of the null mean.
         visual_lead_s: how far the mouth's features lead the sound they make (lips open before the
-            voice is loud): subtracted from the best lag. 0.04 s is the median best lag of the dev
-            set's in-sync sources (benchmarks/bench_sync.py).
+            voice is loud): subtracted from the best (sub-frame) lag. 0.04 s: the middle of the leads
+            that put every dev in-sync source within a frame (their pooled lags, 25 fps: -0.16, 0.29,
+            1.15, 1.15, 1.81, 2.21 frames; leads 0.71..1.34 frames do). The held-out sources' lags
+            sit lower (-1.67..0.76, median -0.42): per-source lags spread over ~4 frames, more than
+            the +-1 frame goal allows for any one lead.
         """
         self.max_offset, self.min_frames = max_offset, min_frames
         self.highpass_frames, self.null_gap, self.min_null = highpass_frames, null_gap, min_null
@@ -89,9 +104,6 @@ class SyncMeasure:
             n = n_frames if n_frames is not None else int(len(wav) / SR * fps)
             times = np.arange(n) / fps
         return _highpass(audio_features(wav, times).astype(np.float64), self.highpass_frames)
-
-    def lead_frames(self, fps: float) -> int:
-        return int(round(self.visual_lead_s * fps))
 
     def score(self, frames, visual: np.ndarray, audio: np.ndarray, start: int | None = None,
               end: int | None = None, fps: float = 25.0) -> SyncResult | None:
@@ -114,14 +126,19 @@ class SyncMeasure:
         if len(null) < self.min_null:
             null = np.concatenate([null, self._null_peaks(_scores(v, audio[::-1][rot]), n, far=False)])
         best = int(np.argmax(real))
+        offset = int(np.round(lags[best] + _vertex(real, best) - self.visual_lead_s * fps))
         if len(null) < 3:
-            return SyncResult(int(lags[best]) - self.lead_frames(fps), 0.0, float(real[best]), float("nan"), float("nan"), len(null))
+            return SyncResult(offset, 0.0, float(real[best]), float("nan"), float("nan"), len(null))
         # A few null windows under-estimate the spread: never below a tenth of the null mean, the
         # spread long sources show.
         mu = float(null.mean())
         sd = max(float(null.std()), self.min_null_spread * mu, 1e-3)
-        return SyncResult(int(lags[best]) - self.lead_frames(fps), round((float(real[best]) - mu) / sd, 3), round(float(real[best]), 4),
-                          round(mu, 4), round(sd, 4), len(null))
+        conf = (float(real[best]) - mu) / sd
+        if best in (0, len(lags) - 1):
+            # The highest score at the end of the searched lags is no peak (the curve may climb on
+            # past it): never confident (bench_sync: a 3 s clip 8 frames early scored 4.1 at -15).
+            conf = min(conf, 0.0)
+        return SyncResult(offset, round(conf, 3), round(float(real[best]), 4), round(mu, 4), round(sd, 4), len(null))
 
     def _null_peaks(self, curve: np.ndarray, n: int, far: bool) -> np.ndarray:
         """Peak of a circular score curve over windows of 2*max_offset+1 rotations, half a window

@@ -1,4 +1,4 @@
-"""Fixtures of the model tests: a tiny clips table of real media (pipeline/tiny_clips.py)."""
+"""Fixtures of the model tests: a tiny clips table of real media (tests/fixtures/tiny_clips.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.tiny_clips import build_clips
+from tests.fixtures.tiny_clips import build_clips
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,4 +1,4 @@
-"""Every kind of bad input at once, through real `curate()` on a real local Ray (pipeline/bad_corpus.py).
+"""Every kind of bad input at once, through real `curate()` on a real local Ray (tests/fixtures/bad_corpus.py).
 
 The run completes; every input ends with the specific outcome its kind expects; nothing outside
 OUT is written; a failed input leaves no bytes under OUT but its rows; no planted secret is
@@ -20,9 +20,9 @@ import pytest
 
 from manifests import ManifestStore, audit
 from manifests.export import export
-from pipeline.bad_corpus import KINDS, SECRET, build_bad_corpus
 from pipeline.runner import CurateOptions, curate
 from pipeline.serve import LoopbackServer
+from tests.fixtures.bad_corpus import KINDS, SECRET, build_bad_corpus
 
 STAGES = ("download", "shots", "faces", "diarize", "quality")
 CONFIG = {
@@ -155,7 +155,7 @@ def test_every_bad_input_ends_with_its_reason_and_nothing_leaks(ray_local, tmp_p
 def test_no_secret_reaches_a_checkpoint(tmp_path):
     """An OUT written before redaction holds a full signed URL; a checkpoint trained on it records it redacted."""
     from model.train import main as train
-    from pipeline.tiny_clips import build_clips
+    from tests.fixtures.tiny_clips import build_clips
 
     data = tmp_path / "data"
     build_clips(data)

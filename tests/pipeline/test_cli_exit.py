@@ -2,7 +2,7 @@
 non-zero, with one line on stderr that starts with `emo: error:` and no traceback.
 
 Kept fast: curate runs the download stage over one demo-corpus video; train, sample and detect use
-the tiny clips table (pipeline/tiny_clips.py), one training step, half a second of speech.
+the tiny clips table (tests/fixtures/tiny_clips.py), one training step, half a second of speech.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from pipeline.tiny_clips import build_clips
+from tests.fixtures.tiny_clips import build_clips
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -22,13 +22,13 @@ import pytest
 from manifests import ManifestStore
 from manifests.store import rows_to_table
 from pipeline import plan
-from pipeline.bad_corpus import carphone_frames, talking_clip
 from pipeline.plan import PipelineSettings, load_config
 from pipeline.runner import CurateOptions, curate
 from pipeline.serve import LoopbackServer
 from stages.base import StageContext
 from stages.faces import FaceStage
 from stages.video_io import write_mp4
+from tests.fixtures.bad_corpus import carphone_frames, talking_clip
 
 ALL_STAGES = ("download", "shots", "faces", "diarize", "quality")
 TABLE_OF = {"shots": "shots", "faces": "tracks", "diarize": "segments"}

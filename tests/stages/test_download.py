@@ -259,7 +259,7 @@ def test_local_names_are_taken_as_written(demo_corpus, tmp_path):
 @pytest.mark.parametrize(("fmt", "mime"), [("flv", "video/x-flv"), ("mpeg", "video/mpeg"), ("m2ts", "video/mp2t"),
                                           ("wmv", "video/x-ms-asf")])
 def test_real_containers_are_media(tmp_path, fmt, mime):
-    from pipeline.bad_corpus import container_clip
+    from tests.fixtures.bad_corpus import container_clip
 
     row = fetch(str(container_clip(tmp_path, fmt)), tmp_path / "out")
     assert row["status"] == "ok", row["error"]
