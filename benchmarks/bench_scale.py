@@ -55,20 +55,54 @@ def synthesise(out: str, n: int, threads: int, fast: bool = False) -> float:
     store = _UnsyncedStore(out) if fast else ManifestStore(out)
 
     def one(i: int) -> None:
-        sid, iid = f"{i:016x}", f"in{i:014x}"
-        store.write_shard("sources", iid, [{"input_id": iid, "uri": f"/data/{i}.mp4", "status": "ok", "source_id": sid,
-                                             "sha256": f"{i:064x}", "media_path": f"media/{sid}.mp4", "fps": 25.0}])
-        for stage, key in (("download", iid), ("shots", sid)):
-            store.write_shard("stage_runs", f"{stage}-{key}", [{"stage": stage, "source_id": key, "status": "ok",
-                                                               "n_rows": 1, "seconds": 0.1, "config_hash": "x"}])
-        store.write_shard("shots", sid, [{"shot_id": f"{sid}-{k}", "source_id": sid, "start_frame": 100 * k,
-                                          "end_frame": 100 * k + 100, "start_s": 4.0 * k, "end_s": 4.0 * k + 4.0,
-                                          "shot_index": k, "transition_in": "start" if k == 0 else "cut", "detector": "content"}
-                                         for k in range(2)])
+        for table, keyed in rows_of(i).items():
+            shards: dict[str, list[dict]] = {}
+            for key, row in keyed:
+                shards.setdefault(key, []).append(row)
+            for key, rows in shards.items():
+                store.write_shard(table, key, rows)
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, range(n)))
+    return time.perf_counter() - t0
+
+
+def rows_of(i: int) -> dict[str, list[tuple[str, dict]]]:
+    """One synthetic source's rows by table, each with its shard key (what `synthesise` writes as files)."""
+    sid, iid = f"{i:016x}", f"in{i:014x}"
+    return {
+        "sources": [(iid, {"input_id": iid, "uri": f"/data/{i}.mp4", "status": "ok", "source_id": sid,
+                           "sha256": f"{i:064x}", "media_path": f"media/{sid}.mp4", "fps": 25.0})],
+        "stage_runs": [(f"{stage}-{key}", {"stage": stage, "source_id": key, "status": "ok", "n_rows": 1,
+                                            "seconds": 0.1, "config_hash": "x"})
+                       for stage, key in (("download", iid), ("shots", sid))],
+        "shots": [(sid, {"shot_id": f"{sid}-{k}", "source_id": sid, "start_frame": 100 * k, "end_frame": 100 * k + 100,
+                         "start_s": 4.0 * k, "end_s": 4.0 * k + 4.0, "shot_index": k,
+                         "transition_in": "start" if k == 0 else "cut", "detector": "content"}) for k in range(2)],
+    }
+
+
+def synthesise_compacted(out: str, n: int) -> float:
+    """N sources' rows written straight into compacted parts by compaction's own writer and commit
+    (manifests/compact.py), skipping the per-source files compaction would have read: the store
+    `emo manifest compact` leaves, without the hours of writing 4 N small files first. Seconds taken."""
+    import pyarrow as pa
+
+    from manifests.compact import _switch, _write_parts
+    from manifests.store import KEY_COL, conform
+
+    t0 = time.perf_counter()
+    store = ManifestStore(out)
+    by_table: dict[str, list[tuple[str, dict]]] = {}
+    for i in range(n):
+        for table, rows in rows_of(i).items():
+            by_table.setdefault(table, []).extend(rows)
+    for table, keyed in by_table.items():
+        keyed.sort(key=lambda kr: kr[0])
+        tbl = conform(table, [r for _, r in keyed])
+        tbl = tbl.append_column(KEY_COL, pa.array([k for k, _ in keyed], pa.string()))
+        _switch(store, table, _write_parts(store, table, tbl, sorted({k for k, _ in keyed})))
     return time.perf_counter() - t0
 
 
@@ -187,6 +221,9 @@ def main() -> list[dict]:
                         "the GIL with the Ray driver)")
     p.add_argument("--fast-writes", action="store_true",
                    help="local synthesis without temporary names or fsync (same files; for 100 k sources)")
+    p.add_argument("--compacted", type=int, nargs="*", default=[], metavar="N",
+                   help="also time reads at N sources written straight as compacted parts (local and s3), "
+                        "for N too large to write as one file per source first")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="also cProfile the download worker over N sources, in-process, local and s3")
     args = p.parse_args()
@@ -203,6 +240,14 @@ def main() -> list[dict]:
                 shutil.rmtree(tmp / f"local-{n}")
                 if n <= args.s3_max:
                     rows.append(bench_reads("s3", f"s3://{new_bucket(endpoint)}/n{n}", n, args.threads))
+            for n in args.compacted:
+                for where, out in (("local", str(tmp / f"compacted-{n}")), ("s3", f"s3://{new_bucket(endpoint)}/c{n}")):
+                    made = synthesise_compacted(out, n)
+                    show, hashing = read_times(out)
+                    row = {"name": f"reads {where} n={n}, written compacted", "write_s": round(made, 2),
+                           "show_after_s": round(show, 3), "hash_after_s": round(hashing, 3)}
+                    print(row, flush=True)
+                    rows.append(row)
             if args.profile:
                 rows.append(profile_worker(tmp, f"s3://{new_bucket(endpoint)}/prof", args.profile, 25))
             if args.curate_sources:
