@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("sources", help="a .csv, .jsonl or .parquet sources file (column 'uri' required), or a folder of media files")
     c.add_argument("--out", required=True, help="output folder or URI: s3://bucket/prefix, gs://..., any fsspec "
                                                 "filesystem (manifests, media, masks, clips)")
-    c.add_argument("--stages", help="comma-separated stages to run (default: all available)")
+    c.add_argument("--stages", help="comma-separated stages to run (default: all available): download, shot-detect, "
+                                    "face-crop, speaker-diarize, quality-filter (or shots, faces, diarize, quality)")
     c.add_argument("--config", help="YAML of {stage: {setting: value}}, plus a `pipeline:` section of time limits and retries (see README)")
     c.add_argument("--address", help="join an existing Ray cluster ('auto' or host:port); default starts a local Ray")
     c.add_argument("--num-cpus", type=int, help="cap the CPUs of a local Ray")
