@@ -31,7 +31,7 @@ from stages.video_io import write_mp4
 from tests.fixtures.bad_corpus import carphone_frames, talking_clip
 
 ALL_STAGES = ("download", "shots", "faces", "diarize", "quality")
-TABLE_OF = {"shots": "shots", "faces": "tracks", "diarize": "segments"}
+TABLES_OF = {name: plan.stage_class(name).writes for name in ("shots", "faces", "diarize")}
 
 
 class FacesKilledMidSource(FaceStage):
@@ -125,9 +125,9 @@ def test_worker_killed_mid_model_stage_is_retried_and_a_raising_stage_is_recorde
     for name, r in sources.items():
         assert set(runs[sid[name]]) == set(ALL_STAGES) - {"download"}, name
         assert runs[r["input_id"]]["download"]["status"] == "ok"
-        for stage, table in TABLE_OF.items():  # rows on disk are exactly the rows the stage_runs row counted
-            shard = store.read_shard(table, sid[name]).to_pylist()
-            assert len(shard) == (runs[sid[name]][stage]["n_rows"] if runs[sid[name]][stage]["status"] == "ok" else 0)
+        for stage, tables in TABLES_OF.items():  # rows on disk are exactly the rows the stage_runs row counted
+            on_disk = sum(store.read_shard(t, sid[name]).num_rows for t in tables)
+            assert on_disk == (runs[sid[name]][stage]["n_rows"] if runs[sid[name]][stage]["status"] == "ok" else 0)
     victim = runs[sid["talk1.mp4"]]
     assert all(victim[s]["status"] == "ok" for s in victim), victim
     # The retry skipped what was already recorded: shots finished before the kill and was not run again.
@@ -152,7 +152,7 @@ def test_worker_killed_mid_model_stage_is_retried_and_a_raising_stage_is_recorde
     assert small["shots"]["status"] == small["diarize"]["status"] == "ok"
     assert small["quality"]["error"] == "upstream_failed: faces failed for this source"
     assert all(runs[sid["talk0.mp4"]][s]["status"] == "ok" for s in ALL_STAGES[1:])
-    assert not any((out / ".attempts").iterdir())
+    assert not (out / ".attempts").exists() or not any((out / ".attempts").iterdir())  # counters cleared at the end
 
 
 
@@ -223,4 +223,4 @@ def test_a_hanging_source_becomes_a_timeout_row_and_the_run_finishes(ray_local, 
     assert hung["shots"]["error"].startswith(f"timeout: shots took longer than its limit of {limit:.0f} s"), hung["shots"]
     assert hung["diarize"]["status"] == fine["shots"]["status"] == fine["diarize"]["status"] == "ok"
     assert store.read("stage_runs").num_rows == 3 + 2 * 2  # one per input, one per (stage, source)
-    assert not any((out / ".attempts").iterdir())
+    assert not (out / ".attempts").exists() or not any((out / ".attempts").iterdir())  # counters cleared at the end
