@@ -171,6 +171,7 @@ def curate(opts: CurateOptions) -> Summary:
     for stage in stages:
         if stage.name == "download":
             stage.blocked_sha256 = sorted(blocked_shas)
+        stage.prepare()  # once, here, before any worker starts
     init_ray(opts.address, opts.num_cpus)
     max_workers = opts.max_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
 

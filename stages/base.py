@@ -91,6 +91,10 @@ class Stage:
         """The table a plain list of rows from `process` goes to."""
         return self.writes[0] if self.writes else ""
 
+    def prepare(self) -> None:
+        """Called once in the driver before any worker starts: fill on-disk caches that workers would
+        otherwise race to write (see DiarizeStage.prepare). Default: nothing."""
+
     def setup(self) -> None:
         """Load models or other per-worker state. Called once per worker before `process`."""
 

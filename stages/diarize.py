@@ -18,7 +18,7 @@ import numpy as np
 
 from stages.base import Resources, Stage, StageContext, StageError
 from stages.diarize_sync import assign_faces
-from stages.diarize_vocal import VocalTyper, is_silent, vocal_features
+from stages.diarize_vocal import VocalTyper, is_silent, vocal_features, warm_compile_caches
 from stages.media_clock import source_timeline
 from stages.sync_measure import SyncMeasure
 
@@ -105,6 +105,9 @@ class DiarizeStage(Stage):
         self.whisper_checkpoint = whisper_checkpoint
         self.whisper_language = whisper_language
         self._diarizer = self._whisper = None
+
+    def prepare(self) -> None:
+        warm_compile_caches()  # workers then read numba's cache instead of racing to write it
 
     def setup(self) -> None:
         if self.sync_backend == "syncnet":

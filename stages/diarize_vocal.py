@@ -71,6 +71,16 @@ def held_notes(cents: np.ndarray, voiced: np.ndarray) -> list[tuple[int, int, fl
     return notes
 
 
+def warm_compile_caches() -> None:
+    """Run the features once on a short voiced tone, so numba compiles librosa's gufuncs (pyin's
+    peak picking) and writes its on-disk cache from this one process. Processes that start with the
+    cache filled only read it; two that compile the same gufunc at once can leave mismatched cache
+    files that crash every later call with a segfault (numba issue #10128, seen here in CI)."""
+    t = np.arange(2 * SR) / SR
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.01 * np.random.default_rng(0).standard_normal(len(t))
+    vocal_features(tone.astype(np.float32))
+
+
 def vocal_features(wav: np.ndarray) -> VocalFeatures:
     """The features above over one stretch of 16 kHz mono audio."""
     import librosa
