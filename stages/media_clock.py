@@ -211,6 +211,12 @@ class Timeline:
         i = np.where(np.abs(edges[j - 1] - t) <= np.abs(edges[j] - t), j - 1, j)
         return int(i) if i.ndim == 0 else i
 
+    def frames_near(self, t: np.ndarray, first: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """(frame in [first, end) whose start is nearest each time in t, that frame's start): where a
+        boundary past the span is nearest, its last frame."""
+        i = np.clip(self.index_near(np.asarray(t, np.float64)), first, end - 1)
+        return i, self._sorted_edges()[i]
+
     def index_at(self, t: float | np.ndarray) -> int | np.ndarray:
         """The frame on screen at clock time t (the last one starting at or before it)."""
         starts = self._sorted_edges()[:-1]

@@ -264,11 +264,8 @@ def resample(tl: Timeline, a: int, b: int, fps: float) -> tuple[list[int], float
     s_a, s_b = tl.time_of(a), tl.time_of(b)
     n = max(1, int(round((s_b - s_a) * fps)))
     instants = s_a + np.arange(n) / fps
-    starts = np.maximum.accumulate(np.asarray(tl.time_of(np.arange(a, b)), np.float64))  # a splice's step back flattened
-    j = np.clip(np.searchsorted(starts, instants), 1, max(len(starts) - 1, 1))
-    j = np.where(np.abs(starts[j - 1] - instants) <= np.abs(starts[np.minimum(j, len(starts) - 1)] - instants), j - 1, j)
-    j = np.clip(j, 0, len(starts) - 1)
-    return [int(a + k) for k in j], float(np.mean(instants - starts[j]))
+    picks, shown = tl.frames_near(instants, a, b)
+    return [int(i) for i in picks], float(np.mean(instants - shown))
 
 
 def _read_span(path: Path, start_s: float, end_s: float) -> tuple[np.ndarray, int]:
