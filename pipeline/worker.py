@@ -147,6 +147,7 @@ class StageWorker:
     def __init__(self, stage: Stage, out: str, settings: PipelineSettings | None = None,
                  scratch: Scratch | None = None):
         self.stage = stage
+        self.needs = needs(stage)  # stages whose failure on a source skips this one there
         self.store = ManifestStore(out)
         self.loc = self.store.loc
         # On object storage the stage's files live in a scratch mirror; locally they are OUT itself.
@@ -191,7 +192,7 @@ class StageWorker:
             if earlier != "ok":
                 failed.append(name)
             return
-        blocked = [n for n in needs(self.stage) if n in failed]
+        blocked = [n for n in self.needs if n in failed]
         t0 = time.perf_counter()
         ctx = self.context(source)
         stuck = False
