@@ -167,7 +167,8 @@ def dataset_card(store: ManifestStore, command: str, config: dict[str, Any]) -> 
         "rejected_candidates": len(per_candidate),
         "rejections_by_rule": dict(Counter(r["rule"] for r in rej)),
         "command": command,
-        "config": {**config, "quality": DEFAULTS},
+        # quality.yaml's defaults, with the near-duplicate threshold this export judged by
+        "config": {**config, "quality": {**DEFAULTS, "rules": {**DEFAULTS["rules"], "near_duplicate": config["near_duplicate"]}}},
     }
 
 
