@@ -91,8 +91,10 @@ class Mirror:
 
 
 @contextlib.contextmanager
-def mirrored(out: str | os.PathLike, folders: tuple[str, ...] = ("manifests",)) -> Iterator[Path]:
-    """OUT as a local folder: itself when local; else a mirror of `folders`, written back on success."""
+def mirrored(out: str | os.PathLike, folders: tuple[str, ...] = ("manifests",),
+             files: tuple[str, ...] = ()) -> Iterator[Path]:
+    """OUT as a local folder: itself when local; else a mirror of `folders` and `files` (those that
+    exist, e.g. emo.lock), written back on success."""
     loc = Location(out)
     if loc.local:
         yield loc.path
@@ -101,6 +103,7 @@ def mirrored(out: str | os.PathLike, folders: tuple[str, ...] = ("manifests",)) 
     try:
         for folder in folders:
             mirror.fetch_tree(folder)
+        mirror.fetch(*files)
         yield mirror.dir
         mirror.upload_new()
         mirror.delete_removed()

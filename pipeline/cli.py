@@ -107,6 +107,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from manifests import audit
     from manifests.fs import Location, is_uri
     from manifests.mirror import mirrored
+    from pipeline.lock import LOCK_NAME
 
     if not is_uri(args.out) and not Path(args.out).is_dir():  # the report of a missing folder would be an empty page
         raise FileNotFoundError(f"{args.out}: no such folder (an output folder of emo curate)")
@@ -122,7 +123,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         with mirrored(args.out) as local:
             print(json.dumps(audit.trace(local, args.trace), indent=2, default=str))
         return 0
-    with mirrored(args.out, ("manifests", "export")) as local:
+    # emo.lock too: the build lineage (printed and in the report) is read from it.
+    with mirrored(args.out, ("manifests", "export"), files=(LOCK_NAME,)) as local:
         for line in audit.build_lineage(local):  # when OUT was made by `emo build`
             print(line)
         for m in audit.checkpoints_of(args.out):  # checkpoints in the bucket too, not only in the mirror

@@ -4,11 +4,16 @@ with a fresh local cache finds everything up to date from the bucket alone."""
 
 from __future__ import annotations
 
+import html
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from manifests import ManifestStore
+from manifests.audit import build_lineage
 from manifests.fs import Location
 from pipeline.build import build
 from tests.pipeline.test_build import OVERFIT, actions, build_doc, footage, write  # noqa: F401  (footage: a fixture)
@@ -37,7 +42,26 @@ def test_build_into_a_bucket_and_rebuild_from_it(ray_local, footage, tmp_path, m
         assert loc.exists("samples/hanks.mp4") and loc.exists("export/dataset_card.json")
         assert ManifestStore(uri).read("clips").num_rows == lock["steps"]["export"]["outputs"]["clips"] > 0
         assert not (tmp_path / "run").exists()  # nothing was written to a local folder named after the URI
+        _audit_shows_the_lineage_of_the_lock(uri, loc, tmp_path)
 
         monkeypatch.setenv("EMO_CACHE", str(tmp_path / "other-cache"))  # another machine: only the bucket
         again = build(bf, uri)
         assert set(actions(again).values()) == {"up to date"}, again.render()
+
+
+def _audit_shows_the_lineage_of_the_lock(uri: str, loc: Location, tmp_path) -> None:
+    """`emo audit s3://...` as a user runs it prints (and its report shows) the lineage that the
+    bucket's emo.lock gives when read as a local OUT."""
+    local = tmp_path / "lock-only"
+    loc.get_file("emo.lock", local / "emo.lock")
+    expected = build_lineage(local)
+    assert any(line.startswith("checkpoint train/stage2/") for line in expected)
+    assert any(line.startswith("video samples/hanks.mp4") for line in expected)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "audit", uri], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = done.stdout.splitlines()
+    assert printed[:len(expected)] == expected, done.stdout
+    report = loc.read_text("audit/report.html")
+    assert "Build lineage (emo.lock)" in report and all(html.escape(line) in report for line in expected)
