@@ -31,7 +31,14 @@ def cache_root(uri: str, kind: str) -> Path:
 
 
 class ClipFiles:
-    """Local paths for files of OUT; on object storage a bounded, least-recently-used cache of them."""
+    """Local paths for files of OUT; on object storage a bounded, least-recently-used cache of them.
+
+    The budget holds for the cache folder, not per process: DataLoader workers (and concurrent
+    runs on the same data) share one folder, so each counts the bytes it adds in a shared total
+    under a file lock, and the one that takes the total past the budget evicts by what is on disk.
+    (Dividing the budget by the number of workers would leave each worker a slice it cannot share:
+    a clip one worker fetched would count against its slice alone while every worker reads it.)
+    """
 
     def __init__(self, out: str | Path, max_bytes: int | None = None):
         self.out = str(out)
@@ -39,7 +46,6 @@ class ClipFiles:
         self.max_bytes = max_bytes or int(os.environ.get("EMO_CLIP_CACHE_BYTES") or 20 << 30)
         self.dir = cache_root(self.out, "clips") if self.remote else Path(self.out)
         self._loc: Location | None = None  # opened lazily: a DataLoader worker opens its own
-        self._held: int | None = None  # bytes in the cache as this process last counted them
 
     def local(self, rel: str) -> Path:
         path = self.dir / rel
@@ -51,16 +57,37 @@ class ClipFiles:
         if self._loc is None:
             self._loc = Location(self.out)
         self._loc.get_file(rel, path)
-        if self._held is None or self._held + path.stat().st_size > self.max_bytes:
-            self._held = self._evict(keep=path)  # a full scan only when the budget may be passed
-        else:
-            self._held += path.stat().st_size
+        self._account(path)
         return path
+
+    def _account(self, added: Path) -> None:
+        """Add a fetched file to the shared total; past the budget, evict and recount from the disk."""
+        import fcntl
+
+        with open(self.dir / ".lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
+            total_file = self.dir / ".bytes"
+            try:
+                total = int(total_file.read_text()) + added.stat().st_size
+            except (FileNotFoundError, ValueError):
+                total = None  # first use of this folder (or a torn count): count what is there
+            if total is None or total > self.max_bytes:
+                total = self._evict(keep=added)
+            tmp = total_file.with_name(f".bytes-{os.getpid()}")
+            tmp.write_text(str(total))
+            os.replace(tmp, total_file)
 
     def _evict(self, keep: Path) -> int:
         """Delete the least recently used files until the cache fits its budget (never `keep`); bytes left."""
-        files = [(p.stat().st_mtime, p.stat().st_size, p) for p in self.dir.rglob("*")
-                 if p.is_file() and not p.name.startswith(".")]
+        files = []
+        for p in self.dir.rglob("*"):
+            if not p.name.startswith("."):  # the lock, the total, partial fetches of other processes
+                try:
+                    st = p.stat()
+                except FileNotFoundError:  # evicted by a process that held the lock before
+                    continue
+                if p.is_file():
+                    files.append((st.st_mtime, st.st_size, p))
         total = sum(size for _, size, _ in files)
         for _, size, p in sorted(files):
             if total <= self.max_bytes:

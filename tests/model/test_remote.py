@@ -5,6 +5,7 @@ objects, --resume and --init-from find them there, and lineage reads their meta.
 from __future__ import annotations
 
 import json
+import multiprocessing
 
 import pytest
 
@@ -42,9 +43,48 @@ def test_the_clip_cache_stays_within_its_budget(data_uri, clips_out):
     for r in rels:
         path = files.local(r)
         assert path.read_bytes() == (clips_out / r).read_bytes()
-        held = [p for p in files.dir.rglob("*") if p.is_file()]
+        held = [p for p in files.dir.rglob("*") if p.is_file() and not p.name.startswith(".")]  # not the lock, the count
         assert sum(p.stat().st_size for p in held) <= budget and held == [path]
     assert files.local(rels[0]).read_bytes() == (clips_out / rels[0]).read_bytes()  # evicted, fetched again
+
+
+BLOB = 64 << 10
+
+
+def blob(name: str) -> bytes:
+    return (name.encode() * BLOB)[:BLOB]
+
+
+def _fetch_in_lockstep(uri: str, names: list[str], budget: int, barrier) -> None:
+    """One DataLoader-like worker: fetch its files one round at a time, in step with the others."""
+    files = ClipFiles(uri, max_bytes=budget)
+    for name in names:
+        assert files.local(name).read_bytes() == blob(name)
+        barrier.wait(60)
+
+
+def test_the_clip_cache_budget_holds_across_processes_sharing_it(s3, tmp_path, monkeypatch):
+    """Three processes on one cache folder (as three DataLoader workers are), each fetching two files
+    after all have fetched one: together they stay within the one budget, not three."""
+    monkeypatch.setenv("EMO_CACHE", str(tmp_path / "cache"))  # spawned children inherit it
+    uri = f"s3://{new_bucket(s3)}/out"
+    loc = Location(uri)
+    names = [f"clips/s{i}/c.mp4" for i in range(6)]
+    for name in names:
+        loc.write_bytes(name, blob(name))
+    budget = 3 * BLOB + BLOB // 2  # room for three files of the six
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding S3 client threads
+    barrier = ctx.Barrier(3)
+    procs = [ctx.Process(target=_fetch_in_lockstep, args=(uri, names[k::3], budget, barrier)) for k in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    cache = ClipFiles(uri, max_bytes=budget).dir
+    held = [p for p in cache.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    assert sum(p.stat().st_size for p in held) <= budget and len(held) == 3
+    assert int((cache / ".bytes").read_text()) == 3 * BLOB  # the shared count agrees with the disk
 
 
 def test_train_from_and_into_the_bucket_resumes_there_like_a_local_run(s3, data_uri, clips_out, tmp_path):
