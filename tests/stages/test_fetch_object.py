@@ -14,19 +14,23 @@ from tests.s3_server import moto_s3, new_bucket
 from tests.stages.test_download import fetch
 
 
-@pytest.fixture(scope="module")
-def bucket(demo_corpus):
-    """A bucket holding a real video, a text file named .mp4, an empty object and a 'folder'."""
+def fill_bucket(endpoint: str, demo_corpus) -> str:
+    """A new bucket holding a real video, a text file named .mp4, an empty object and a 'folder'."""
     import boto3
 
+    name = new_bucket(endpoint)
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    s3.put_object(Bucket=name, Key="media/talking.mp4", Body=(demo_corpus / "talking.mp4").read_bytes())
+    s3.put_object(Bucket=name, Key="media/notes.mp4", Body=b"these are meeting notes, not a video\n" * 40000)
+    s3.put_object(Bucket=name, Key="media/empty.mp4", Body=b"")
+    s3.put_object(Bucket=name, Key="media/folder/inside.mp4", Body=b"x")
+    return name
+
+
+@pytest.fixture(scope="module")
+def bucket(demo_corpus):
     with moto_s3() as endpoint:
-        name = new_bucket(endpoint)
-        s3 = boto3.client("s3", endpoint_url=endpoint)
-        s3.put_object(Bucket=name, Key="media/talking.mp4", Body=(demo_corpus / "talking.mp4").read_bytes())
-        s3.put_object(Bucket=name, Key="media/notes.mp4", Body=b"these are meeting notes, not a video\n" * 40000)
-        s3.put_object(Bucket=name, Key="media/empty.mp4", Body=b"")
-        s3.put_object(Bucket=name, Key="media/folder/inside.mp4", Body=b"x")
-        yield name
+        yield fill_bucket(endpoint, demo_corpus)
 
 
 def test_an_s3_video_is_fetched_stored_by_content_and_probed(bucket, demo_corpus, tmp_path):
@@ -63,11 +67,23 @@ def test_a_missing_bucket_and_an_unknown_scheme_are_error_rows(bucket, tmp_path)
     assert row["status"] == "failed" and row["error"].startswith("unsupported_scheme:"), row["error"]
 
 
-def test_curate_fetches_s3_sources_on_ray_workers_and_goes_on_past_bad_ones(bucket, ray_local, tmp_path):
-    """Ray workers reach the store too (the driver's AWS_* settings travel with the job)."""
-    uris = [f"s3://{bucket}/media/talking.mp4", f"s3://{bucket}/media/missing.mp4", f"s3://{bucket}/media/notes.mp4"]
-    sources = write_sources(tmp_path / "s.csv", uris)
-    curate(CurateOptions(sources=str(sources), out=str(tmp_path / "out"), stages=("download",)))
+def test_curate_fetches_s3_sources_on_ray_workers_and_goes_on_past_bad_ones(ray_local, demo_corpus, tmp_path):
+    """Ray workers reach the store through the settings the driver forwards (pipeline/runner.py), not
+    through an environment they inherited: this store (its endpoint) is started after Ray was."""
+    with moto_s3() as endpoint:
+
+        @ray_local.remote(num_cpus=0)
+        def inherited_endpoint() -> str | None:
+            import os
+
+            return os.environ.get("AWS_ENDPOINT_URL")
+
+        assert ray_local.get(inherited_endpoint.remote()) != endpoint  # else this test could not fail
+        bucket = fill_bucket(endpoint, demo_corpus)
+        uris = [f"s3://{bucket}/media/talking.mp4", f"s3://{bucket}/media/missing.mp4",
+                f"s3://{bucket}/media/notes.mp4"]
+        sources = write_sources(tmp_path / "s.csv", uris)
+        curate(CurateOptions(sources=str(sources), out=str(tmp_path / "out"), stages=("download",)))
     rows = {r["uri"]: r for r in ManifestStore(tmp_path / "out").read("sources").to_pylist()}
     assert rows[uris[0]]["status"] == "ok", rows[uris[0]]["error"]
     assert rows[uris[1]]["error"].startswith("not_found:") and rows[uris[2]]["error"].startswith("not_media:")
