@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.acero as acero
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from manifests import TABLES
@@ -112,6 +113,19 @@ class ManifestStore:
     def _compacted_keys(self, table: str) -> dict[str, str]:
         return {k: part for part, keys in self.compacted(table).items() for k in keys}
 
+    def _live_dataset(self, table: str) -> ds.Dataset:
+        """The live shards of a table as one dataset, found by one listing. Its entries carry each
+        object's size, which spares a HEAD request per object when it is opened (a list of paths
+        costs one per file: a third of the requests of reading many small shards from a store)."""
+        sel = pafs.FileSelector(self.loc.full(f"manifests/{table}"), recursive=False, allow_not_found=True)
+        factory = ds.FileSystemDatasetFactory(self.loc.fs, sel, ds.ParquetFileFormat(),
+                                              ds.FileSystemFactoryOptions(selector_ignore_prefixes=[".", "_"]))
+        dset = factory.finish(_schema(table))
+        if all(f.endswith(".parquet") for f in dset.files):
+            return dset
+        shards = [f for f in dset.files if f.endswith(".parquet")]  # anything else in the folder is not a shard
+        return ds.dataset(shards, filesystem=self.loc.fs, format="parquet", schema=_schema(table))
+
     def _live_keys(self, table: str) -> set[str]:
         return {f.base_name[: -len(".parquet")] for f in self.loc.files(f"manifests/{table}", recursive=False)
                 if f.base_name.endswith(".parquet")}
@@ -147,11 +161,11 @@ class ManifestStore:
         """read() plus each row's shard key in column `__shard_key`."""
         schema = _schema(table)
         names = columns or schema.names
-        live = sorted(self._live_keys(table))
+        dset = self._live_dataset(table)
+        live = sorted(f.rsplit("/", 1)[1][: -len(".parquet")] for f in dset.files)
         parts = []
         if live:
-            files = [self.loc.full(self.shard_rel(table, k)) for k in live]
-            parts.append(_scan(ds.dataset(files, filesystem=self.loc.fs, format="parquet", schema=schema), names, None))
+            parts.append(_scan(dset, names, None))
         comp = self.compacted(table)
         if comp:
             files = [self.loc.full(f"{COMPACTED}/{table}/{p}") for p in sorted(comp)]
