@@ -8,12 +8,12 @@ applied to the store, files before manifests.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import shutil
 import tempfile
 import uuid
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +30,9 @@ class Mirror:
         base = Path(root or os.environ.get("EMO_SCRATCH") or tempfile.gettempdir())
         self.dir = base / f"emo-scratch-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.dir.mkdir(parents=True, exist_ok=True)
-        atexit.register(shutil.rmtree, self.dir, True)  # a worker that exits normally leaves no empty folder
+        # Removed when the mirror is dropped (a Ray task builds one per source: an atexit hook each
+        # would pile up in a long-lived worker process, and so would their empty folders) or at exit.
+        weakref.finalize(self, shutil.rmtree, self.dir, True)
         self.synced: dict[str, tuple[int, int]] = {}  # rel -> (size, mtime_ns) as last fetched or uploaded
 
     def _stamp(self, rel: str) -> tuple[int, int]:
