@@ -51,9 +51,11 @@ class ClipFiles:
         path = self.dir / rel
         if not self.remote:
             return path
-        if path.is_file():
+        try:
             os.utime(path)  # most recently used
             return path
+        except FileNotFoundError:  # not fetched yet, or just evicted by another worker
+            pass
         if self._loc is None:
             self._loc = Location(self.out)
         self._loc.get_file(rel, path)
