@@ -13,6 +13,7 @@ from manifests.fs import Location
 from manifests.lineage import find_checkpoints, learned_from
 from model.remote import ClipFiles
 from model.train import main
+from tests.model.clip_cache_worker import BLOB, blob, fetch_in_lockstep
 from tests.model.test_train import losses, write_config
 from tests.s3_server import list_keys, moto_s3, new_bucket
 
@@ -48,21 +49,6 @@ def test_the_clip_cache_stays_within_its_budget(data_uri, clips_out):
     assert files.local(rels[0]).read_bytes() == (clips_out / rels[0]).read_bytes()  # evicted, fetched again
 
 
-BLOB = 64 << 10
-
-
-def blob(name: str) -> bytes:
-    return (name.encode() * BLOB)[:BLOB]
-
-
-def _fetch_in_lockstep(uri: str, names: list[str], budget: int, barrier) -> None:
-    """One DataLoader-like worker: fetch its files one round at a time, in step with the others."""
-    files = ClipFiles(uri, max_bytes=budget)
-    for name in names:
-        assert files.local(name).read_bytes() == blob(name)
-        barrier.wait(60)
-
-
 def test_the_clip_cache_budget_holds_across_processes_sharing_it(s3, tmp_path, monkeypatch):
     """Three processes on one cache folder (as three DataLoader workers are), each fetching two files
     after all have fetched one: together they stay within the one budget, not three."""
@@ -75,11 +61,11 @@ def test_the_clip_cache_budget_holds_across_processes_sharing_it(s3, tmp_path, m
     budget = 3 * BLOB + BLOB // 2  # room for three files of the six
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding S3 client threads
     barrier = ctx.Barrier(3)
-    procs = [ctx.Process(target=_fetch_in_lockstep, args=(uri, names[k::3], budget, barrier)) for k in range(3)]
+    procs = [ctx.Process(target=fetch_in_lockstep, args=(uri, names[k::3], budget, barrier)) for k in range(3)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(120)
+        p.join(600)
     assert [p.exitcode for p in procs] == [0, 0, 0]
     cache = ClipFiles(uri, max_bytes=budget).dir
     held = [p for p in cache.rglob("*") if p.is_file() and not p.name.startswith(".")]
