@@ -6,14 +6,14 @@ steps it reads (curate's dataset hash, export's clips hash, the parent checkpoin
 whose key matches OUT/emo.lock and whose outputs are still there is skipped; downstream steps are
 keyed on upstream *outputs*, so a step that reruns but produces the same thing stops the cascade.
 
+    pipeline/buildfile.py   the build file parsed and checked into a BuildSpec
+    pipeline/steps.py       export, train and sample steps: inputs(), run(), outputs_present()
+    here                    the curate step (with what it forgets), the walk over the steps, the report
+
 Curation resumes per source on its own (pipeline/runner.py), so a new source is the only one
 processed. Before curating, the build forgets what the lock shows is stale (sources whose content or
 metadata changed or that left the build file, runs of a stage whose settings changed), so that
-curate's resume redoes exactly those.
-
-    pipeline/buildfile.py   the build file (examples/build.yaml) parsed and checked into a BuildSpec
-    pipeline/steps.py       export, train and sample steps: inputs(), run(), outputs_present()
-    here                    the curate step (with what it forgets), the walk over the steps, the report
+curate's resume redoes exactly those. The file format is shown in examples/build.yaml.
 """
 
 from __future__ import annotations
