@@ -73,8 +73,6 @@ def plan(ctx: BuildContext) -> list[Step]:
 
 def _source_hash(row: dict[str, Any], hashes: FileHashes) -> str:
     """A source's metadata and, for a local file, its content (a URL is known by its address)."""
-    from pipeline.lock import digest
-
     content = hashes(row["uri"]) if Path(row["uri"]).is_file() else None
     return digest({**row, "content": content})
 
