@@ -135,9 +135,8 @@ def run(args) -> list[dict]:
             if ckpt is None:
                 reference_copy(portrait, speech, video, size, frames)
             else:
-                sampler.sample(sampler.build_parser().parse_args([
-                    "--checkpoint", str(ckpt), "--image", str(portrait), "--audio", str(speech),
-                    "--out", str(video), "--steps", str(args.sample_steps)]))
+                sampler.sample(sampler.SampleOptions(checkpoint=ckpt, image=portrait, audio=speech, out=video,
+                                                     steps=args.sample_steps))
             rows.append({"name": f"{who}: {what}", **measure(video, portrait, wav, wrong),
                          "train_minutes": round(train_s / 60, 1) if what == "trained" else 0.0})
     return rows

@@ -90,7 +90,7 @@ def sample_window(config, vae: Path, model) -> float:
     """Seconds to generate (and decode) one window of f frames with 2 DDIM steps."""
     import numpy as np
 
-    from model.audio import audio_windows, build_featurizer
+    from model.audio_features import audio_windows, build_featurizer
     from model.latents import load_codec
     from model.sample import generate, make_scheduler, model_dtype
     from model.train_loop import NOISE_SCHEDULE

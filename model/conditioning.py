@@ -1,4 +1,5 @@
-"""The per-forward conditioning that the backbone's attention processors and hooks read.
+"""The per-forward conditioning that the backbone's attention processors and hooks read, and the
+gradient-checkpointing switch the temporal hooks obey.
 
 diffusers' UNet forward only carries a timestep and one context tensor, so EMO's other
 conditions (reference features, audio tokens, motion frames, speed) are set here by
@@ -24,6 +25,7 @@ class ForwardState:
     audio_keep: torch.Tensor | None = None  # (B,)
     speed: torch.Tensor | None = None  # (B, F, speed_dim)
     temporal: bool = False  # stage 1 trains on single images: no temporal modules
+    checkpointing: bool = False  # temporal modules recompute activations in backward (set_gradient_checkpointing)
 
     def frame_mask(self, keep: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | float:
         """A per-sample keep mask (B,) as (B*F, 1, 1), in `like`'s dtype; 1.0 when absent."""

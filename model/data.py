@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from manifests import ManifestStore
-from model.audio import audio_windows, build_featurizer, featurizer_cache_key, load_wav
+from model.audio_features import audio_windows, build_featurizer, featurizer_cache_key, load_wav
 from model.config import EMOConfig
 from model.remote import ClipFiles
 

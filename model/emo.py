@@ -20,27 +20,15 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from model.audio import AudioProjection, audio_attention_layers, install_audio_attention
+from model.audio_attention import AudioProjection, audio_attention_layers, install_audio_attention
 from model.conditioning import ForwardState
 from model.config import EMOConfig
 from model.face_locator import FaceLocator
+from model.layer_groups import STAGE_GROUPS, set_trainable
 from model.reference_net import ReferenceFeatures, ReferenceNet, install_reference_attention
 from model.speed import SpeedEncoder
 from model.temporal import install_temporal_modules, temporal_modules
 from model.unet import build_unet, null_context, transformer_blocks
-
-# What each training stage updates (parameter-name prefixes); everything else is frozen.
-STAGE_TRAINABLE = {
-    1: ("backbone.", "reference_net.", "reference_gates", "face_locator."),
-    2: ("temporal.", "audio_proj.", "audio_attention."),
-    3: ("temporal.", "speed_encoder."),
-}
-
-
-def is_trainable(name: str, stage: int) -> bool:
-    if stage == 2 and ".speed_" in name:  # speed attention waits for stage 3
-        return False
-    return name.startswith(STAGE_TRAINABLE[stage])
 
 
 def _zero(layer: nn.Module) -> None:
@@ -69,10 +57,9 @@ class EMOModel(nn.Module):
         self.speed_encoder = SpeedEncoder(config.speed_buckets, config.speed_max, config.speed_dim)
 
         self.state = ForwardState()
-        self._checkpointing = [False]
         install_reference_attention(backbone, self.state, self.reference_gates)
         install_audio_attention(backbone, self.state, self.audio_attention)
-        install_temporal_modules(backbone, self.state, self.temporal, self._checkpointing)
+        install_temporal_modules(backbone, self.state, self.temporal)
         self.init_new_layers()
 
     def init_new_layers(self) -> None:
@@ -86,18 +73,13 @@ class EMOModel(nn.Module):
             _zero(module.speed_attention.to_out[0])
 
     def set_stage(self, stage: int) -> list[str]:
-        """Freeze everything but `stage`'s layers; returns the trainable parameter names."""
-        names = []
-        for name, param in self.named_parameters():
-            param.requires_grad_(is_trainable(name, stage))
-            if param.requires_grad:
-                names.append(name)
-        return names
+        """Freeze everything but `stage`'s layer groups (model/layer_groups.py); returns the trainable names."""
+        return set_trainable(self, STAGE_GROUPS[stage])
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         for unet in (self.backbone, self.reference_net.unet):
             unet.enable_gradient_checkpointing() if enabled else unet.disable_gradient_checkpointing()
-        self._checkpointing[0] = enabled
+        self.state.checkpointing = enabled  # read by the temporal hooks (model/temporal.py)
 
     def encode_reference(self, ref_latent: torch.Tensor, motion: torch.Tensor | None = None) -> ReferenceFeatures:
         """ReferenceNet features of ref_latent (B, C, h, w) and motion frames (B, n, C, h, w).

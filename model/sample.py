@@ -17,6 +17,8 @@ one batch, told apart by the keep masks):
 so s_ref pulls towards the reference identity and s_audio towards the audio, on top of it.
 Every frame carries the invisible checkpoint watermark (model/watermark.py); the mp4's `comment`
 metadata and a JSON sidecar (video.mp4.json) record the checkpoint, manifest and parameters.
+`SampleOptions` is everything a video takes: the command line parses into it, and `emo build` and
+`emo demo` construct it directly and call `sample(opts)`.
 """
 
 from __future__ import annotations
@@ -25,16 +27,20 @@ import argparse
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
+import diffusers
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from manifests.hashing import sha256_file
 from model import watermark
-from model.audio import SAMPLE_RATE, audio_windows, build_featurizer
+from model.audio_features import SAMPLE_RATE, audio_windows, build_featurizer
 from model.checkpoint import load_checkpoint
 from model.latents import load_codec
 from model.reference_skip import decode_residual
@@ -43,6 +49,34 @@ log = logging.getLogger("emo.sample")
 
 FACE_MASK_GROW = 0.2  # the reference face box grown by this on each side: the head's room to move
 MIN_WATERMARK_SIZE = 256  # frames smaller than this are upscaled before the mark goes in
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """One video: what `emo sample` parses its command line into (see build_parser for each)."""
+
+    checkpoint: str  # a step folder or a run folder (its latest step)
+    image: str  # portrait photo
+    audio: str  # speech or song, any file FFmpeg reads
+    out: str  # the mp4; its JSON sidecar goes beside it
+    fps: float = 25.0
+    scheduler: str = "ddim"
+    steps: int = 20  # denoising steps per window
+    guidance_ref: float = 2.0
+    guidance_audio: float = 3.5
+    seed: int = 0
+    speed: float = 0.0  # constant head speed, degrees per frame
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def __post_init__(self):
+        # The types the command line gives: the sidecar and the mp4's metadata record them (25 -> 25.0).
+        for name in ("checkpoint", "image", "audio", "out"):
+            object.__setattr__(self, name, str(getattr(self, name)))
+        for name in ("fps", "guidance_ref", "guidance_audio", "speed"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        for name in ("steps", "seed"):
+            object.__setattr__(self, name, int(getattr(self, name)))
 
 
 def largest_face(rgb: np.ndarray) -> np.ndarray | None:
@@ -116,8 +150,6 @@ def generate(model, codec, config, scheduler, ref_image: torch.Tensor, face_mask
 
     ref_image (1, 3, H, W) in [-1, 1]; face_mask (1, 1, H, W); audio (T, 2m+1, L*D) windows.
     """
-    from tqdm import tqdm
-
     f, n, total = config.num_frames, config.num_motion_frames, audio.shape[0]
     c, hw = config.unet["in_channels"], config.latent_size
     ref_latent = codec.encode(ref_image.to(device)).to(dtype)  # (1, C, h, w)
@@ -161,8 +193,6 @@ SCHEDULERS = {"ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler", "
 
 def make_scheduler(name: str, noise_schedule: dict):
     """A diffusers scheduler by short name, on the noise schedule the checkpoint was trained with."""
-    import diffusers
-
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; known: {', '.join(SCHEDULERS)}")
     return getattr(diffusers, SCHEDULERS[name]).from_config(noise_schedule)
@@ -170,8 +200,6 @@ def make_scheduler(name: str, noise_schedule: dict):
 
 def read_portrait(path: str | Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB of an image file, or a ValueError that names the file."""
-    from PIL import Image, UnidentifiedImageError
-
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such portrait file")
     try:
@@ -208,14 +236,15 @@ def model_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def sample(args) -> dict:
-    rgb, wav = read_portrait(args.image), read_speech(args.audio)  # bad input fails before the model loads
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
-    dtype = model_dtype(args.dtype, device)
-    model, config, meta = load_checkpoint(args.checkpoint, ema=True, device=device)
+def sample(opts: SampleOptions) -> dict:
+    """Write the video `opts` describes; returns its provenance record (also in the sidecar)."""
+    rgb, wav = read_portrait(opts.image), read_speech(opts.audio)  # bad input fails before the model loads
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if opts.device == "auto" else torch.device(opts.device)
+    dtype = model_dtype(opts.dtype, device)
+    model, config, meta = load_checkpoint(opts.checkpoint, ema=True, device=device)
     model = model.to(dtype)
     codec = load_codec(config.codec, meta["vae_path"]).to(device)
-    scheduler = make_scheduler(args.scheduler, meta["noise_schedule"])
+    scheduler = make_scheduler(opts.scheduler, meta["noise_schedule"])
     model_hash = checkpoint_hash(meta)
     ident = watermark.checkpoint_id(model_hash)
 
@@ -224,26 +253,27 @@ def sample(args) -> dict:
     face_mask = torch.from_numpy(mask)[None, None]  # (H, W) -> (1, 1, H, W)
 
     seconds = len(wav) / SAMPLE_RATE
-    n_frames = round(seconds * args.fps)
+    n_frames = round(seconds * opts.fps)
     if n_frames < 1:
-        raise SystemExit(f"{args.audio}: {seconds:.3f} s is shorter than one frame at {args.fps} fps")
+        raise SystemExit(f"{opts.audio}: {seconds:.3f} s is shorter than one frame at {opts.fps} fps")
     feats = build_featurizer(config, device)(wav, n_frames)  # (T, L, D) at the video's frame rate
     audio = audio_windows(feats, config.audio_context)  # (T, 2m+1, L*D)
 
-    generator = torch.Generator().manual_seed(args.seed)
-    params = {k: getattr(args, k) for k in ("image", "audio", "fps", "scheduler", "steps", "guidance_ref",
+    generator = torch.Generator().manual_seed(opts.seed)
+    params = {k: getattr(opts, k) for k in ("image", "audio", "fps", "scheduler", "steps", "guidance_ref",
                                             "guidance_audio", "seed", "speed", "dtype")}
     record = {"checkpoint": meta["dir"], "checkpoint_sha256": model_hash, "checkpoint_id": f"{ident:08x}",
               "manifest_hash": meta.get("manifest_hash"), "stage": meta.get("stage"), "step": meta.get("step"),
               "params": params, "frames": n_frames, "audio_seconds": seconds, "device": str(device),
               "created": datetime.now(UTC).isoformat()}
-    frames = generate(model, codec, config, scheduler, ref_image, face_mask, audio, args.speed, args.steps,
-                      args.guidance_ref, args.guidance_audio, generator, device, dtype, ident)
+    frames = generate(model, codec, config, scheduler, ref_image, face_mask, audio, opts.speed, opts.steps,
+                      opts.guidance_ref, opts.guidance_audio, generator, device, dtype, ident)
+    # stages/ imports stay in the functions that use them (model/ importing stages/ is issue 20's layout item)
     from stages.video_io import write_mp4
 
-    out = Path(args.out)
+    out = Path(opts.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    written = write_mp4(out, frames, fps=args.fps, audio=wav, audio_rate=SAMPLE_RATE,
+    written = write_mp4(out, frames, fps=opts.fps, audio=wav, audio_rate=SAMPLE_RATE,
                         metadata={"comment": json.dumps(record, sort_keys=True)})
     if written != n_frames:
         raise RuntimeError(f"wrote {written} frames, expected {n_frames}")
@@ -271,10 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_options(argv: list[str] | None = None) -> SampleOptions:
+    """The command line as SampleOptions (argparse's dests are its field names)."""
+    return SampleOptions(**vars(build_parser().parse_args(argv)))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    opts = parse_options(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    sample(args)
+    sample(opts)
     return 0
 
 

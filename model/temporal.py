@@ -89,19 +89,19 @@ def temporal_modules(backbone, config) -> tuple[nn.ModuleList, list[str]]:
     return nn.ModuleList(modules), [s.name for s in sites]
 
 
-def install_temporal_modules(backbone, state, modules: nn.ModuleList, checkpointing: list[bool]) -> None:
-    """Hook each module onto the output of its backbone site; `checkpointing[0]` toggles recomputation."""
+def install_temporal_modules(backbone, state, modules: nn.ModuleList) -> None:
+    """Hook each module onto the output of its backbone site; `state.checkpointing` toggles recomputation."""
     for site, module in zip(temporal_sites(backbone), modules, strict=True):
-        site.module.register_forward_hook(_temporal_hook(state, site.name, module, checkpointing))
+        site.module.register_forward_hook(_temporal_hook(state, site.name, module))
 
 
-def _temporal_hook(state, name: str, module: TemporalModule, checkpointing: list[bool]):
+def _temporal_hook(state, name: str, module: TemporalModule):
     def hook(layer, args, output):
         if not state.temporal:
             return None
         x = output[0] if isinstance(output, tuple) else output
         motion = state.reference.motion.get(name) if state.reference is not None else None
-        if checkpointing[0] and torch.is_grad_enabled():
+        if state.checkpointing and torch.is_grad_enabled():
             y = checkpoint(module, x, state.num_frames, motion, state.speed, use_reentrant=False)
         else:
             y = module(x, state.num_frames, motion, state.speed)

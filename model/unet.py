@@ -2,7 +2,7 @@
 
 There is no text prompt. The UNet's own cross-attention (attn2) is kept so pretrained weights
 load unchanged; it sees a single all-zero "null context" token, and the audio layers ride along
-on its attention processor (model/audio.py). Frames are folded into the batch axis; the temporal
+on its attention processor (model/audio_attention.py). Frames are folded into the batch axis; the temporal
 modules (model/temporal.py) unfold them after each spatial layer.
 """
 

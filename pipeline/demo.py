@@ -62,15 +62,65 @@ def _finished(run: Path, steps: int) -> bool:
     return last is not None and read_meta(last).get("step") == steps
 
 
-def run_demo(opts: DemoOptions) -> dict:
+class _Timings(dict):
+    """Each demo step's seconds, for DIR/demo.json."""
+
+    def start(self, name: str) -> None:
+        self[name] = time.perf_counter()
+        log.info("demo: %s", name)
+
+    def done(self, name: str) -> None:
+        self[name] = round(time.perf_counter() - self[name], 2)
+
+
+def _train(opts: DemoOptions, out: Path, runs: Path, timings: _Timings) -> Path:
+    """Stages 1, 2 and 3, each from the one before; finished stages are skipped. Returns the last run."""
+    from model.train import TrainOptions, train
+
+    parent = None
+    for stage, steps in zip((1, 2, 3), opts.train_steps, strict=True):
+        name, run = f"train_stage{stage}", runs / f"stage{stage}"
+        timings.start(name)
+        if not _finished(run, steps):
+            train(TrainOptions(data=out, stage=stage, out=run, steps=steps, model=opts.model, init_from=parent,
+                               resume=run.is_dir()))
+        parent = run
+        timings.done(name)
+    return parent
+
+
+def _sample(opts: DemoOptions, root: Path, checkpoint: Path, timings: _Timings) -> tuple[Path, dict, dict]:
+    """Hanks' portrait speaking, then the measures of it and of the carphone man: (video, record, measures)."""
     import soundfile as sf
 
+    from model.sample import SampleOptions, read_portrait, read_speech, sample
+    from model.video_measures import measure_video
+
+    timings.start("sample")
+    wav, rate = sf.read(root / "speech.wav", dtype="float32")
+    speech = root / "sample_speech.wav"
+    sf.write(speech, wav[: int(opts.sample_seconds * rate)], rate)
+    hanks, video = root / "portraits" / "hanks.png", root / "video.mp4"
+    record = sample(SampleOptions(checkpoint=checkpoint, image=hanks, audio=speech, out=video,
+                                  steps=opts.sample_steps))
+    timings.done("sample")
+
+    timings.start("measure")  # is there a face, whose, does its mouth follow the speech (model/video_measures.py)
+    measures = {"hanks (held out)": measure_video(video, read_portrait(hanks), read_speech(speech), 25.0)}
+    portrait = training_portrait(root)
+    video2 = root / "video_training_identity.mp4"
+    sample(SampleOptions(checkpoint=checkpoint, image=portrait, audio=speech, out=video2, steps=opts.sample_steps))
+    measures["carphone man (in the training clips)"] = measure_video(
+        video2, read_portrait(portrait), read_speech(speech), 25.0)
+    timings.done("measure")
+    return video, record, measures
+
+
+def run_demo(opts: DemoOptions) -> dict:
+    # cli.py imports this module to build its parser: torch, ray and mediapipe load only when the demo runs.
     from manifests.audit import report
     from manifests.export import export
     from manifests.lineage import describe_checkpoints
-    from model import sample as sampler
-    from model import train as trainer
-    from model.video_measures import measure_video
     from model.watermark import detect_video
     from pipeline.demo_corpus import DEMO_PORT, build_demo_corpus
     from pipeline.plan import available_stages, load_config
@@ -79,81 +129,42 @@ def run_demo(opts: DemoOptions) -> dict:
 
     root = Path(opts.root).resolve()
     out, runs = root / "out", root / "runs"
-    timings: dict[str, float] = {}
+    timings = _Timings()
 
-    def step(name: str):
-        timings[name] = time.perf_counter()
-        log.info("demo: %s", name)
-
-    def done(name: str) -> None:
-        timings[name] = round(time.perf_counter() - timings[name], 2)
-
-    step("corpus")
+    timings.start("corpus")
     sources = build_demo_corpus(root, port=DEMO_PORT)
-    done("corpus")
+    timings.done("corpus")
 
-    step("curate")
+    timings.start("curate")
     with LoopbackServer(root, port=DEMO_PORT):
         summary = curate(CurateOptions(sources=str(sources), out=str(out), stages=tuple(available_stages()),
                                        config=load_config(root / "config.yaml"), num_cpus=opts.num_cpus))
     print(summary.render())
-    done("curate")
+    timings.done("curate")
 
-    step("export")
+    timings.start("export")
     card = export(out, command="emo demo")
     if not card["clips"]:
         raise RuntimeError(f"the demo kept no clips; see {out / 'summary.json'} and `emo audit {out}`")
-    done("export")
+    timings.done("export")
 
-    parent = None
-    for stage, steps in zip((1, 2, 3), opts.train_steps, strict=True):
-        name, run = f"train_stage{stage}", runs / f"stage{stage}"
-        step(name)
-        if not _finished(run, steps):
-            argv = ["--data", str(out), "--stage", str(stage), "--model", opts.model, "--out", str(run),
-                    "--steps", str(steps)]
-            argv += ["--init-from", str(parent)] if parent else []
-            argv += ["--resume"] if run.is_dir() else []
-            trainer.main(argv)
-        parent = run
-        done(name)
+    checkpoint = _train(opts, out, runs, timings)
+    video, record, measures = _sample(opts, root, checkpoint, timings)
 
-    step("sample")
-    wav, rate = sf.read(root / "speech.wav", dtype="float32")
-    speech = root / "sample_speech.wav"
-    sf.write(speech, wav[: int(opts.sample_seconds * rate)], rate)
-    video = root / "video.mp4"
-    record = sampler.sample(sampler.build_parser().parse_args([
-        "--checkpoint", str(parent), "--image", str(root / "portraits" / "hanks.png"), "--audio", str(speech),
-        "--out", str(video), "--steps", str(opts.sample_steps)]))
-    done("sample")
-
-    step("measure")  # is there a face, whose, does its mouth follow the speech (model/video_measures.py)
-    measures = {"hanks (held out)": measure_video(video, sampler.read_portrait(root / "portraits" / "hanks.png"),
-                                                  sampler.read_speech(speech), 25.0)}
-    portrait = training_portrait(root)
-    video2 = root / "video_training_identity.mp4"
-    sampler.sample(sampler.build_parser().parse_args([
-        "--checkpoint", str(parent), "--image", str(portrait), "--audio", str(speech), "--out", str(video2),
-        "--steps", str(opts.sample_steps)]))
-    measures["carphone man (in the training clips)"] = measure_video(
-        video2, sampler.read_portrait(portrait), sampler.read_speech(speech), 25.0)
-    done("measure")
-
-    step("detect")
+    timings.start("detect")
     detection = detect_video(str(video))
     made_by = describe_checkpoints([runs], detection.checkpoint_id) if detection.present else []
-    done("detect")
+    timings.done("detect")
 
-    step("audit")
+    timings.start("audit")
     page = report(out)
-    done("audit")
+    timings.done("audit")
 
     result = {"video": str(video), "frames": record["frames"], "checkpoint": record["checkpoint"],
               "checkpoint_id": record["checkpoint_id"], "manifest_hash": record["manifest_hash"],
               "dataset_manifest_hash": card["manifest_hash"], "clips": card["clips"],
-              "watermark": detection.as_dict(), "made_by": made_by, "measures": measures, "audit": str(page), "seconds": timings,
-              "total_seconds": round(sum(timings.values()), 1)}
+              "watermark": detection.as_dict(), "made_by": made_by, "measures": measures, "audit": str(page),
+              "seconds": dict(timings), "total_seconds": round(sum(timings.values()), 1)}
     (root / "demo.json").write_text(json.dumps(result, indent=2, default=str))
     return result
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.audio import AudioProjection, MelFeaturizer, audio_windows, load_wav
+from model.audio_attention import AudioProjection
+from model.audio_features import MelFeaturizer, audio_windows, load_wav
 from model.config import EMO_MODELS
-from model.emo import EMOModel, is_trainable
+from model.emo import EMOModel
 from model.face_locator import FaceLocator
+from model.layer_groups import LAYER_GROUPS, STAGE_GROUPS, layer_group
 from model.speed import SpeedEncoder, speed_buckets
 from model.temporal import TemporalModule
 from model.unet import build_unet, temporal_sites, transformer_blocks
@@ -130,12 +132,16 @@ def test_new_layers_do_act_once_trained(model):
 
 
 def test_stages_train_disjoint_parts():
-    names = [n for n, _ in EMOModel(CFG).named_parameters()]
-    s1, s2, s3 = ({n for n in names if is_trainable(n, s)} for s in (1, 2, 3))
+    model = EMOModel(CFG)
+    names = [n for n, _ in model.named_parameters()]
+    s1, s2, s3 = (set(model.set_stage(s)) for s in (1, 2, 3))
     assert any(n.startswith("reference_net.") for n in s1) and any(n.startswith("face_locator.") for n in s1)
     assert all(n.startswith(("temporal.", "audio_")) for n in s2) and not any(".speed_" in n for n in s2)
     assert any(n.startswith("speed_encoder.") for n in s3) and not any(n.startswith("audio_") for n in s3)
     assert not s1 & (s2 | s3)
+    # --trainable and the stages share one table: every parameter is in a group, every group in a stage.
+    assert all(layer_group(n) is not None for n in names)
+    assert set(LAYER_GROUPS) == {g for groups in STAGE_GROUPS.values() for g in groups}
 
 
 @pytest.mark.parametrize("stage", [1, 2])

@@ -17,7 +17,7 @@ import soundfile as sf
 
 from model import watermark
 from model.checkpoint import load_checkpoint
-from model.sample import main
+from model.sample import SampleOptions, main, parse_options
 from model.train import main as train_main
 from pipeline.demo_corpus import packaged_media
 
@@ -110,6 +110,15 @@ def test_watermark_and_provenance(sampled):
     assert found.checkpoint_id == f"{watermark.checkpoint_id(meta['model_sha256']):08x}"
     with av.open(str(out)) as c:
         assert json.loads(c.metadata["comment"])["checkpoint_sha256"] == meta["model_sha256"]
+
+
+def test_options_built_directly_are_what_the_command_line_parses():
+    """`emo build` passes a build file's numbers as YAML gives them (fps: 25): recorded as the command line's 25.0."""
+    argv = ["--checkpoint", "c", "--image", "i.png", "--audio", "a.wav", "--out", "v.mp4", "--fps", "25", "--speed", "1"]
+    direct = SampleOptions(checkpoint=Path("c"), image=Path("i.png"), audio="a.wav", out="v.mp4", fps=25, speed=1)
+    assert parse_options(argv) == direct
+    assert json.dumps(vars(direct), sort_keys=True) == json.dumps(vars(parse_options(argv)), sort_keys=True)
+    assert isinstance(direct.fps, float) and direct.image == "i.png"
 
 
 @pytest.mark.parametrize("name", ["ddim", "dpm++", "euler", "unipc"])

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from manifests import ManifestStore
 from manifests.lineage import learned_from
 from model.checkpoint import load_checkpoint, read_meta
-from model.train import main
+from model.train import TrainOptions, main, parse_options, train
 
 STEPS = {1: 30, 2: 40, 3: 40}
 FACTOR = {1: 50.0, 2: 2.5, 3: 1.6}
@@ -109,6 +109,24 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(stage_runs, clips_
     for name in ("ema.safetensors", "optimizer.safetensors"):
         sa, sb = (load_file(Path(tmp_path / d / "step-0000004" / name)) for d in ("straight", "cut"))
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_options_built_directly_train_what_the_command_line_trains(stage_runs, clips_out, tmp_path):
+    """`emo build` and `emo demo` construct TrainOptions; the command line parses into the same object."""
+    cfg = write_config(tmp_path / "c.json", num_frames=6, batch_size=1)
+    argv = ["--data", str(clips_out), "--stage", "3", "--config", str(cfg), "--init-from", str(stage_runs[2]),
+            "--finetune", "--trainable", "audio,speed", "--steps", "2", "--out", str(tmp_path / "cli"), "--quiet"]
+    direct = TrainOptions(data=clips_out, stage=3, config=cfg, init_from=stage_runs[2], finetune=True,
+                          trainable=["audio", "speed"], steps=2, out=tmp_path / "direct", quiet=True)
+    assert parse_options(argv) == TrainOptions(**{**vars(direct), "out": str(tmp_path / "cli")})
+    main(argv)
+    train(direct)
+    a, b = (read_meta(tmp_path / d) for d in ("cli", "direct"))
+    assert a["model_sha256"] == b["model_sha256"] and losses(tmp_path / "cli") == losses(tmp_path / "direct")
+    assert a["trainable_groups"] == ["audio", "speed"] and a["config"]["learning_rate"] < read_meta(
+        stage_runs[2])["config"]["learning_rate"]  # a fine-tune's tenth
+    with pytest.raises(ValueError, match="unknown layer groups"):
+        TrainOptions(data=clips_out, stage=3, out=tmp_path / "x", trainable=("audoi",))
 
 
 def test_stage_curves_for_the_report(stage_runs):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import av
 import numpy as np
 
-from model.audio import load_wav
+from model.audio_features import load_wav
 from model.sample import read_portrait
 from model.video_measures import measure_video
 from pipeline.demo_corpus import packaged_media

@@ -25,7 +25,8 @@ from manifests.audit import build_lineage, report
 from manifests.lineage import checkpoints_of
 from model.checkpoint import read_meta, resolve_checkpoint
 from model.config import EMO_MODELS
-from pipeline.build import BuildFileError, build, load_build_file
+from pipeline.build import build
+from pipeline.buildfile import BuildFileError, load_build_file
 from pipeline.cli import main as cli_main
 from stages.video_io import write_mp4
 
