@@ -1,7 +1,7 @@
 """Running one stage over one batch of sources, inside whatever worker Ray gives us.
 
 This is the bridge between a plain `Stage` and Ray Data: it writes the stage's shard and its
-`stage_runs` row for every source, and passes the source row on to the next stage.
+ledger row (pipeline/ledger.py) for every source, and passes the source row on to the next stage.
 Nothing here imports ray; runner.py does.
 
 Faults. Each stage runs on each source under a time limit (PipelineSettings.time_limit). A stage
