@@ -32,6 +32,7 @@ from manifests import ManifestStore
 from manifests.fs import Location
 from manifests.optout import forget_inputs, remove_sources
 from manifests.sources import SOURCE_FILE_COLUMNS
+from pipeline.ledger import Ledger
 from pipeline.lock import FileHashes, Lock, changes, record
 
 log = logging.getLogger(__name__)
@@ -439,8 +440,6 @@ def _run_times(store: ManifestStore) -> dict[tuple[str, str], Any]:
 def _forget_stale(store: ManifestStore, old: dict[str, str], new: dict[str, str]) -> None:
     """Forget changed or dropped sources, so curate fetches and processes them anew. (Runs made with
     other settings curate redoes by itself: pipeline/ledger.py.)"""
-    from pipeline.ledger import Ledger
-
     gone = {uri for uri, h in old.items() if new.get(uri) != h}
     rows = store.read("sources").to_pylist()
     stale = [r for r in rows if r["uri"] in gone]
