@@ -20,6 +20,7 @@ from stages.base import Resources, Stage, StageContext, StageError
 from stages.diarize_sync import assign_faces
 from stages.diarize_vocal import VocalTyper, is_silent, vocal_features, warm_compile_caches
 from stages.media_clock import source_timeline
+from stages.probe import read_audio
 from stages.sync_measure import SyncMeasure
 
 log = logging.getLogger(__name__)
@@ -29,16 +30,13 @@ OWN_VOCAL_S = 6.0  # a voiced turn at least this long is typed on its own; short
 
 
 def load_audio(path: Path) -> np.ndarray:
-    """16 kHz mono float32; resampled and down-mixed when the file is not."""
-    import soundfile as sf
+    """16 kHz mono float32 (stages/probe.read_audio), its DC offset removed: a bad preamp or a careless
+    mix hides all speech from silero-vad."""
     from scipy.signal import resample_poly
 
-    wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    wav = wav.mean(1)
-    wav -= wav.mean() if wav.size else 0.0  # a DC offset (a bad preamp, a careless mix) hides all speech from silero-vad
-    if sr != SR:
-        wav = resample_poly(wav, SR, sr).astype(np.float32)
-    return wav
+    wav, sr = read_audio(path)
+    wav -= wav.mean() if wav.size else 0.0  # before resampling, as the VAD was tuned
+    return resample_poly(wav, SR, sr).astype(np.float32) if sr != SR else wav
 
 
 class DiarizeStage(Stage):

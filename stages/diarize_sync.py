@@ -40,6 +40,16 @@ def _record(seg: dict, track_id: str | None, res: SyncResult | None, pooled: boo
                    sync_null_windows=res.n_null)
 
 
+def _to_grid(timeline: Timeline, frames: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A variable-rate track's frames as slots of a grid at the nominal rate (slot k at k / fps), where
+    a lag of k slots is always k / fps seconds; a dropped frame leaves its slot empty, of two frames
+    in one slot the first stays. A lag counted in source frames would mean a different time at each
+    frame (r2_v06: steps of 1/30 s and 2/30 s)."""
+    slots = np.round(np.asarray(timeline.time_of(frames), np.float64) * timeline.fps).astype(int)
+    slots, first = np.unique(slots, return_index=True)
+    return slots, v[first]
+
+
 def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps: float, n_frames: int,
                  measure: SyncMeasure, keep_threshold: float, timeline: Timeline | None = None) -> None:
     """Set the SYNC_COLUMNS and on_screen of each voiced segment, in place.
@@ -61,19 +71,24 @@ def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps:
     track_id stays null), off_screen (the source has faces, none during this segment), no_faces.
 
     timeline: the source's frame times (stages/media_clock.py); without one, frame i is at i / fps
-    (n_frames of them).
+    (n_frames of them). On a variable-rate source the offsets are in slots of its nominal rate
+    (timeline.fps), so offset / fps is the lag in seconds on every source.
     """
-    if timeline is not None:  # the source's own frame times (stages/media_clock.py): frames i / fps apart otherwise
+    on_grid = timeline is not None and not timeline.constant_rate
+    if timeline is not None and timeline.constant_rate:  # the source's own frame times (stages/media_clock.py)
         fps = timeline.fps
         audio = measure.audio(wav, fps, times=timeline.frame_s)
         spans = [(timeline.index_near(s["start_s"]), timeline.index_near(s["end_s"])) for s in segments]
-    else:
+    else:  # frames i / fps apart, or a variable-rate source measured on its nominal rate's grid
+        fps, n_frames = (timeline.fps, int(round(timeline.end_s * timeline.fps))) if on_grid else (fps, n_frames)
         audio = measure.audio(wav, fps, n_frames)
         spans = [(int(round(s["start_s"] * fps)), int(round(s["end_s"] * fps))) for s in segments]
     faces = []  # (track_id, frames, features, pooled result)
     for tr in tracks:
         frames, v = np.asarray(tr.get("frames") or [], int), getattr(measure, "features", visual_features)(tr)
         if v is not None and len(v) == len(frames):
+            if on_grid:
+                frames, v = _to_grid(timeline, frames, v)
             faces.append((tr["track_id"], frames, v, measure.score(frames, v, audio, fps=fps)))
     for seg, (a, b) in zip(segments, spans, strict=True):
         _record(seg, None, None)

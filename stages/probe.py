@@ -1,4 +1,5 @@
-"""Probing media with PyAV: what is in a file, and its audio as 16 kHz mono wav."""
+"""Probing media with PyAV: what is in a file, and its audio as 16 kHz mono wav; read_audio, the one
+reader of those wavs (diarize, quality and the model's data all go through it)."""
 
 from __future__ import annotations
 
@@ -126,3 +127,25 @@ def extract_audio(path: Path, wav: Path, rate: int = 16000) -> dict[str, float]:
     tmp.replace(wav)
     clipped = float(np.mean(np.abs(audio) >= CLIP_LEVEL)) if len(audio) else 0.0
     return {"seconds": len(audio) / rate, "corrupt_packets": corrupt, "clipped_fraction": clipped}
+
+
+def read_audio(path: Path, start_s: float | None = None, end_s: float | None = None,
+               rate: int | None = None) -> tuple[np.ndarray, int]:
+    """(mono float32 samples, their rate) of an audio file, whole or between two times (silence where
+    the span falls outside the file); resampled to `rate` when one is given and the file's differs."""
+    info_rate = sf.info(str(path)).samplerate
+    if start_s is None:
+        audio, _ = sf.read(str(path), dtype="float32")
+    else:
+        a, b = int(round(start_s * info_rate)), int(round(end_s * info_rate))
+        audio, _ = sf.read(str(path), start=max(a, 0), stop=max(b, 0), dtype="float32")
+        head = np.zeros((max(0, -a),) + audio.shape[1:], np.float32)
+        tail = np.zeros((max(0, (b - a) - len(head) - len(audio)),) + audio.shape[1:], np.float32)
+        audio = np.concatenate([head, audio, tail])
+    if audio.ndim == 2:
+        audio = audio.mean(1)
+    if rate is not None and rate != info_rate:
+        from scipy.signal import resample_poly
+
+        return resample_poly(audio, rate, info_rate).astype(np.float32), rate
+    return audio, info_rate

@@ -21,7 +21,7 @@ from manifests.hashing import sha256_file
 from stages.base import Resources, Stage, StageContext
 from stages.face_crops import CropJob, write_crops
 from stages.media_clock import Timeline, source_timeline
-from stages.probe import CLIP_LEVEL
+from stages.probe import CLIP_LEVEL, read_audio
 
 DEFAULTS = yaml.safe_load((Path(__file__).with_name("quality.yaml")).read_text())
 
@@ -191,7 +191,7 @@ class QualityStage(Stage):
     @staticmethod
     def _audio(path: Path | None, start_s: float, end_s: float) -> np.ndarray | None:
         """The source's extracted audio between two times, or None for a source with no audio."""
-        return _read_span(path, start_s, end_s)[0] if path is not None and path.exists() else None
+        return read_audio(path, start_s, end_s)[0] if path is not None and path.exists() else None
 
     def _judge(self, m: dict[str, float | None]) -> list[dict[str, Any]]:
         """Every rule, evaluated: {rule, value, threshold, passed}. A value of None (not measured) passes."""
@@ -247,7 +247,7 @@ class QualityStage(Stage):
             if audio_path:
                 # Sound k frames late (k > 0): the picture's sound is k frames further on in the wav.
                 lag = c["audio_shift_frames"] / tl.fps  # the sync measure's frames are the source's
-                audio, rate = _read_span(audio_path, c["start_s"] + lag, c["start_s"] + lag + c["n_frames"] / c["fps"])
+                audio, rate = read_audio(audio_path, c["start_s"] + lag, c["start_s"] + lag + c["n_frames"] / c["fps"])
             else:
                 audio, rate = np.zeros(int(round(c["n_frames"] / c["fps"] * 16000)), np.float32), 16000
             sf.write(str(ctx.out / c["audio_path"]), audio, rate, subtype="FLOAT")
@@ -266,13 +266,3 @@ def resample(tl: Timeline, a: int, b: int, fps: float) -> tuple[list[int], float
     instants = s_a + np.arange(n) / fps
     picks, shown = tl.frames_near(instants, a, b)
     return [int(i) for i in picks], float(np.mean(instants - shown))
-
-
-def _read_span(path: Path, start_s: float, end_s: float) -> tuple[np.ndarray, int]:
-    """(samples, rate) of an audio file between two times; silence where they fall outside it."""
-    rate = sf.info(str(path)).samplerate
-    a, b = int(round(start_s * rate)), int(round(end_s * rate))
-    audio, _ = sf.read(str(path), start=max(a, 0), stop=max(b, 0), dtype="float32")
-    head = np.zeros((max(0, -a),) + audio.shape[1:], np.float32)
-    tail = np.zeros((max(0, (b - a) - len(head) - len(audio)),) + audio.shape[1:], np.float32)
-    return np.concatenate([head, audio, tail]), rate

@@ -16,6 +16,7 @@ from manifests import ManifestStore
 from stages.base import StageContext
 from stages.diarize import DiarizeStage
 from stages.diarize_sync import assign_faces
+from stages.media_clock import Timeline
 from stages.quality import QualityStage
 from stages.sync_features import visual_features
 from stages.sync_measure import SyncMeasure
@@ -77,6 +78,20 @@ def test_a_variable_frame_rate_track_is_measured_on_its_frames_times():
     assert abs(res.offset_frames) <= 1 and res.confidence >= KEEP, res
     naive = m.score(frames, v, m.audio(wav, fps, len(kept)), fps=fps)
     assert naive.confidence < KEEP, naive
+
+
+def test_a_variable_rate_sources_offset_is_in_frames_of_its_nominal_rate():
+    """Through assign_faces with the source's timeline: a third of a 25 fps recording's frames dropped,
+    its sound 6 frames (0.24 s) late. The offset is counted in slots of the nominal rate (what quality
+    divides by to realign), not in source frames, of which 6 would be ~0.36 s here."""
+    wav, mouth = babble(12, seed=6)
+    kept = np.flatnonzero(np.random.default_rng(7).random(len(mouth)) > 0.33)
+    tl = Timeline(kept / FPS, 12.0)
+    assert not tl.constant_rate and tl.fps == pytest.approx(FPS)
+    segs = [{"start_s": 0.5, "end_s": 11.5}]
+    late = np.roll(wav, int(6 * SR / FPS))
+    assign_faces(segs, [_track("A", range(len(kept)), mouth[kept])], late, FPS, len(kept), SyncMeasure(), KEEP, tl)
+    assert segs[0]["track_id"] == "A" and abs(segs[0]["sync_offset_frames"] - 6) <= 1, segs
 
 
 def test_a_best_lag_at_the_end_of_the_searched_range_is_never_confident():
