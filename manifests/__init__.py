@@ -2,7 +2,7 @@
 
 Where each column is born:
   sources     manifests/sources.py   (stages/download.py)
-  stage_runs  manifests/runs.py      (pipeline/worker.py, one row per stage and source)
+  stage_runs  manifests/runs.py      (pipeline/ledger.py, one row per stage and source)
   shots       manifests/shots.py     (stages/shots.py)
   timeline    manifests/timeline.py  (stages/shots.py: each frame's time on the media clock)
   tracks      manifests/tracks.py    (stages/faces.py)

@@ -15,6 +15,7 @@ from manifests.fs import Location
 from manifests.lineage import learned_from
 from manifests.redact import redact_uri
 from manifests.store import ManifestStore
+from pipeline.ledger import Ledger
 
 DERIVED_TABLES = ("shots", "timeline", "tracks", "segments", "clips", "rejections")
 TOMBSTONES = "manifests/tombstones.jsonl"  # relative to OUT (a folder or a URI)
@@ -38,7 +39,7 @@ def load_tombstones(out: str | Path) -> tuple[set[str], set[str]]:
 def forget_inputs(store: ManifestStore, inputs: list[dict[str, Any]]) -> None:
     """Drop these inputs' `sources` rows, download runs and partial downloads; their media stay."""
     store.delete_shards("sources", [r["input_id"] for r in inputs])
-    store.delete_shards("stage_runs", [f"download-{r['input_id']}" for r in inputs])
+    Ledger(store).forget([r["input_id"] for r in inputs], ["download"])
     for r in inputs:
         store.loc.delete(f"downloads/{r['input_id']}.part")
 
@@ -51,7 +52,7 @@ def remove_sources(store: ManifestStore, sids: set[str], inputs: list[dict[str, 
     removed = sum(loc.delete(rel) for r in inputs for rel in {r["media_path"], r["audio_path"]} if rel)
     for table in DERIVED_TABLES:
         store.delete_shards(table, sids)
-    store.delete_shards("stage_runs", [k for k in store.shard_keys("stage_runs") if k.split("-", 1)[-1] in sids])
+    Ledger(store).forget(sids)  # every stage's run on them
     for sid in sids:
         for folder in ("masks", "clips", "crops"):  # crops/: written by earlier versions
             removed += loc.delete_tree(f"{folder}/{sid}")

@@ -11,9 +11,9 @@ keyed on upstream *outputs*, so a step that reruns but produces the same thing s
     here                    the curate step (with what it forgets), the walk over the steps, the report
 
 Curation resumes per source on its own (pipeline/runner.py), so a new source is the only one
-processed. Before curating, the build forgets what the lock shows is stale (sources whose content or
-metadata changed or that left the build file, runs of a stage whose settings changed), so that
-curate's resume redoes exactly those. The file format is shown in examples/build.yaml.
+processed, and it redoes by itself the runs of a stage whose settings changed (pipeline/ledger.py).
+Before curating, the build forgets the sources the lock shows are stale (their content or metadata
+changed, or they left the build file), so that curate redoes those too. The file format is shown in examples/build.yaml.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 from manifests import ManifestStore
 from manifests.optout import forget_inputs, remove_sources
 from pipeline.buildfile import BuildSpec, load_build_file
+from pipeline.ledger import Ledger
 from pipeline.lock import FileHashes, Lock, changes, digest, record
 from pipeline.steps import BuildContext, BuildOut, Step, later_steps
 
@@ -81,7 +82,7 @@ def _run_curate(spec: BuildSpec, bo: BuildOut, inputs: dict, prev: dict | None) 
     from pipeline.runner import CurateOptions, curate
 
     store = ManifestStore(bo.data)
-    _forget_stale(store, (prev or {}).get("inputs", {}).get("sources", {}), inputs["sources"], spec)
+    _forget_stale(store, (prev or {}).get("inputs", {}).get("sources", {}), inputs["sources"])
     sources = bo.work / "build" / "sources.jsonl"
     sources.parent.mkdir(parents=True, exist_ok=True)
     sources.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in spec.sources))
@@ -102,11 +103,9 @@ def _run_times(store: ManifestStore) -> dict[tuple[str, str], Any]:
             for r in store.read("stage_runs", columns=["stage", "source_id", "finished_at"]).to_pylist()}
 
 
-def _forget_stale(store: ManifestStore, old: dict[str, str], new: dict[str, str], spec: BuildSpec) -> None:
-    """Make curate's resume redo what is stale: changed or dropped sources, and runs made with other settings."""
-    from pipeline.plan import build_stages
-    from pipeline.worker import run_key
-
+def _forget_stale(store: ManifestStore, old: dict[str, str], new: dict[str, str]) -> None:
+    """Forget changed or dropped sources, so curate fetches and processes them anew. (Runs made with
+    other settings curate redoes by itself: pipeline/ledger.py.)"""
     gone = {uri for uri, h in old.items() if new.get(uri) != h}
     rows = store.read("sources").to_pylist()
     stale = [r for r in rows if r["uri"] in gone]
@@ -115,18 +114,9 @@ def _forget_stale(store: ManifestStore, old: dict[str, str], new: dict[str, str]
     # Bytes no remaining input has: everything they gave goes, files included.
     orphans = redo - {r["source_id"] for r in rows if r["uri"] not in gone}
     remove_sources(store, orphans, [r for r in stale if r["source_id"] in orphans])
-    media = [s for s in build_stages(spec.stages, spec.curate_config) if s.name != "download"]
-    order = {s.name: i for i, s in enumerate(media)}
-    current = {s.name: s.config_hash() for s in media}
-    first: dict[str, int] = {}  # source_id -> first media stage to redo
-    for r in store.read("stage_runs", columns=["stage", "source_id", "config_hash"]).to_pylist():
-        if r["stage"] in order and (r["source_id"] in redo or r["config_hash"] != current[r["stage"]]):
-            i = 0 if r["source_id"] in redo else order[r["stage"]]
-            first[r["source_id"]] = min(first.get(r["source_id"], i), i)
-    # Through the store: a compacted run row (`emo manifest compact`) has no file of its own to unlink.
-    store.delete_shards("stage_runs", [run_key(s.name, sid) for sid, i in first.items() for s in media[i:]])
-    if gone or first:
-        log.info("curate: forgetting %d changed or dropped inputs; %d sources redo stages", len(gone), len(first))
+    Ledger(store).forget(redo)
+    if gone:
+        log.info("curate: forgetting %d changed or dropped inputs (%d sources redo every stage)", len(gone), len(redo))
 
 
 # ---------------------------------------------------------------- the build

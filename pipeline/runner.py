@@ -2,7 +2,9 @@
 
 Phase 1 downloads every pending input (one `sources` row each). Phase 2 streams every distinct
 ok source (by content) through the media stages in order; each stage writes its own shard and a
-`stage_runs` row per source, so a rerun skips exactly what is finished.
+ledger row per source (pipeline/ledger.py). What is pending is decided once per phase, here: a
+rerun skips what is finished, and redoes what failed for a passing reason and what was made with
+other settings (with the stages that read its output).
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from manifests import ManifestStore
 from manifests.fs import FORWARDED_ENV, Location, is_uri
 from manifests.optout import load_tombstones
 from manifests.redact import KEY_FILE, redact_uri, uri_key
+from pipeline.ledger import Ledger
 from pipeline.plan import PipelineSettings, build_stages
 from pipeline.sources_file import read_sources
 from pipeline.summary import Summary, summarize
-from pipeline.worker import STATE_COL, ChainWorker, DownloadWorker, clear_attempts, run_key
+from pipeline.worker import ChainWorker, DownloadWorker, clear_attempts
 from stages.base import Stage
 
 log = logging.getLogger(__name__)
@@ -175,11 +178,11 @@ def curate(opts: CurateOptions) -> Summary:
     init_ray(opts.address, opts.num_cpus)
     max_workers = opts.max_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
+    ledger = Ledger(store)
     by_name = {s.name: s for s in stages}
     if "download" in by_name:
-        # The download's stage_runs row is written after its sources row: with it, the input is done.
-        done = {k.removeprefix("download-") for k in store.shard_keys("stage_runs") if k.startswith("download-")}
-        pending = [r for r in inputs if r["input_id"] not in done]
+        todo = _claim(ledger, [by_name["download"]], [r["input_id"] for r in inputs])
+        pending = [r for r in inputs if r["input_id"] in todo]
         log.info("download: %d inputs, %d already fetched", len(inputs), len(inputs) - len(pending))
         if pending:
             ds = ray.data.from_items(pending, override_num_blocks=len(pending))
@@ -190,25 +193,33 @@ def curate(opts: CurateOptions) -> Summary:
 
     media = [s for s in stages if s.name != "download"]
     if media:
-        _run_media_stages(store, media, out, max_workers, settings)
+        _run_media_stages(store, ledger, media, out, max_workers, settings)
     clear_attempts(loc)  # every (stage, source) of this run has its row now
     summary = summarize(store, [r["input_id"] for r in inputs], [s.name for s in stages])
     loc.write_text("summary.json", json.dumps(summary.as_dict(), indent=2, default=str))
     return summary
 
 
-def _run_media_stages(store: ManifestStore, stages: list[Stage], out: str, max_workers: int,
+def _claim(ledger: Ledger, stages: list[Stage], keys: list[str]) -> dict[str, list[str]]:
+    """What this run does on `keys`, decided once: the ledger's pending (stage, key)s. Their old rows
+    and the shards those stages wrote are forgotten, so the workers redo exactly these, and a stage
+    that now fails leaves no rows of an earlier success behind."""
+    todo = ledger.pending(stages, keys)
+    redone = [(s, k) for k, names in todo.items() for s in stages if s.name in names]
+    stale = ledger.forget_pending(todo)
+    if stale:
+        for table in {t for s, _ in redone for t in s.writes}:
+            live = ledger.store.shard_keys(table)
+            ledger.store.delete_shards(table, [k for s, k in redone if table in s.writes and k in live])
+        log.info("redoing %d runs that failed for a passing reason or were made with other settings", stale)
+    return todo
+
+
+def _run_media_stages(store: ManifestStore, ledger: Ledger, stages: list[Stage], out: str, max_workers: int,
                       settings: PipelineSettings) -> None:
-    runs = store.shard_keys("stage_runs")
-    failed_runs = _failed_runs(store)
-    items = []
-    for src in canonical_sources(store):
-        sid = src["source_id"]
-        done = [s.name for s in stages if run_key(s.name, sid) in runs]
-        if len(done) == len(stages):
-            continue
-        state = {"done": done, "failed": [n for n in done if run_key(n, sid) in failed_runs]}
-        items.append({**src, STATE_COL: json.dumps(state)})
+    sources = canonical_sources(store)
+    todo = _claim(ledger, stages, [s["source_id"] for s in sources])
+    items = [s for s in sources if s["source_id"] in todo]
     log.info("media stages %s: %d sources to process", [s.name for s in stages], len(items))
     if not items:
         return
@@ -217,8 +228,3 @@ def _run_media_stages(store: ManifestStore, stages: list[Stage], out: str, max_w
         ds = _map(ds, ChainWorker, group, out, max_workers, settings, len(items))
     for _ in ds.iter_batches(batch_size=None):
         pass
-
-
-def _failed_runs(store: ManifestStore) -> set[str]:
-    tbl = store.read("stage_runs", columns=["stage", "source_id", "status"])
-    return {run_key(r["stage"], r["source_id"]) for r in tbl.to_pylist() if r["status"] != "ok"}

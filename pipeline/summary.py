@@ -7,10 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from manifests import TABLES, ManifestStore
-
-
-def reason_of(error: str | None) -> str:
-    return (error or "").split(":", 1)[0].strip() or "unknown"
+from pipeline.ledger import reason_of
 
 
 @dataclass
@@ -64,9 +61,9 @@ def summarize(store: ManifestStore, input_ids: list[str], stage_names: list[str]
                 s.bytes += r["bytes"] or 0
                 s.hours += (r["duration_s"] or 0.0) / 3600
         elif r["status"] == "skipped":
-            s.skipped[reason_of(r["error"])] += 1
+            s.skipped[reason_of(r["error"], "unknown")] += 1
         else:
-            s.failed[reason_of(r["error"])] += 1
+            s.failed[reason_of(r["error"], "unknown")] += 1
     s.unique_sources = len(seen_content)
     per: dict[str, dict[str, Any]] = defaultdict(lambda: {"ok": 0, "failed": 0, "skipped": 0, "rows": 0,
                                                           "seconds": 0.0, "reasons": Counter()})
@@ -78,7 +75,7 @@ def summarize(store: ManifestStore, input_ids: list[str], stage_names: list[str]
         st["rows"] += r["n_rows"] or 0
         st["seconds"] += r["seconds"] or 0.0
         if r["status"] != "ok":
-            st["reasons"][f"{r['status']}:{reason_of(r['error'])}"] += 1
+            st["reasons"][f"{r['status']}:{reason_of(r['error'], 'unknown')}"] += 1
         for k, v in (r["counters"] or []):
             if k not in ("ok",):
                 st["reasons"][k] += v

@@ -1,7 +1,7 @@
 """Running one stage over one batch of sources, inside whatever worker Ray gives us.
 
 This is the bridge between a plain `Stage` and Ray Data: it writes the stage's shard and its
-`stage_runs` row for every source, and passes the source row on to the next stage.
+ledger row (pipeline/ledger.py) for every source, and passes the source row on to the next stage.
 Nothing here imports ray; runner.py does.
 
 Faults. Each stage runs on each source under a time limit (PipelineSettings.time_limit). A stage
@@ -20,7 +20,6 @@ then its manifest shards, then its `stage_runs` row, so "done" is never ahead of
 from __future__ import annotations
 
 import faulthandler
-import json
 import logging
 import os
 import sys
@@ -28,33 +27,21 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 
 from manifests import ManifestStore
 from manifests.fs import Location
-from manifests.sources import SOURCES
+from pipeline.ledger import Ledger, reason_of, run_key
 from pipeline.plan import PipelineSettings, needs
 from pipeline.scratch import MirrorContext, Scratch
 from stages.base import Stage, StageContext, StageError
 
 log = logging.getLogger(__name__)
 
-# The rows flowing between stages: a sources row plus the per-source progress state.
-STATE_COL = "_state"
-FLOW_SCHEMA = SOURCES.append(pa.field(STATE_COL, pa.string()))
 EXIT_STUCK = 75  # exit status of a worker process that gave up on a stuck stage
 HARD_LIMIT_GRACE_S = 60.0  # after this much more, a C-level watchdog ends the process even if Python cannot run
-
-
-def run_key(stage: str, source_id: str) -> str:
-    return f"{stage}-{source_id}"
-
-
-def _reason(error: str | None) -> str:
-    return (error or "").split(":", 1)[0].strip() or "error"
 
 
 def _error_text(e: Exception) -> str:
@@ -142,14 +129,25 @@ def _exit_stuck(stage: str, key: str) -> None:
 
 
 class StageWorker:
-    """Callable over Arrow batches; constructed once per Ray worker so `setup()` runs once."""
+    """Callable over Arrow batches; constructed once per Ray worker so `setup()` runs once.
+
+    The driver has already decided what this run does (pipeline/ledger.py) and forgotten the rows
+    it redoes, so a (stage, source) with a row in the ledger is done: before this run, or by an
+    earlier try of this batch whose worker died. Rows flow on to the next stage unchanged."""
+
+    # How a forced failure reads in the row; DownloadWorker words it for an input.
+    DIED = "the worker process died {died} times running {name} on this source"
+    TIMED_OUT = "{name} took longer than its limit of {limit:.0f} s on this source"
 
     def __init__(self, stage: Stage, out: str, settings: PipelineSettings | None = None,
-                 scratch: Scratch | None = None):
+                 scratch: Scratch | None = None, ledger: Ledger | None = None):
         self.stage = stage
-        self.needs = needs(stage)  # stages whose failure on a source skips this one there
+        # Stages whose failure on a source skips this one there. Download's rows are keyed by
+        # input, not source, and only its ok sources ever reach a media stage.
+        self.needs = tuple(n for n in needs(stage) if n != "download")
         self.store = ManifestStore(out)
         self.loc = self.store.loc
+        self.ledger = ledger or Ledger(self.store)
         # On object storage the stage's files live in a scratch mirror; locally they are OUT itself.
         self.scratch = scratch if scratch is not None or self.loc.local else Scratch(self.loc)
         self.settings = settings or PipelineSettings()
@@ -172,27 +170,16 @@ class StageWorker:
             self.scratch.upload_new()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
-        for row in rows:
-            state = json.loads(row.get(STATE_COL) or "{}")
-            self.run_one(row, state)
-            row[STATE_COL] = json.dumps(state, sort_keys=True)
-        return pa.Table.from_pylist(rows, schema=FLOW_SCHEMA)
+        for row in batch.to_pylist():
+            self.run_one(row)
+        return batch
 
-    def run_one(self, source: dict[str, Any], state: dict[str, Any]) -> None:
-        """Run the stage on one source unless done; record the outcome in `state` and on disk."""
-        name = self.stage.name
-        done, failed = state.setdefault("done", []), state.setdefault("failed", [])
-        if name in done:
+    def run_one(self, source: dict[str, Any]) -> None:
+        """Run the stage on one source unless the ledger has its row; write its shards, then its row."""
+        name, key = self.stage.name, source["source_id"]
+        if self.ledger.status(name, key) is not None:
             return
-        key = source["source_id"]
-        earlier = self.recorded_status(key)  # an earlier try of this batch got this far before its worker died
-        if earlier is not None:
-            done.append(name)
-            if earlier != "ok":
-                failed.append(name)
-            return
-        blocked = [n for n in self.needs if n in failed]
+        blocked = [n for n in self.needs if self.ledger.status(n, key) not in (None, "ok")]
         t0 = time.perf_counter()
         ctx = self.context(source)
         stuck = False
@@ -210,41 +197,30 @@ class StageWorker:
             for table, table_rows in by_table.items():
                 if table:
                     self.store.write_shard(table, key, table_rows)
-        ctx.count(status if status == "ok" else f"{status}_{_reason(error)}")
+        ctx.count(status if status == "ok" else f"{status}_{reason_of(error)}")
         self.record_run(key, status, error, sum(len(r) for r in by_table.values()), t0, ctx)
         if stuck:
             _exit_stuck(name, key)
-        done.append(name)
-        if status != "ok":
-            failed.append(name)
 
     def _attempt(self, source: dict[str, Any], key: str, ctx: StageContext) -> tuple[str, str | None, Any, bool]:
         """(status, error, rows, stuck) of one try of the stage on one source, under its time limit."""
         name = self.stage.name
         died = self.attempts.begin(run_key(name, key))
         if died >= self.settings.max_worker_deaths:
-            return "failed", f"worker_died: the worker process died {died} times running {name} on this source", [], False
+            return "failed", "worker_died: " + self.DIED.format(died=died, name=name), [], False
         limit = self.settings.time_limit(name, source)
         try:
             return "ok", None, run_with_limit(lambda: self.stage.process(source, ctx), limit), False
         except Stuck as e:
-            return "failed", f"timeout: {name} took longer than its limit of {limit:.0f} s on this source ({e})", [], True
+            return "failed", f"timeout: {self.TIMED_OUT.format(name=name, limit=limit)} ({e})", [], True
         except Exception as e:  # failures are data: the row says why, the run goes on
             log.debug("stage %s failed on %s\n%s", name, key, traceback.format_exc())
             return "failed", _error_text(e), [], False
 
-    def recorded_status(self, key: str) -> str | None:
-        """The status of this stage's `stage_runs` row for `key`, when one is on disk."""
-        shard = self.store.read_shard("stage_runs", run_key(self.stage.name, key))
-        return shard.column("status")[0].as_py() if shard.num_rows else None
-
     def record_run(self, key: str, status: str, error: str | None, n_rows: int, t0: float, ctx: StageContext) -> None:
-        """The one `stage_runs` row of this stage for this source (or input, for download); written last."""
-        self.store.write_shard("stage_runs", run_key(self.stage.name, key), [{
-            "stage": self.stage.name, "source_id": key, "status": status, "error": error, "n_rows": n_rows,
-            "seconds": time.perf_counter() - t0, "counters": dict(ctx.counters),
-            "config_hash": self.config_hash, "finished_at": datetime.now(UTC),
-        }])
+        """The one ledger row of this stage for this source (or input, for download); written last."""
+        self.ledger.record(self.stage.name, key, status, self.config_hash, error=error, n_rows=n_rows,
+                           seconds=time.perf_counter() - t0, counters=ctx.counters)
         self.attempts.end(run_key(self.stage.name, key))
 
 
@@ -258,7 +234,8 @@ class ChainWorker:
     def __init__(self, stages: list[Stage], out: str, settings: PipelineSettings | None = None):
         loc = Location(out)
         self.scratch = None if loc.local else Scratch(loc)  # one mirror: a source's media is fetched once
-        self.workers = [StageWorker(s, out, settings, scratch=self.scratch) for s in stages]
+        ledger = Ledger(out)  # shared: a stage learns an earlier stage's outcome here without reading it back
+        self.workers = [StageWorker(s, out, settings, scratch=self.scratch, ledger=ledger) for s in stages]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         try:
@@ -273,38 +250,29 @@ class ChainWorker:
 class DownloadWorker(StageWorker):
     """The download stage runs per input row and writes its `sources` row as its own status row."""
 
+    DIED = "the worker process died {died} times downloading this input"
+    TIMED_OUT = "fetching took longer than its limit of {limit:.0f} s"
+
     def __call__(self, batch: pa.Table) -> pa.Table:
-        results = []
         for item in batch.to_pylist():
-            iid = item["input_id"]
-            status = self.recorded_status(iid)
-            if status is None:
-                status = self.download_one(item)
-            results.append({"input_id": iid, "status": status})
+            if self.ledger.status("download", item["input_id"]) is None:
+                self.download_one(item)
             if self.scratch is not None:
                 self.scratch.clear()
-        return pa.Table.from_pylist(results, schema=pa.schema([("input_id", pa.string()), ("status", pa.string())]))
+        return batch.select(["input_id"])
 
-    def download_one(self, item: dict[str, Any]) -> str:
+    def download_one(self, item: dict[str, Any]) -> None:
         t0 = time.perf_counter()
         ctx = self.context(item)
         iid = item["input_id"]
-        died = self.attempts.begin(run_key("download", iid))
-        limit = self.settings.time_limit("download", item)
-        stuck = False
-        if died >= self.settings.max_worker_deaths:
-            row = self.stage.failed_row(item, f"worker_died: the worker process died {died} times downloading this input")
-        else:
-            try:
-                (row,) = run_with_limit(lambda: self.stage.process(item, ctx), limit)
-            except Stuck as e:
-                row = self.stage.failed_row(item, f"timeout: fetching took longer than its limit of {limit:.0f} s ({e})")
-                stuck = True
-                self.stage.discard(iid, ctx)  # a timed-out input leaves no partial bytes behind
+        status, error, rows, stuck = self._attempt(item, iid, ctx)
+        # The stage turns every failure it sees into its row; these are the ones it cannot see.
+        (row,) = rows if status == "ok" else [self.stage.failed_row(item, error)]
+        if stuck:
+            self.stage.discard(iid, ctx)  # a timed-out input leaves no partial bytes behind
         self.upload()
         row["error"] = _out_relative(row.get("error"), ctx)
         self.store.write_shard("sources", iid, [row])
         self.record_run(iid, row["status"], row.get("error"), 1, t0, ctx)
         if stuck:
             _exit_stuck("download", iid)
-        return row["status"]

@@ -84,6 +84,8 @@ class Stage:
     uses: ClassVar[tuple[str, ...]] = ()
     writes: ClassVar[tuple[str, ...]] = ()
     uses_model: ClassVar[bool] = False  # True: run in an actor pool so setup() happens once per worker
+    # Rows of these statuses made with other settings are redone by the next run (pipeline/ledger.py).
+    stale_with_other_settings: ClassVar[frozenset[str]] = frozenset({"ok", "failed", "skipped"})
     resources: Resources = Resources()
 
     @property

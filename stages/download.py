@@ -41,6 +41,10 @@ class DownloadStage(Stage):
     name = "download"
     writes = ("sources",)
     resources = Resources(num_cpus=0.5)
+    # New limits (size cap, timeouts, retries) may rescue an input that failed, so its failure is
+    # retried; an ok input is known by its bytes' sha256 and is not fetched again because a limit
+    # changed. (A new audio_rate therefore reaches only new inputs.)
+    stale_with_other_settings = frozenset({"failed"})
 
     def __init__(
         self,
