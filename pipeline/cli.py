@@ -201,7 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="emo", description="emo-forge: curate talking-head data, train and sample EMO, with provenance.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
+    storage = [_add_curate(sub), *_add_manifest(sub)]
+    _add_demo(sub)
+    _add_corpus_tools(sub, storage)
+    _add_model_tools(sub)
+    return p
 
+
+def _add_curate(sub) -> argparse.ArgumentParser:
     c = sub.add_parser("curate", help="run the curation pipeline over a list of sources",
                        description="Download, shot-detect, face-crop, diarize and filter SOURCES into Parquet manifests under OUT. "
                                    "Rerunning resumes: finished work is skipped; work done with other settings, "
@@ -217,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-workers", type=int, help="most actors per model stage (default: CPUs in the cluster)")
     c.set_defaults(func=_cmd_curate)
 
+    return c
+
+
+def _add_manifest(sub) -> list[argparse.ArgumentParser]:
     m = sub.add_parser("manifest", help="inspect manifests")
     msub = m.add_subparsers(dest="manifest_command", required=True)
     ms = msub.add_parser("show", help="row counts, schema versions and a few rows of each table")
@@ -229,8 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("out", help="an output folder or URI of `emo curate`")
     mc.add_argument("--table", help="only this table")
     mc.set_defaults(func=_cmd_manifest_compact)
-    storage = [c, ms, mc]
+    return [ms, mc]
 
+
+
+def _add_demo(sub) -> None:
     d = sub.add_parser("demo-corpus", help="build the demo corpus from media shipped inside installed packages")
     d.add_argument("dir")
     d.add_argument("--port", type=int, default=8642, help="port of the loopback server its URLs point at")
@@ -254,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--sample-steps", type=int, default=8, help="DDIM steps per window")
     dm.set_defaults(func=_cmd_demo)
 
+
+def _add_corpus_tools(sub, storage: list[argparse.ArgumentParser]) -> None:
+    """export, audit and optout; they and `storage` (curate, manifest) take --endpoint-url."""
     e = sub.add_parser("export", help="judge near-duplicates, split train/val by identity, write the dataset card")
     e.add_argument("out")
     e.add_argument("--val-fraction", type=float, default=0.1, help="share of clip time for validation")
@@ -278,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, R2, Ceph); default: $AWS_ENDPOINT_URL, "
                                                "else AWS. Credentials: the standard AWS_* variables or profile")
 
+
+def _add_model_tools(sub) -> None:
     dt = sub.add_parser("detect", help="look for the emo-forge watermark in a video")
     dt.add_argument("video")
     dt.add_argument("--max-frames", type=int, default=250)
@@ -299,7 +318,6 @@ def build_parser() -> argparse.ArgumentParser:
         t = sub.add_parser(name, help=text, add_help=False)
         t.add_argument("rest", nargs=argparse.REMAINDER)
         t.set_defaults(func=_delegate(module))
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
