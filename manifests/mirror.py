@@ -31,8 +31,10 @@ class Mirror:
         self.dir = base / f"emo-scratch-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.dir.mkdir(parents=True, exist_ok=True)
         # Removed when the mirror is dropped (a Ray task builds one per source: an atexit hook each
-        # would pile up in a long-lived worker process, and so would their empty folders) or at exit.
-        weakref.finalize(self, shutil.rmtree, self.dir, True)
+        # would pile up in a long-lived worker process, and so would their empty folders) or at exit;
+        # kept with EMO_KEEP_SCRATCH=1, to look at what a worker had on its disk.
+        if not os.environ.get("EMO_KEEP_SCRATCH"):
+            weakref.finalize(self, shutil.rmtree, self.dir, True)
         self.synced: dict[str, tuple[int, int]] = {}  # rel -> (size, mtime_ns) as last fetched or uploaded
 
     def _stamp(self, rel: str) -> tuple[int, int]:

@@ -69,6 +69,7 @@ def cluster(tmp_path_factory):
         base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}  # the driver forwards them
         base["RAY_health_check_period_ms"] = "1000"  # notice a dead node in seconds, not tens of seconds
         base["RAY_AUTH_MODE"] = "disabled"  # Ray 2.60's token: the `ray start` nodes and our drivers share none
+        base["EMO_KEEP_SCRATCH"] = "1"  # each worker's scratch folder stays: the sign of which node worked
         scratch = [tmp / "head", tmp / "node2"]
         for s in scratch:
             s.mkdir()
