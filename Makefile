@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(BIN)/pip install -c $(CONSTRAINTS) -e ".[dev]"
 	$(BIN)/pip install -c $(CONSTRAINTS) --no-build-isolation openai-whisper
 	# numba's on-disk cache of librosa's gufuncs, written once here, not raced by parallel workers
-	$(BIN)/python -c "from stages.diarize_vocal import warm_compile_caches; warm_compile_caches()"
+	$(BIN)/python -c "from stages.diarize.vocal import warm_compile_caches; warm_compile_caches()"
 	touch $(STAMP)
 
 install: $(STAMP)

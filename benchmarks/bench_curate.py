@@ -49,7 +49,7 @@ import av
 import psutil
 
 from benchmarks.media import compose_talking_corpus
-from stages.decode import decode_only
+from stages.media.decode import decode_only
 
 DEFAULT_DIR = Path("bench-out/curate")  # git-ignored
 REPO = Path(__file__).resolve().parents[1]

@@ -34,9 +34,9 @@ def main() -> list[dict]:
     import torch
 
     from stages.base import StageContext
-    from stages.diarize import DiarizeStage
-    from stages.diarize_offline import speech_regions
-    from stages.diarize_vocal import vocal_features
+    from stages.diarize.offline import speech_regions
+    from stages.diarize.stage import DiarizeStage
+    from stages.diarize.vocal import vocal_features
 
     stage = DiarizeStage()
     setup_s, _ = _time(stage.setup)

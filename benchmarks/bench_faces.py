@@ -20,10 +20,10 @@ import numpy as np
 
 from pipeline.demo_corpus import FPS, decode, fill, packaged_media
 from stages.base import StageContext
-from stages.face_detectors import BACKENDS
-from stages.faces import FaceStage
-from stages.probe import probe_media
-from stages.video_io import iter_frames, to_rgb, write_mp4
+from stages.faces.detectors import BACKENDS
+from stages.faces.stage import FaceStage
+from stages.media.probe import probe_media
+from stages.media.video_io import iter_frames, to_rgb, write_mp4
 
 DEFAULT_DIR = Path("bench-out/faces")  # git-ignored
 

@@ -87,7 +87,7 @@ def untrained(data: Path, runs: Path, model: str) -> Path:
 def reference_copy(portrait: Path, speech: Path, out: Path, size: int, frames: int) -> Path:
     """The reference crop, as the sampler crops it, repeated for every frame, with the speech."""
     from model.sample import crop_reference, read_portrait, read_speech
-    from stages.video_io import write_mp4
+    from stages.media.video_io import write_mp4
 
     crop, _ = crop_reference(read_portrait(portrait), size)
     write_mp4(out, (crop for _ in range(frames)), fps=25.0, audio=read_speech(speech), audio_rate=16_000)

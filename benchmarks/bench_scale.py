@@ -195,7 +195,7 @@ def profile_worker(tmp: Path, uri: str, n: int, top: int) -> dict:
 
     from pipeline.sources_file import read_sources
     from pipeline.worker import DownloadWorker
-    from stages.download import DownloadStage
+    from stages.download.stage import DownloadStage
 
     items = read_sources(tiny_sources(tmp / "prof", n))
     times = {}

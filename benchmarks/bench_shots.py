@@ -15,8 +15,8 @@ from pathlib import Path
 
 from benchmarks.media import compose_benchmark_video, match_boundaries
 from stages.base import StageContext
-from stages.decode import decode_only
-from stages.shots import ShotStage
+from stages.media.decode import decode_only
+from stages.shots.stage import ShotStage
 
 DEFAULT_VIDEO = Path("bench-out/reel720.mp4")  # git-ignored
 

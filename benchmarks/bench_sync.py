@@ -38,9 +38,9 @@ from benchmarks.sync_corpus import (
     copy_with_picture,
 )
 from stages.base import StageContext
-from stages.diarize import DiarizeStage
-from stages.media_clock import source_timeline
-from stages.quality import QualityStage
+from stages.diarize.stage import DiarizeStage
+from stages.media.clock import source_timeline
+from stages.quality.stage import QualityStage
 
 
 def run_copy(stage: DiarizeStage, name: str, kind: str, donor: str) -> tuple[list[dict], list[dict], float]:

@@ -77,8 +77,8 @@ def pasted_jump(seconds: float = 6.0, fps: float = 25.0) -> tuple[list[np.ndarra
 
 def detect(path: Path, detector: str) -> list[int]:
     from stages.base import StageContext
-    from stages.probe import probe_media
-    from stages.shots import ShotStage
+    from stages.media.probe import probe_media
+    from stages.shots.stage import ShotStage
 
     stage = ShotStage(detector=detector, device="cpu")
     stage.setup()
@@ -92,7 +92,7 @@ def _hit(found: list[int], at: int, tol: int = 1) -> bool:
 
 
 def jump_cuts(detector: str, tmp: Path) -> dict:
-    from stages.video_io import write_mp4
+    from stages.media.video_io import write_mp4
 
     cases = []
     for p in sorted((REAL / "videos").glob("*")) if REAL.is_dir() else []:
@@ -135,7 +135,7 @@ def false_cuts(detector: str, demo: Path | None) -> dict:
 
 
 def _n_frames(path: Path) -> int:
-    from stages.decode import decode_small
+    from stages.media.decode import decode_small
 
     return len(decode_small(path))
 

@@ -84,7 +84,7 @@ _STAGE = []
 
 
 def _stage():
-    from stages.diarize import DiarizeStage
+    from stages.diarize.stage import DiarizeStage
 
     if not _STAGE:
         _STAGE.append(DiarizeStage())
@@ -94,7 +94,7 @@ def _stage():
 
 def retype(rows: list[dict], min_held_share: float) -> list[str]:
     """Each row's vocal type again, from its recorded features, under another threshold."""
-    from stages.diarize_vocal import VocalFeatures, VocalTyper
+    from stages.diarize.vocal import VocalFeatures, VocalTyper
 
     typer, out = VocalTyper(min_held_share=min_held_share), []
     for r in rows:
@@ -109,7 +109,7 @@ def retype(rows: list[dict], min_held_share: float) -> list[str]:
 
 
 def _no_voice(typer, f) -> str:
-    from stages.diarize_vocal import MUSIC_DILUTION
+    from stages.diarize.vocal import MUSIC_DILUTION
 
     ok = f.notes >= 2 and f.held_share >= MUSIC_DILUTION * typer.min_held_share
     return "singing" if ok and f.notes_per_s >= typer.min_notes_per_s and f.jitter_cents >= typer.min_jitter_cents \
@@ -138,7 +138,7 @@ def fit_threshold(clips: list[dict]) -> float:
 
 
 def main() -> dict:
-    from stages.diarize_vocal import VocalTyper
+    from stages.diarize.vocal import VocalTyper
 
     default = VocalTyper().min_held_share
     results = {}

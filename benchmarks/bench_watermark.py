@@ -4,7 +4,7 @@ Inputs: the demo corpus's real clips (pipeline/demo_corpus.py: talking, intervie
 the packaged real videos they are made from (carphone, bunny, bikes), cut into windows of
 `--window` frames. Each window is marked with model/watermark.embed (a different checkpoint id
 per window) at its own size and scaled to the sampler's 512x512, written as `emo sample` writes
-(stages/video_io.write_mp4, CRF 20), then attacked:
+(stages/media/video_io.write_mp4, CRF 20), then attacked:
 decoded and re-encoded with PyAV/libx264 at CRF 28, at full size and at half size (the decoder's
 scaler, as a re-upload would). `detect_video` must find the mark and read back the right id.
 
@@ -28,7 +28,7 @@ from scipy.stats import beta
 
 from model.watermark import detect_video, embed
 from pipeline.demo_corpus import build_demo_corpus, packaged_media
-from stages.video_io import read_frames, write_mp4
+from stages.media.video_io import read_frames, write_mp4
 
 DEFAULT_DIR = Path("bench-out/watermark")  # git-ignored
 ATTACKS = {"crf 28": (1.0, 28), "crf 28, half size": (0.5, 28)}  # name -> (scale, crf)

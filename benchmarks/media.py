@@ -22,7 +22,7 @@ import soundfile as sf
 from PIL import Image
 
 from pipeline.demo_corpus import BIKES_CUTS, FPS, astronaut, decode, fill, packaged_media
-from stages.video_io import write_mp4
+from stages.media.video_io import write_mp4
 
 Clip = Callable[[int], np.ndarray]  # frame i of a shot, RGB uint8 at the target size
 

@@ -20,7 +20,7 @@ import numpy as np
 from manifests import ManifestStore
 from pipeline.sources_file import input_id
 from stages.base import StageContext
-from stages.download import DownloadStage
+from stages.download.stage import DownloadStage
 
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "real-media"
 CACHE = Path(__file__).resolve().parents[1] / "bench-out" / "sync"
@@ -168,8 +168,8 @@ def ingest(path: Path, out: Path) -> dict:
 
 def picture(name: str, cache: Path = CACHE) -> tuple[Path, dict]:
     """OUT folder holding the original's sources, shots and tracks rows (computed once by the real stages)."""
-    from stages.faces import FaceStage
-    from stages.shots import ShotStage
+    from stages.faces.stage import FaceStage
+    from stages.shots.stage import ShotStage
 
     out = cache / "orig" / Path(name).stem
     done = out / "picture.json"

@@ -1,14 +1,14 @@
 """Manifest tables: explicit, versioned Parquet schemas and their atomic sharded store.
 
 Where each column is born:
-  sources     manifests/sources.py   (stages/download.py)
+  sources     manifests/sources.py   (stages/download/stage.py)
   stage_runs  manifests/runs.py      (pipeline/ledger.py, one row per stage and source)
-  shots       manifests/shots.py     (stages/shots.py)
-  timeline    manifests/timeline.py  (stages/shots.py: each frame's time on the media clock)
-  tracks      manifests/tracks.py    (stages/faces.py)
-  segments    manifests/segments.py  (stages/diarize.py)
-  clips       manifests/clips.py     (stages/quality.py)
-  rejections  manifests/clips.py     (stages/quality.py)
+  shots       manifests/shots.py     (stages/shots/stage.py)
+  timeline    manifests/timeline.py  (stages/shots/stage.py: each frame's time on the media clock)
+  tracks      manifests/tracks.py    (stages/faces/stage.py)
+  segments    manifests/segments.py  (stages/diarize/stage.py)
+  clips       manifests/clips.py     (stages/quality/stage.py)
+  rejections  manifests/clips.py     (stages/quality/stage.py)
 """
 
 from manifests.clips import CLIPS, REJECTIONS

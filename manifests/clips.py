@@ -1,6 +1,6 @@
 """`clips` (kept training clips) and `rejections` (one row per failed rule of each rejected candidate).
 
-Written by stages/quality.py; the export and the trainer read `clips`.
+Written by stages/quality/stage.py; the export and the trainer read `clips`.
 Paths are relative to OUT.
 """
 

@@ -24,7 +24,7 @@ def dhash_frames(path: Path, n: int = 8) -> np.ndarray:
     """64-bit difference hashes of `n` frames spread over a video, as a (n, 64) bool array."""
     import cv2
 
-    from stages.video_io import read_frames
+    from stages.media.video_io import read_frames
 
     frames = [f for _, f in read_frames(path)]
     if not frames:
@@ -66,7 +66,7 @@ def corpus_identities(store: ManifestStore) -> dict[str, str]:
     Clustered afresh at every export (a new source can join two clusters); an identity already
     on a track row (a label the user gave) is kept as it is.
     """
-    from stages.face_identity import cluster_corpus
+    from stages.faces.identity import cluster_corpus
 
     tracks = store.read("tracks", columns=["source_id", "shot_id", "track_id", "start_frame", "end_frame",
                                            "embedding", "backend", "identity_id"])
@@ -106,7 +106,7 @@ def export(out: str | Path, val_fraction: float = 0.1, command: str | None = Non
 
     near_duplicate: the rule's threshold (mean dHash distance); default quality.yaml's. It is a
     corpus-level rule, so it is set here, not in curate's quality settings."""
-    from stages.quality import DEFAULTS
+    from stages.quality.stage import DEFAULTS
 
     store = ManifestStore(out)
     clips = store.read("clips").to_pylist()
@@ -154,7 +154,7 @@ def dataset_card(store: ManifestStore, command: str, config: dict[str, Any]) -> 
     per_candidate: dict[str, set[str]] = defaultdict(set)
     for r in rej:
         per_candidate[r["candidate_id"]].add(r["rule"])
-    from stages.quality import DEFAULTS
+    from stages.quality.stage import DEFAULTS
 
     return {
         "created_at": datetime.now(UTC).isoformat(),

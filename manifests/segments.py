@@ -1,4 +1,4 @@
-"""`segments`: one row per speech (or singing, or music) segment, written by stages/diarize.py."""
+"""`segments`: one row per speech (or singing, or music) segment, written by stages/diarize/stage.py."""
 
 import pyarrow as pa
 
@@ -9,7 +9,7 @@ ON_SCREEN = ("synced", "voice_over", "off_screen", "no_faces")
 
 SEGMENTS = table_schema(
     "segments",
-    2,  # 2: sync_peak and the null's statistics (stages/sync_measure.py)
+    2,  # 2: sync_peak and the null's statistics (stages/diarize/sync_measure.py)
     [
         pa.field("source_id", pa.string(), nullable=False),
         pa.field("segment_id", pa.string(), nullable=False),  # f"{source_id}-g{index:04d}"
@@ -23,7 +23,7 @@ SEGMENTS = table_schema(
         pa.field("sync_null_mean", pa.float32()),  # the same face against the source's audio far out of time
         pa.field("sync_null_std", pa.float32()),
         pa.field("sync_null_windows", pa.int32()),  # null samples the two come from
-        pa.field("sync_pooled", pa.bool_()),  # true: measured over all the face's voiced time (stages/diarize_sync.py)
+        pa.field("sync_pooled", pa.bool_()),  # true: measured over all the face's voiced time (stages/diarize/speaking_face.py)
         pa.field("on_screen", pa.string()),  # one of ON_SCREEN
         pa.field("vocal_type", pa.string()),  # one of VOCAL_TYPES
         pa.field("vocal_evidence", pa.string()),  # JSON: the rule that typed the row and the features it read

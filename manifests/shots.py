@@ -1,4 +1,4 @@
-"""`shots`: one row per shot of an ok source, written by stages/shots.py.
+"""`shots`: one row per shot of an ok source, written by stages/shots/stage.py.
 
 Shots are in order and never overlap; frames between one shot's `end_frame` and the next one's
 `start_frame` are the fade or dissolve the next shot came in by (none after a cut). Frame

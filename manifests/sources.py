@@ -1,4 +1,4 @@
-"""`sources`: one row per input URI, written by stages/download.py."""
+"""`sources`: one row per input URI, written by stages/download/stage.py."""
 
 import pyarrow as pa
 

@@ -1,8 +1,8 @@
-"""`timeline`: one row per decoded source, the frame -> time table of the media clock, written by stages/shots.py.
+"""`timeline`: one row per decoded source, the frame -> time table of the media clock, written by stages/shots/stage.py.
 
-`frame_s[i]` is the clock time (stages/media_clock.py: seconds after the first displayed frame) of
+`frame_s[i]` is the clock time (stages/media/clock.py: seconds after the first displayed frame) of
 the i-th displayed frame, the numbering every `*_frame` column uses; no stage computes index / fps.
-Read it with `stages.media_clock.Timeline`.
+Read it with `stages.media.clock.Timeline`.
 """
 
 import pyarrow as pa

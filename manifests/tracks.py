@@ -1,4 +1,4 @@
-"""`tracks`: one row per face track inside a shot, written by stages/faces.py.
+"""`tracks`: one row per face track inside a shot, written by stages/faces/stage.py.
 
 Per-frame measures are list columns aligned with `frames` (source frame indices, every frame from
 start_frame to end_frame - 1; frames between detections are interpolated). Pixel coordinates are in
@@ -35,7 +35,7 @@ TRACKS = table_schema(
         pa.field("roll", f32list),
         pa.field("head_speed", f32list),  # degrees per frame, per frame
         pa.field("mouth_open", f32list),  # lip gap / face height, per frame
-        pa.field("mouth_shape", pa.list_(f32list)),  # per frame stages.face_landmarks.MOUTH_SHAPE, over face height
+        pa.field("mouth_shape", pa.list_(f32list)),  # per frame stages.faces.landmarks.MOUTH_SHAPE, over face height
         pa.field("mouth_motion", f32list),  # per frame mean |change| of the lip-aligned mouth patch, 0..1
         pa.field("blur", pa.float32()),  # variance of Laplacian of the face region (higher is sharper)
         pa.field("exposure", pa.float32()),  # mean luma of the face region, 0..1

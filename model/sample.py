@@ -3,7 +3,7 @@
     python -m model.sample --checkpoint CKPT --image portrait.jpg --audio speech.wav --out video.mp4
 
 The face in the portrait is found and cropped as the face-crop stage does (its detector, its
-crop window and margin, stages/face_crops.py), resized to the model's image size. The
+crop window and margin, stages/media/crops.py), resized to the model's image size. The
 audio's features cover its whole length at --fps; the video is generated in windows of f frames,
 each conditioned on the last n generated frames of the window before (zeros for the first), so
 the video is continuous and memory does not grow with the audio's length: each window is decoded,
@@ -81,7 +81,7 @@ class SampleOptions:
 
 def largest_face(rgb: np.ndarray) -> np.ndarray | None:
     """[x0, y0, x1, y1] pixels of the largest face the face stage's detector finds, or None."""
-    from stages.face_detectors import MediapipeDetector
+    from stages.faces.detectors import MediapipeDetector
 
     detector = MediapipeDetector()
     try:
@@ -96,12 +96,12 @@ def largest_face(rgb: np.ndarray) -> np.ndarray | None:
 def crop_reference(rgb: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(size, size, 3) face crop of a portrait and its (size, size) face-region mask in {0, 1}.
 
-    Cropped as the face stage crops a track (stages/face_crops.py): a square window DEFAULT_MARGIN
+    Cropped as the face stage crops a track (stages/media/crops.py): a square window DEFAULT_MARGIN
     around the face, shifted to stay inside the photo. The stage's face mask is the union of a
     clip's boxes; one photo has one box, grown by 20% to leave the head room to move. With no
     face found: the centre square and a whole-frame mask, with a warning.
     """
-    from stages.face_crops import DEFAULT_MARGIN, box_mask, crop_frame, crop_window
+    from stages.media.crops import DEFAULT_MARGIN, box_mask, crop_frame, crop_window
 
     h, w = rgb.shape[:2]
     box = largest_face(rgb)
@@ -213,7 +213,7 @@ def read_speech(path: str | Path) -> np.ndarray:
     """16 kHz mono float32 samples of the first audio stream of any file FFmpeg reads (wav, mp3,
     m4a, flac, a video's sound track), resampled as the download stage resamples; or a ValueError."""
     from stages.base import StageError
-    from stages.probe import decode_audio
+    from stages.media.probe import decode_audio
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such audio file")
@@ -269,7 +269,7 @@ def sample(opts: SampleOptions) -> dict:
     frames = generate(model, codec, config, scheduler, ref_image, face_mask, audio, opts.speed, opts.steps,
                       opts.guidance_ref, opts.guidance_audio, generator, device, dtype, ident)
     # stages/ imports stay in the functions that use them (model/ importing stages/ is issue 20's layout item)
-    from stages.video_io import write_mp4
+    from stages.media.video_io import write_mp4
 
     out = Path(opts.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,8 @@
     face_share           frames in which the face stage's detector (mediapipe) finds a face
     identity_similarity  cosine similarity of the face-stage embedding (dlib ResNet, 128-d) of the
                          generated faces to the reference portrait's; the stage's own measurement
-                         puts one person at >= 0.94, different people at <= 0.90 (stages/face_detectors.py)
-    sync                 stages/sync_measure.py's SyncMeasure on the mesh's mouth opening against the
+                         puts one person at >= 0.94, different people at <= 0.90 (stages/faces/detectors.py)
+    sync                 stages/diarize/sync_measure.py's SyncMeasure on the mesh's mouth opening against the
                          driving audio's loudness: best offset (frames) and confidence
 
 These say whether a face is there, whose, and whether its mouth follows the speech; not how it looks.
@@ -31,10 +31,10 @@ def _largest(dets):
 def measure_video(video: str | Path, reference_rgb: np.ndarray, wav: np.ndarray, fps: float) -> dict:
     """face_share, identity_similarity (None without a face), sync_offset and sync_confidence (None
     when the mouth never moves or too few frames have a face)."""
-    from stages.face_detectors import DlibEmbedder, MediapipeDetector
-    from stages.face_landmarks import FaceMesher, mouth_open
-    from stages.sync_features import visual_features
-    from stages.sync_measure import SyncMeasure
+    from stages.diarize.sync_features import visual_features
+    from stages.diarize.sync_measure import SyncMeasure
+    from stages.faces.detectors import DlibEmbedder, MediapipeDetector
+    from stages.faces.landmarks import FaceMesher, mouth_open
 
     frames = _frames(Path(video))
     detector, mesher = MediapipeDetector(), FaceMesher()
@@ -59,7 +59,7 @@ def measure_video(video: str | Path, reference_rgb: np.ndarray, wav: np.ndarray,
     finally:
         detector.close()
         mesher.close()
-    # the curation's own sync measure (stages/sync_measure.py), on the mesh's mouth opening alone
+    # the curation's own sync measure (stages/diarize/sync_measure.py), on the mesh's mouth opening alone
     measure = SyncMeasure(max_offset=5)
     visual = visual_features({"mouth_open": mouth})
     sync = measure.score(np.arange(len(frames)), visual, measure.audio(wav, fps, len(frames)), fps=fps)

@@ -28,7 +28,7 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
-from stages.video_io import write_mp4
+from stages.media.video_io import write_mp4
 
 FPS = 25.0
 SIZE = (640, 360)
@@ -37,7 +37,7 @@ DEMO_PORT = 8642
 
 # The demo's curate settings (`emo curate --config DIR/config.yaml`): the shipped thresholds but one.
 DEMO_CONFIG = """\
-# emo curate settings for the demo corpus: stages/quality.yaml's thresholds, but one.
+# emo curate settings for the demo corpus: stages/quality/quality.yaml's thresholds, but one.
 # The demo's videos are dubbed: the carphone man and the astronaut photo never said these words,
 # so audio-visual sync is low everywhere and the low_sync rule would keep no clip at all.
 # Real footage keeps the default (0.3); the rule is still measured and recorded for every clip.

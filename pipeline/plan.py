@@ -14,11 +14,11 @@ from stages.base import Stage
 # name -> "module:Class". Order is execution order; the download stage runs first, per input.
 # The names are the ledger's (stage_runs.stage); the design's names are accepted everywhere a stage is named.
 STAGES: dict[str, str] = {
-    "download": "stages.download:DownloadStage",
-    "shots": "stages.shots:ShotStage",
-    "faces": "stages.faces:FaceStage",
-    "diarize": "stages.diarize:DiarizeStage",
-    "quality": "stages.quality:QualityStage",
+    "download": "stages.download.stage:DownloadStage",
+    "shots": "stages.shots.stage:ShotStage",
+    "faces": "stages.faces.stage:FaceStage",
+    "diarize": "stages.diarize.stage:DiarizeStage",
+    "quality": "stages.quality.stage:QualityStage",
 }
 ALIASES = {"shot-detect": "shots", "face-crop": "faces", "speaker-diarize": "diarize", "quality-filter": "quality"}
 

@@ -15,8 +15,8 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 @pytest.fixture(scope="session", autouse=True)
 def numba_caches_filled_once():
     """Before any test or Ray worker runs pyin: numba's gufunc cache written by this one process
-    (stages/diarize_vocal.warm_compile_caches; concurrent first compiles can crash, numba #10128)."""
-    from stages.diarize_vocal import warm_compile_caches
+    (stages/diarize/vocal.warm_compile_caches; concurrent first compiles can crash, numba #10128)."""
+    from stages.diarize.vocal import warm_compile_caches
 
     warm_compile_caches()
 

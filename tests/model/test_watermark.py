@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 
 from model.watermark import checkpoint_id, detect_video, embed
-from stages.video_io import read_frames, write_mp4
+from stages.media.video_io import read_frames, write_mp4
 
 
 def real_frames(path, n=30, size=(512, 512)):

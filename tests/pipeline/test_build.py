@@ -28,7 +28,7 @@ from model.config import EMO_MODELS
 from pipeline.build import build
 from pipeline.buildfile import BuildFileError, load_build_file
 from pipeline.cli import main as cli_main
-from stages.video_io import write_mp4
+from stages.media.video_io import write_mp4
 
 OVERFIT = {"overfit_batch": True, "batch_size": 1, "cond_drop_prob": 0.0}
 STAGE1_STEPS = 30

@@ -19,7 +19,7 @@ from manifests.optout import optout
 from pipeline.plan import load_config
 from pipeline.runner import CurateOptions, curate
 from pipeline.serve import LoopbackServer
-from stages.quality import DEFAULTS
+from stages.quality.stage import DEFAULTS
 from tests.pipeline.test_curate import served_demo_sources
 
 # Every reason a candidate clip can be rejected for: the thresholded rules plus the structural ones.

@@ -26,8 +26,8 @@ from pipeline.plan import PipelineSettings, load_config
 from pipeline.runner import CurateOptions, curate
 from pipeline.serve import LoopbackServer
 from stages.base import StageContext
-from stages.faces import FaceStage
-from stages.video_io import write_mp4
+from stages.faces.stage import FaceStage
+from stages.media.video_io import write_mp4
 from tests.fixtures.bad_corpus import carphone_frames, talking_clip
 
 ALL_STAGES = ("download", "shots", "faces", "diarize", "quality")

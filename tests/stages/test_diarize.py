@@ -1,4 +1,4 @@
-"""stages/diarize.py on real speech: pyannote.audio's bundled two-speaker sample.wav and its reference RTTM.
+"""stages/diarize/stage.py on real speech: pyannote.audio's bundled two-speaker sample.wav and its reference RTTM.
 
 DER uses pyannote.metrics, whose `collar` is the total width of the no-score zone around each
 reference boundary: collar=0.5 forgives +-0.25 s (the usual "0.25 s collar"); overlap is scored.
@@ -14,10 +14,10 @@ import soundfile as sf
 
 from manifests import ManifestStore
 from stages.base import StageContext, StageError
-from stages.diarize import DiarizeStage
-from stages.diarize_vocal import VocalTyper
-from stages.sync_features import visual_features
-from stages.sync_measure import SyncMeasure
+from stages.diarize.stage import DiarizeStage
+from stages.diarize.sync_features import visual_features
+from stages.diarize.sync_measure import SyncMeasure
+from stages.diarize.vocal import VocalTyper
 
 pyannote_audio = pytest.importorskip("pyannote.audio")
 SAMPLE = Path(pyannote_audio.__file__).parent / "sample"

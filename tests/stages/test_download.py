@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.sources_file import input_id
 from stages.base import StageContext
-from stages.download import DownloadStage
+from stages.download.stage import DownloadStage
 
 
 def fetch(uri: str, out: Path, **kw) -> dict:
@@ -170,7 +170,7 @@ def test_two_writers_of_the_same_content_never_clash(demo_corpus, tmp_path):
 
     import soundfile as sf
 
-    from stages.probe import extract_audio
+    from stages.media.probe import extract_audio
 
     wav = tmp_path / "same.wav"
     with ThreadPoolExecutor(4) as pool:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.decode import decode_small
-from stages.face_crops import CropJob, crop_frame, write_crops
-from stages.video_io import AnchorNotFound, iter_frames, read_frames, to_rgb
+from stages.media.crops import CropJob, crop_frame, write_crops
+from stages.media.decode import decode_small
+from stages.media.video_io import AnchorNotFound, iter_frames, read_frames, to_rgb
 
 WINDOW = np.array([60.0, 20.0, 260.0, 220.0])
 SIZE = 96

@@ -19,11 +19,11 @@ from PIL import Image
 from manifests import ManifestStore
 from pipeline.demo_corpus import decode, packaged_media
 from stages.base import StageContext, StageError
-from stages.face_detectors import box_iou
-from stages.face_identity import cluster_identities
-from stages.faces import FaceStage
-from stages.probe import probe_media
-from stages.video_io import write_mp4
+from stages.faces.detectors import box_iou
+from stages.faces.identity import cluster_identities
+from stages.faces.stage import FaceStage
+from stages.media.probe import probe_media
+from stages.media.video_io import write_mp4
 
 # t1.jpg as the demo corpus shows it (cropped to 640x360): six people at the table, all faces
 # visible, counted by eye (the same six that dlib's HOG detector finds in the full photo).
@@ -165,8 +165,8 @@ def test_pose_does_not_depend_on_where_the_face_sits():
 
     Taken against the optical axis instead of the line of sight, yaw moved 24 degrees between these spots.
     """
-    from stages.face_landmarks import FaceMesher
-    from stages.head_pose import head_pose
+    from stages.faces.head_pose import head_pose
+    from stages.faces.landmarks import FaceMesher
 
     face = portrait_frames(1, size=160)[0]
     stage = FaceStage()
@@ -275,8 +275,8 @@ def test_dlib_embeddings_tell_people_apart_on_real_photos(demo_corpus):
     (astronaut photo vs a frame of interview.mp4; carphone frames 0 and 90) is under the threshold,
     every pair of different people (those, Tom Hanks, the six at t1.jpg's table) is over it."""
     from pipeline.demo_corpus import astronaut
-    from stages.face_detectors import MediapipeDetector
-    from stages.face_identity import DLIB_SAME_PERSON
+    from stages.faces.detectors import MediapipeDetector
+    from stages.faces.identity import DLIB_SAME_PERSON
 
     det = MediapipeDetector()
     media = packaged_media()
@@ -311,7 +311,7 @@ def test_crop_writer_with_no_frames_fails_instead_of_hanging(tmp_path):
     wait forever for a stop marker the writer thread had already consumed, hanging the Ray actor."""
     import threading
 
-    from stages.face_crops import CropWriter
+    from stages.media.crops import CropWriter
 
     writer = CropWriter(tmp_path / "never.mp4", 25.0, np.array([0.0, 0.0, 10.0, 10.0]), 16)
     outcome: list[BaseException | None] = []
@@ -332,8 +332,8 @@ def test_crop_writer_with_no_frames_fails_instead_of_hanging(tmp_path):
 
 
 def _track(frames, x, y=100.0, side=80.0, score=0.9):
-    from stages.face_detectors import Detection
-    from stages.face_tracker import Track
+    from stages.faces.detectors import Detection
+    from stages.faces.tracker import Track
 
     return Track({f: Detection(np.array([x + dx, y, x + dx + side, y + side], float), score)
                   for f, dx in zip(frames, np.linspace(0, 20, len(frames)), strict=True)})
@@ -342,7 +342,7 @@ def _track(frames, x, y=100.0, side=80.0, score=0.9):
 def test_overlapping_and_broken_tracks_of_one_face_become_one():
     """A face given twice (a second, shifted box over the same frames), and a face lost for 12 frames in a
     head turn, are one track each; a second person beside them and a face back after 2 s are not merged."""
-    from stages.face_tracker import merge_tracks
+    from stages.faces.tracker import merge_tracks
 
     main = _track(range(0, 100, 5), 100)
     twice = _track(range(20, 60, 5), 110, side=90, score=0.8)  # same face, another box: overlaps in time and place

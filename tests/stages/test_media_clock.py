@@ -1,4 +1,4 @@
-"""The media clock (stages/media_clock.py): in every container the flash frame and the tone burst
+"""The media clock (stages/media/clock.py): in every container the flash frame and the tone burst
 of tests/fixtures/clock_corpus.py coincide in the extracted wav, and the wav covers the video's span."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from stages.probe import decode_audio
+from stages.media.probe import decode_audio
 from tests.fixtures.clock_corpus import TONE_HZ, build, variants
 
 SR = 16000
@@ -77,8 +77,8 @@ def test_frame_times_start_at_zero_and_seek_anchors_use_them(corpus, name):
     lands on that very frame (quality's crop writer seeks by them). MPEG-TS is left out: FFmpeg's
     seek there lands past the frame, which raises AnchorNotFound and the crop writer decodes from
     the start instead, as it always has."""
-    from stages.decode import decode_small
-    from stages.video_io import iter_frames
+    from stages.media.decode import decode_small
+    from stages.media.video_io import iter_frames
 
     small = decode_small(corpus[name], (16, 9))
     assert small.pts[0] == 0.0 and abs(small.end_s - 6.0) < 0.05, (small.pts[:3], small.end_s)
@@ -93,7 +93,7 @@ def test_frame_times_start_at_zero_and_seek_anchors_use_them(corpus, name):
 
 def test_a_live_webm_without_duration_gets_one_by_a_demux_pass(corpus):
     """The per-media time allowance of every stage is computed from duration_s: it must not be None."""
-    from stages.probe import probe_media
+    from stages.media.probe import probe_media
 
     meta = probe_media(corpus["live.webm"])
     assert meta["duration_s"] == pytest.approx(6.0, abs=0.05) and meta["n_frames"] == 150

@@ -21,9 +21,9 @@ from manifests.export import export
 from manifests.optout import optout
 from pipeline.sources_file import input_id
 from stages.base import StageContext
-from stages.download import DownloadStage
-from stages.quality import QualityStage
-from stages.video_io import read_frames, write_mp4
+from stages.download.stage import DownloadStage
+from stages.media.video_io import read_frames, write_mp4
+from stages.quality.stage import QualityStage
 
 FPS = 25.0
 

@@ -18,8 +18,8 @@ import pytest
 from benchmarks.media import match_boundaries
 from manifests import ManifestStore
 from stages.base import StageContext, StageError
-from stages.probe import probe_media
-from stages.shots import ShotStage
+from stages.media.probe import probe_media
+from stages.shots.stage import ShotStage
 
 FPS = 25.0
 REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "real-media"
@@ -151,7 +151,7 @@ def test_curate_writes_the_shots_table(ray_local, demo_corpus, tmp_path):
 def test_jump_cut_on_a_still_background_is_a_cut(detector, tmp_path):
     """Packaged media: the carphone man pasted on a still frame, drifting like a handheld shot, then jumping."""
     from benchmarks.bench_tracks import detect, pasted_jump
-    from stages.video_io import write_mp4
+    from stages.media.video_io import write_mp4
 
     frames, at = pasted_jump()
     write_mp4(tmp_path / "pasted.mp4", frames, FPS)

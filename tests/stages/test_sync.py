@@ -1,4 +1,4 @@
-"""The sync measure (stages/sync_measure.py), face assignment and what quality does with an offset.
+"""The sync measure (stages/diarize/sync_measure.py), face assignment and what quality does with an offset.
 
 Synthetic cases run everywhere; the real-media cases run the real download, shots and faces stages
 on ../shared/real-media and skip when it is absent. Thresholds: DiarizeStage's keep threshold
@@ -14,12 +14,12 @@ import soundfile as sf
 
 from manifests import ManifestStore
 from stages.base import StageContext
-from stages.diarize import DiarizeStage
-from stages.diarize_sync import assign_faces
-from stages.media_clock import Timeline
-from stages.quality import QualityStage
-from stages.sync_features import visual_features
-from stages.sync_measure import SyncMeasure
+from stages.diarize.speaking_face import assign_faces
+from stages.diarize.stage import DiarizeStage
+from stages.diarize.sync_features import visual_features
+from stages.diarize.sync_measure import SyncMeasure
+from stages.media.clock import Timeline
+from stages.quality.stage import QualityStage
 
 SR, FPS = 16000, 25.0
 KEEP = DiarizeStage().sync_keep_threshold
@@ -220,14 +220,14 @@ def test_real_faces_under_someone_elses_voice_are_not_synced(real):
         assert res.confidence < KEEP, res
 
 
-# -- SyncNet backend (stages/syncnet.py): architecture and loading, random weights ------------------------
+# -- SyncNet backend (stages/diarize/syncnet.py): architecture and loading, random weights ------------------------
 
 
 def test_syncnet_embeds_both_streams_and_loads_its_own_state_dict_by_name(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from stages.syncnet import SyncNet, load_syncnet
+    from stages.diarize.syncnet import SyncNet, load_syncnet
 
     torch.manual_seed(0)
     net = SyncNet().eval()
@@ -248,7 +248,7 @@ def test_syncnet_embeds_both_streams_and_loads_its_own_state_dict_by_name(tmp_pa
 def test_syncnet_refuses_objects_and_foreign_weights_and_says_so(tmp_path):
     import torch
 
-    from stages.syncnet import SyncNetUnavailable, load_syncnet
+    from stages.diarize.syncnet import SyncNetUnavailable, load_syncnet
 
     torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")  # a pickled object, not tensors
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
@@ -268,7 +268,7 @@ def test_choosing_syncnet_without_weights_is_one_clear_error():
 
 
 def test_syncnet_mfcc_steps_and_energy_coefficient():
-    from stages.syncnet import mfcc
+    from stages.diarize.syncnet import mfcc
 
     wav = np.random.default_rng(1).normal(0, 0.1, 16000).astype(np.float32)
     c = mfcc(wav)
@@ -283,7 +283,7 @@ def test_syncnet_measure_fills_the_sync_columns_through_assign_faces():
     """Random weights, so no claim on the offset: the crops, windows and lags line up and the columns fill."""
     import torch
 
-    from stages.syncnet import SyncNet, SyncNetMeasure
+    from stages.diarize.syncnet import SyncNet, SyncNetMeasure
 
     torch.manual_seed(0)
     n = 30
@@ -301,7 +301,7 @@ def test_syncnet_measure_fills_the_sync_columns_through_assign_faces():
                                   "r3_v22_msdwild_demo1_spk_girl.mp4"])
 def test_a_real_faces_offset_moves_with_the_audio(real, name):
     """Whatever lag a source has as published (sources differ by up to ~4 frames: the measure's
-    figures in stages/sync_measure.py), shifting its audio moves the measured offset by the shift,
+    figures in stages/diarize/sync_measure.py), shifting its audio moves the measured offset by the shift,
     within a frame (measured: within 0.2 frames on all 13 single-speaker sources, dev and held-out)."""
     from benchmarks.sync_corpus import shifted
 

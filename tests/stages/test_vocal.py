@@ -1,4 +1,4 @@
-"""Singing vs speech (stages/diarize_vocal.py) through the diarize stage.
+"""Singing vs speech (stages/diarize/vocal.py) through the diarize stage.
 
 Synthetic checks run everywhere: a sung-vowel-like harmonic line with vibrato and held notes, alone
 and over chords the VAD hears no voice in, is singing; chords alone are music; real speech

@@ -51,7 +51,7 @@ def audio_features(wav: np.ndarray, times: np.ndarray) -> np.ndarray:
 
 
 def visual_features(track: dict) -> np.ndarray | None:
-    """(len(frames), D) per frame of a track: mouth shape (stages.face_landmarks.MOUTH_SHAPE), how fast
+    """(len(frames), D) per frame of a track: mouth shape (stages.faces.landmarks.MOUTH_SHAPE), how fast
     the lip gap and jaw change, and mouth-region motion; only the mouth opening for tracks written
     before those columns existed. None when the track has no mouth measure."""
     shape = track.get("mouth_shape")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.diarize_offline import Turn
+from stages.diarize.offline import Turn
 
 SR = 16000
 TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGINGFACE_TOKEN", "PYANNOTE_TOKEN")

@@ -11,7 +11,7 @@ import numpy as np
 import soundfile as sf
 
 from stages.base import StageError, temp_sibling
-from stages.media_clock import audio_runs, place, video_end, video_origin
+from stages.media.clock import audio_runs, place, video_end, video_origin
 
 
 def probe_media(path: Path) -> dict[str, Any]:
@@ -96,7 +96,7 @@ def _first_frame(container: av.container.InputContainer, vs: av.VideoStream, max
 
 def decode_audio(path: Path, rate: int = 16000, on_clock: bool = False) -> tuple[np.ndarray, int]:
     """(mono float32 samples at `rate`, corrupt packets skipped) of the first audio stream of any
-    file FFmpeg reads, each decoded frame placed by its timestamp (stages/media_clock.py).
+    file FFmpeg reads, each decoded frame placed by its timestamp (stages/media/clock.py).
     `on_clock`: sample 0 is the first displayed video frame and the audio covers exactly the video's
     span (silence where the file has no sound). Packets the decoder rejects are skipped and counted;
     their time stays silent. A file with no audio, or none that decodes, is a StageError."""

@@ -4,7 +4,7 @@ for users who have the published weights (syncnet_python's `syncnet_v2.model`).
 The layers are laid out, and named, as in that release, so its state dict loads by name. Weights are
 read as tensors only (`torch.load(weights_only=True)`, or a `.safetensors` file): no arbitrary
 objects are unpickled. Nothing here ships weights; without them the offline measure
-(stages/sync_measure.py) is the default and meets the goals on its own.
+(stages/diarize/sync_measure.py) is the default and meets the goals on its own.
 
 What the network sees (facts of the published model):
 - picture: 5 consecutive frames of the face crop, 224x224, 3 channels in BGR order, pixel values
@@ -197,7 +197,7 @@ def face_crop(rgb: np.ndarray, box) -> np.ndarray:
 
 def track_crops(path: Path, rotation: int, tracks: list[dict]) -> dict[str, np.ndarray]:
     """(len(frames), 224, 224, 3) BGR crops per track id, by one decode of the source."""
-    from stages.video_io import iter_frames, to_rgb
+    from stages.media.video_io import iter_frames, to_rgb
 
     where = {}  # frame index -> [(track id, row in its track)]
     out = {t["track_id"]: np.zeros((len(t["frames"]), CROP, CROP, 3), np.uint8) for t in tracks}
@@ -233,7 +233,7 @@ class SyncNetMeasure:
 
     def score(self, frames, visual: np.ndarray, audio, start: int | None = None, end: int | None = None,
               fps: float = 25.0):
-        from stages.sync_measure import SyncResult
+        from stages.diarize.sync_measure import SyncResult
 
         wav, times = audio
         frames = np.asarray(frames, int)

@@ -22,11 +22,11 @@ import av
 import numpy as np
 
 from stages.base import Resources, Stage, StageContext, StageError
-from stages.face_crops import DEFAULT_MARGIN, box_mask, crop_window, write_png
-from stages.face_detectors import Detection, box_iou, make_detector, nms
-from stages.face_measures import TrackMeasurer
-from stages.face_tracker import FaceTracker, Track, track_boxes
-from stages.video_io import feed_ranges, iter_frames, to_rgb
+from stages.faces.detectors import Detection, box_iou, make_detector, nms
+from stages.faces.measures import TrackMeasurer
+from stages.faces.tracker import FaceTracker, Track, track_boxes
+from stages.media.crops import DEFAULT_MARGIN, box_mask, crop_window, write_png
+from stages.media.video_io import feed_ranges, iter_frames, to_rgb
 
 log = logging.getLogger(__name__)
 DARK_LUMA = 0.06  # mean luma under which a sampled frame counts as black

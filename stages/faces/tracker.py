@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from stages.face_detectors import Detection, box_iou
+from stages.faces.detectors import Detection, box_iou
 
 
 @dataclass

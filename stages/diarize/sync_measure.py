@@ -1,6 +1,6 @@
 """SyncMeasure: does this face's mouth follow this voice, at which offset, and how sure is that?
 
-Offline, no learned weights: a face's per-frame mouth features (stages/sync_features.py: lip gaps,
+Offline, no learned weights: a face's per-frame mouth features (stages/diarize/sync_features.py: lip gaps,
 widths, jaw, their speed, mouth-region motion) against the voice's per-frame band energies,
 loudness and onsets. At each lag the score is how strongly any combination of mouth features
 follows any combination of audio features: the top singular value of their cross-correlation
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stages.sync_features import audio_features
+from stages.diarize.sync_features import audio_features
 
 SR = 16000
 

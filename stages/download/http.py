@@ -20,7 +20,7 @@ import urllib3
 
 from manifests.redact import redact_uri
 from stages.base import StageContext, StageError
-from stages.sniff import AUDIO, DEMUX_PROBE_BYTES, VIDEO, sniff, sniff_container
+from stages.media.sniff import AUDIO, DEMUX_PROBE_BYTES, VIDEO, sniff, sniff_container
 
 OPT_OUT_TOKENS = ("noai", "noimageai")
 NET_CHUNK = 1 << 16  # most bytes one read returns; a read returns what has arrived, so a drop loses nothing

@@ -15,8 +15,8 @@ import av
 import numpy as np
 
 from stages.base import StageError
-from stages.media_clock import Timeline
-from stages.video_io import LOOK_ONLY, SkipCorrupt
+from stages.media.clock import Timeline
+from stages.media.video_io import LOOK_ONLY, SkipCorrupt
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class SmallFrames:
     """The decoded frames of one video, small enough to hold in memory (48x27 RGB: 3.9 KB a frame)."""
 
     frames: np.ndarray  # (N, H, W, 3) uint8 RGB, in decoder output order
-    pts: np.ndarray  # (N,) float64 seconds on the source's clock (stages/media_clock.py): PTS minus the first frame's
+    pts: np.ndarray  # (N,) float64 seconds on the source's clock (stages/media/clock.py): PTS minus the first frame's
     end_s: float  # clock time of the end of the last frame (its time plus its duration)
     corrupt_packets: int  # packets the decoder rejected; their frames are missing
     sizes: list[tuple[int, int, int]] = field(default_factory=list)  # (first frame, width, height) per coded size

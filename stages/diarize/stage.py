@@ -4,7 +4,7 @@ One source in, its `segments` rows out: a row per speaker turn (speech or singin
 stretch of music or silence between them. Each voiced row says which face track is speaking
 (by audio-visual sync), or that the voice is over the picture, off screen, or that there are no
 faces. Backends: `resemblyzer` (default, offline, weights ship in packages) or `pyannote`
-(pretrained pipeline from a local copy or a hub token). See stages/diarize_offline.py.
+(pretrained pipeline from a local copy or a hub token). See stages/diarize/offline.py.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from stages.base import Resources, Stage, StageContext, StageError
-from stages.diarize_sync import assign_faces
-from stages.diarize_vocal import VocalTyper, is_silent, vocal_features, warm_compile_caches
-from stages.media_clock import source_timeline
-from stages.probe import read_audio
-from stages.sync_measure import SyncMeasure
+from stages.diarize.speaking_face import assign_faces
+from stages.diarize.sync_measure import SyncMeasure
+from stages.diarize.vocal import VocalTyper, is_silent, vocal_features, warm_compile_caches
+from stages.media.clock import source_timeline
+from stages.media.probe import read_audio
 
 log = logging.getLogger(__name__)
 SR = 16000
@@ -76,8 +76,8 @@ class DiarizeStage(Stage):
         hf_token: hub token for pyannote; falls back to $HF_TOKEN. Kept out of the config hash.
         sync_max_offset: audio-visual offsets searched, in video frames either way.
         sync_keep_threshold: sync confidence (null standard deviations above the same source's null,
-            stages/sync_measure.py) at or above which a face is taken as the speaker.
-        sync_backend: "offline" (stages/sync_measure.py, no weights) or "syncnet" (stages/syncnet.py, the
+            stages/diarize/sync_measure.py) at or above which a face is taken as the speaker.
+        sync_backend: "offline" (stages/diarize/sync_measure.py, no weights) or "syncnet" (stages/diarize/syncnet.py, the
             published SyncNet weights at sync_weights; setup fails with syncnet_unavailable without them).
         min_gap_s: shortest non-speech stretch that gets its own music/silence row.
         merge_gap_s: same-speaker turns closer than this are one segment.
@@ -109,14 +109,14 @@ class DiarizeStage(Stage):
 
     def setup(self) -> None:
         if self.sync_backend == "syncnet":
-            from stages.syncnet import SyncNetUnavailable, load_syncnet
+            from stages.diarize.syncnet import SyncNetUnavailable, load_syncnet
 
             try:
                 self._syncnet = load_syncnet(self.sync_weights)
             except SyncNetUnavailable as e:
                 raise StageError("syncnet_unavailable", str(e)) from None
         if self.backend == "pyannote":
-            from stages.diarize_pyannote import PyannoteDiarizer, PyannoteUnavailable
+            from stages.diarize.pyannote_backend import PyannoteDiarizer, PyannoteUnavailable
 
             try:
                 self._diarizer = PyannoteDiarizer(self.pyannote_pipeline, self._hf_token, self.num_speakers,
@@ -124,12 +124,12 @@ class DiarizeStage(Stage):
             except PyannoteUnavailable as e:
                 raise StageError("pyannote_unavailable", str(e)) from None
         else:
-            from stages.diarize_offline import ResemblyzerDiarizer
+            from stages.diarize.offline import ResemblyzerDiarizer
 
             self._diarizer = ResemblyzerDiarizer(max_speakers=self.max_speakers, num_speakers=self.num_speakers,
                                                  gap_ratio=self.gap_ratio, vad_threshold=self.vad_threshold).load()
         if self.whisper_checkpoint:
-            from stages.diarize_whisper import WhisperTranscriber
+            from stages.diarize.whisper_backend import WhisperTranscriber
 
             if not Path(self.whisper_checkpoint).is_file():
                 raise StageError("whisper_missing", f"whisper_checkpoint {self.whisper_checkpoint} is not a file")
@@ -229,7 +229,7 @@ class DiarizeStage(Stage):
         tl = source_timeline(source, ctx)
         measure = SyncMeasure(self.sync_max_offset)
         if self._syncnet is not None:
-            from stages.syncnet import SyncNetMeasure, track_crops
+            from stages.diarize.syncnet import SyncNetMeasure, track_crops
 
             crops = track_crops(ctx.out / source["media_path"], int(source.get("rotation") or 0), tracks)
             measure = SyncNetMeasure(self._syncnet, crops, self.sync_max_offset)

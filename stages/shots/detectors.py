@@ -1,6 +1,6 @@
 """Shot boundary detectors over small decoded frames: a fast content detector and the gradual rules.
 
-Every detector takes the frames of one decode pass (stages/decode.py) and returns `Boundary`s.
+Every detector takes the frames of one decode pass (stages/media/decode.py) and returns `Boundary`s.
 A boundary says where the new shot starts and where the old one ended: the same frame for a
 cut, a span of blended frames between them for a fade or a dissolve.
 """
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stages.decode import SmallFrames
+from stages.media.decode import SmallFrames
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 from manifests.fs import filesystem
 from manifests.redact import redact_uri
 from stages.base import StageError
-from stages.sniff import DEMUX_PROBE_BYTES
+from stages.media.sniff import DEMUX_PROBE_BYTES
 
 CHUNK = 1 << 20
 # Not object stores: plain-text credentials and no listing we trust for the size cap; refused by name.
@@ -25,7 +25,7 @@ REFUSED_SCHEMES = ("ftp", "ftps")
 
 def fetch_object(uri: str, part: Path, max_bytes: int) -> dict[str, Any]:
     """Copy the object at `uri` into `part`; the meta a download row keeps (final_url, redirects)."""
-    from stages.fetch_http import check_media_head  # the same first-MiB rule as an HTTP body
+    from stages.download.http import check_media_head  # the same first-MiB rule as an HTTP body
 
     shown = redact_uri(uri)
     scheme = uri.split("://", 1)[0].lower()

@@ -1,4 +1,4 @@
-"""Which visible face is speaking each voiced segment, by audio-visual sync (stages/sync_measure.py).
+"""Which visible face is speaking each voiced segment, by audio-visual sync (stages/diarize/sync_measure.py).
 
 Each voiced segment goes to the face whose mouth follows it with a calibrated confidence at or
 above the keep threshold, and the best such face when several do; to none when none does (a
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages.media_clock import Timeline
-from stages.sync_features import visual_features
-from stages.sync_measure import SyncMeasure, SyncResult
+from stages.diarize.sync_features import visual_features
+from stages.diarize.sync_measure import SyncMeasure, SyncResult
+from stages.media.clock import Timeline
 
 SR = 16000
 SYNC_COLUMNS = ("track_id", "sync_offset_frames", "sync_confidence", "sync_peak", "sync_null_mean",
@@ -70,12 +70,12 @@ def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps:
     visible during the segment but none is in sync; the sync columns describe the best of them,
     track_id stays null), off_screen (the source has faces, none during this segment), no_faces.
 
-    timeline: the source's frame times (stages/media_clock.py); without one, frame i is at i / fps
+    timeline: the source's frame times (stages/media/clock.py); without one, frame i is at i / fps
     (n_frames of them). On a variable-rate source the offsets are in slots of its nominal rate
     (timeline.fps), so offset / fps is the lag in seconds on every source.
     """
     on_grid = timeline is not None and not timeline.constant_rate
-    if timeline is not None and timeline.constant_rate:  # the source's own frame times (stages/media_clock.py)
+    if timeline is not None and timeline.constant_rate:  # the source's own frame times (stages/media/clock.py)
         fps = timeline.fps
         audio = measure.audio(wav, fps, times=timeline.frame_s)
         spans = [(timeline.index_near(s["start_s"]), timeline.index_near(s["end_s"])) for s in segments]

@@ -1,7 +1,7 @@
 """TrackMeasurer: everything measured on one track's frames in the second decode pass.
 
 Per frame: face-mesh landmarks (-> head pose, rotation speed, mouth opening and shape, mouth-region
-motion: what the sync measure in stages/sync_measure.py correlates with the voice); with mesh_every=k,
+motion: what the sync measure in stages/diarize/sync_measure.py correlates with the voice); with mesh_every=k,
 on every k-th frame of the track and its last, the pose and mouth opening between interpolated.
 At sampled frames: blur and exposure of the face region, and an identity embedding at the
 track's best few detections when the backend gives one.
@@ -12,9 +12,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from stages.face_detectors import Detection
-from stages.face_landmarks import MOUTH_SHAPE, FaceMesher, lip_box, mouth_open, mouth_shape
-from stages.head_pose import fill_gaps, head_pose, rotation_speed
+from stages.faces.detectors import Detection
+from stages.faces.head_pose import fill_gaps, head_pose, rotation_speed
+from stages.faces.landmarks import MOUTH_SHAPE, FaceMesher, lip_box, mouth_open, mouth_shape
 
 EMBED_FRAMES = 5  # embeddings averaged per track, at its most confident detections
 

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from stages.base import temp_sibling
-from stages.video_io import AnchorNotFound, feed_ranges, write_mp4
+from stages.media.video_io import AnchorNotFound, feed_ranges, write_mp4
 
 # The crop window's margin, as a fraction of the face's side on each side: the face stage's default,
 # and the sampler's for a reference portrait, so the model sees faces framed as it was trained.

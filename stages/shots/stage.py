@@ -1,7 +1,7 @@
 """The shot-detect stage: every ok source split into shots, so no training clip straddles a cut.
 
-One decode pass per source gives small frames (stages/decode.py); the chosen detector turns them
-into boundaries (stages/shot_detectors.py, stages/transnet.py); boundaries closer than the
+One decode pass per source gives small frames (stages/media/decode.py); the chosen detector turns them
+into boundaries (stages/shots/detectors.py, stages/shots/transnet.py); boundaries closer than the
 minimum shot length are thinned; long shots are kept whole (later stages cut clips inside them).
 Frames between one shot's `end_frame` and the next one's `start_frame` are a fade or a dissolve.
 """
@@ -12,9 +12,9 @@ import logging
 from typing import Any
 
 from stages.base import Resources, Stage, StageContext
-from stages.decode import SmallFrames, decode_small
-from stages.shot_detectors import Boundary, ContentShotDetector, suppress_close
-from stages.transnet import INPUT_SIZE, TransNetV2ShotDetector
+from stages.media.decode import SmallFrames, decode_small
+from stages.shots.detectors import Boundary, ContentShotDetector, suppress_close
+from stages.shots.transnet import INPUT_SIZE, TransNetV2ShotDetector
 
 log = logging.getLogger(__name__)
 DETECTORS = ("content", "transnetv2")

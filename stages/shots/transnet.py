@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages.decode import SmallFrames
-from stages.shot_detectors import Boundary, ContentShotDetector, classify_gradual, suppress_close
+from stages.media.decode import SmallFrames
+from stages.shots.detectors import Boundary, ContentShotDetector, classify_gradual, suppress_close
 
 WINDOW, STEP, PAD = 100, 50, 25  # TransNetV2's sliding window: 100 frames in, the middle 50 kept
 INPUT_SIZE = (48, 27)

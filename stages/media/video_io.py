@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from stages.base import temp_sibling
-from stages.media_clock import first_frame
+from stages.media.clock import first_frame
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def _from_anchor(vs, frames: SkipCorrupt, origin: float | None, index: int, cloc
     for frame in it:
         if frame.pts is None:
             raise AnchorNotFound("frames without timestamps")
-        t = float(frame.pts * tb)  # as stages/decode.py computes a shot's start_s
+        t = float(frame.pts * tb)  # as stages/media/decode.py computes a shot's start_s
         if t < pts_s - tol:
             continue
         if t > pts_s + tol:

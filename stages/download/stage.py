@@ -6,7 +6,7 @@ under OUT/downloads (a reflink where the filesystem has them), then checked, has
 and only then moved into media/: OUT never changes when the user's files do, and a failed input
 leaves nothing behind but its rows. The stored `uri`, `final_url`, `redirects` and `error` never
 hold a credential (manifests/redact.py). Inputs on object storage (s3://, gs://, any fsspec URI)
-are fetched by stages/fetch_object.py with the settings an OUT on that store uses.
+are fetched by stages/download/object_store.py with the settings an OUT on that store uses.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from urllib.parse import unquote, urlparse
 from manifests.hashing import sha256_file
 from manifests.redact import redact_uri, scrub
 from stages.base import Resources, Stage, StageContext, StageError
-from stages.fetch_http import HttpFetch, OptOut, Retryable  # noqa: F401  (Retryable: part of this stage's API)
-from stages.fetch_object import fetch_object
-from stages.probe import extract_audio, frames_past_end, probe_media
-from stages.sniff import AUDIO, VIDEO, sniff, sniff_container
+from stages.download.http import HttpFetch, OptOut, Retryable  # noqa: F401  (Retryable: part of this stage's API)
+from stages.download.object_store import fetch_object
+from stages.media.probe import extract_audio, frames_past_end, probe_media
+from stages.media.sniff import AUDIO, VIDEO, sniff, sniff_container
 
 PLATFORM_HOSTS = re.compile(r"(^|\.)(youtube\.com|youtu\.be|vimeo\.com|tiktok\.com|dailymotion\.com|twitch\.tv)$")
 CHUNK = 1 << 20

@@ -19,9 +19,9 @@ import yaml
 
 from manifests.hashing import sha256_file
 from stages.base import Resources, Stage, StageContext
-from stages.face_crops import CropJob, write_crops
-from stages.media_clock import Timeline, source_timeline
-from stages.probe import CLIP_LEVEL, read_audio
+from stages.media.clock import Timeline, source_timeline
+from stages.media.crops import CropJob, write_crops
+from stages.media.probe import CLIP_LEVEL, read_audio
 
 DEFAULTS = yaml.safe_load((Path(__file__).with_name("quality.yaml")).read_text())
 
