@@ -14,19 +14,21 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 import torch.nn.functional as F
+
+from stages.media.probe import read_audio
 
 SAMPLE_RATE = 16_000
 
 
 def load_wav(path: str | Path) -> np.ndarray:
-    """A 16 kHz mono wav as float32 samples."""
-    wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    """A 16 kHz mono wav as float32 samples (stages/media/probe.read_audio); another rate is refused,
+    not resampled: the clips table stores 16 kHz, and anything else means a wrong file."""
+    wav, sr = read_audio(Path(path))
     if sr != SAMPLE_RATE:
         raise ValueError(f"{path}: {sr} Hz, expected {SAMPLE_RATE} (the clips table stores 16 kHz mono)")
-    return wav.mean(axis=1)
+    return wav
 
 
 def _to_frames(feats: torch.Tensor, n_frames: int) -> torch.Tensor:

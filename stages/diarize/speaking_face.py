@@ -79,8 +79,9 @@ def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps:
         fps = timeline.fps
         audio = measure.audio(wav, fps, times=timeline.frame_s)
         spans = [(timeline.index_near(s["start_s"]), timeline.index_near(s["end_s"])) for s in segments]
-    else:  # frames i / fps apart, or a variable-rate source measured on its nominal rate's grid
-        fps, n_frames = (timeline.fps, int(round(timeline.end_s * timeline.fps))) if on_grid else (fps, n_frames)
+    else:  # frames i / fps apart: no timeline, or a variable-rate source on its nominal rate's grid
+        if on_grid:
+            fps, n_frames = timeline.fps, int(round(timeline.end_s * timeline.fps))
         audio = measure.audio(wav, fps, n_frames)
         spans = [(int(round(s["start_s"] * fps)), int(round(s["end_s"] * fps))) for s in segments]
     faces = []  # (track_id, frames, features, pooled result)

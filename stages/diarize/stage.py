@@ -30,7 +30,7 @@ OWN_VOCAL_S = 6.0  # a voiced turn at least this long is typed on its own; short
 
 
 def load_audio(path: Path) -> np.ndarray:
-    """16 kHz mono float32 (stages/probe.read_audio), its DC offset removed: a bad preamp or a careless
+    """16 kHz mono float32 (stages/media/probe.read_audio), its DC offset removed: a bad preamp or a careless
     mix hides all speech from silero-vad."""
     from scipy.signal import resample_poly
 

@@ -1,5 +1,5 @@
 """Probing media with PyAV: what is in a file, and its audio as 16 kHz mono wav; read_audio, the one
-reader of those wavs (diarize, quality and the model's data all go through it)."""
+reader of those wavs (diarize, quality and the model's load_wav all go through it)."""
 
 from __future__ import annotations
 
