@@ -95,11 +95,12 @@ def test_a_variable_rate_sources_offset_is_in_frames_of_its_nominal_rate():
 
 
 def test_a_best_lag_at_the_end_of_the_searched_range_is_never_confident():
-    """Audio 14 frames late: with the mouth's 1-frame lead the best lag is the last searched (15);
+    """Audio 14 frames late: the babble's mouth leads its sound by a frame, so the best lag is the last
+    searched (15);
     the curve may climb on beyond it, so it is no peak. 20 frames late lies beyond the range."""
     wav, mouth = babble(12, seed=0)
     edge = score(mouth, wav, 14)
-    assert edge.offset_frames == 14 and edge.confidence <= 0, edge
+    assert edge.offset_frames == 15 and edge.confidence <= 0, edge
     assert score(mouth, wav, 20).confidence < KEEP
 
 
