@@ -57,7 +57,8 @@ class QualityStage(Stage):
 
     def __init__(self, min_clip_s: float | None = None, max_clip_s: float | None = None,
                  rules: dict[str, float] | None = None, write_media: bool = True,
-                 realign_max_frames: int | None = None, clip_fps: float | None = None, vfr_fps: float | None = None):
+                 realign_max_frames: int | None = None, clip_fps: float | None = None, vfr_fps: float | None = None,
+                 join_gap_s: float | None = None):
         """
         min_clip_s / max_clip_s: candidate length bounds (defaults in quality.yaml).
         rules: thresholds overriding quality.yaml, by rule name.
@@ -68,6 +69,8 @@ class QualityStage(Stage):
         clip_fps: frame rate of every crop mp4; None keeps a constant-rate source's own rate (frames
             one for one). vfr_fps: the rate a variable-rate source's clips get when clip_fps is None.
             Resampled clips show, at each instant, the source frame nearest it (clips.resampled).
+        join_gap_s: voiced segments this face speaks (each synced to it, offsets within a frame), no
+            further apart than this, are one candidate (a clip's segment_id is the first of them).
         """
         self.min_clip_s = float(min_clip_s if min_clip_s is not None else DEFAULTS["min_clip_s"])
         self.max_clip_s = float(max_clip_s if max_clip_s is not None else DEFAULTS["max_clip_s"])
@@ -81,6 +84,7 @@ class QualityStage(Stage):
         clip_fps = clip_fps if clip_fps is not None else DEFAULTS.get("clip_fps")
         self.clip_fps = None if clip_fps is None else float(clip_fps)
         self.vfr_fps = float(vfr_fps if vfr_fps is not None else DEFAULTS["vfr_fps"])
+        self.join_gap_s = float(join_gap_s if join_gap_s is not None else DEFAULTS["join_gap_s"])
 
     def process(self, source: dict[str, Any], ctx: StageContext) -> dict[str, list[dict[str, Any]]]:
         sid = source["source_id"]
@@ -120,9 +124,7 @@ class QualityStage(Stage):
         t0, t1 = track["start_frame"], track["end_frame"]
         spans = []
         if diarized:
-            for seg in segments:
-                if seg["vocal_type"] not in ("speech", "singing"):
-                    continue
+            for seg in self._face_turns(segments, track["track_id"]):
                 a, b = max(t0, tl.index_near(seg["start_s"])), min(t1, tl.index_near(seg["end_s"]))
                 if b > a:
                     spans.append((a, b, seg))
@@ -137,6 +139,33 @@ class QualityStage(Stage):
             edges = [a, *(tl.index_near(t) for t in np.linspace(s_a, s_b, pieces + 1)[1:-1]), b]
             out.extend((int(x), int(y), seg) for x, y in zip(edges[:-1], edges[1:], strict=True) if y > x)
         return out
+
+    def _face_turns(self, segments: list[dict], track_id: str) -> list[dict]:
+        """The voiced segments in time order, each run of them this face speaks joined into one.
+
+        The diarizer may give one voice's words different speakers (a GRID sentence: four words, four
+        "speakers"), leaving each too short to keep; the mouth that follows every one of them, at the
+        same offset, says they are one voice, this face's. Joined: each synced to this track, offsets
+        within a frame of the first's, pauses of at most join_gap_s. The joined segment keeps the first's
+        id and offset, and the lowest sync confidence of its parts.
+        """
+        voiced = sorted((s for s in segments if s["vocal_type"] in ("speech", "singing")), key=lambda s: s["start_s"])
+        out: list[dict] = []
+        for seg in voiced:
+            prev = out[-1] if out else None
+            if (prev is not None and self._speaks(prev, track_id) and self._speaks(seg, track_id)
+                    and seg["start_s"] - prev["end_s"] <= self.join_gap_s
+                    and abs(seg["sync_offset_frames"] - prev["sync_offset_frames"]) <= 1):
+                out[-1] = {**prev, "end_s": max(prev["end_s"], seg["end_s"]),
+                           "sync_confidence": min(prev["sync_confidence"], seg["sync_confidence"])}
+            else:
+                out.append(seg)
+        return out
+
+    @staticmethod
+    def _speaks(seg: dict, track_id: str) -> bool:
+        return (seg.get("track_id") == track_id and seg.get("sync_offset_frames") is not None
+                and seg.get("sync_confidence") is not None)
 
     # -- measures and rules ----------------------------------------------------------------------------
 

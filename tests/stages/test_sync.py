@@ -174,6 +174,23 @@ def test_an_offset_is_realigned_or_rejected_by_setting(offset_source, offset, re
     np.testing.assert_allclose(wav[: rate // 2], full[a : a + rate // 2], atol=1e-6)
 
 
+def _seg(start, end, track="A", offset=0, conf=6.0, speaker="s0"):
+    return {"segment_id": f"g{start}", "start_s": start, "end_s": end, "vocal_type": "speech", "speaker": speaker,
+            "track_id": track, "sync_offset_frames": offset, "sync_confidence": conf}
+
+
+def test_one_faces_words_given_different_speakers_are_one_candidate():
+    """A GRID sentence: the diarizer gives each word its own speaker; the face's mouth follows every
+    one at the same offset, so they are one voice and one candidate. Not joined: a word another face
+    speaks, one at another offset, one after a long pause, one nobody was synced to."""
+    q = QualityStage(join_gap_s=0.5)
+    words = [_seg(0.6, 1.1, speaker="s2"), _seg(1.1, 1.48, speaker="s0", conf=5.0), _seg(1.5, 1.9, speaker="s3")]
+    (joined,) = q._face_turns(words, "A")
+    assert (joined["start_s"], joined["end_s"], joined["sync_confidence"], joined["segment_id"]) == (0.6, 1.9, 5.0, "g0.6")
+    apart = [_seg(0, 1), _seg(1.2, 2, track="B"), _seg(2.1, 3, offset=3), _seg(4, 5), _seg(5.1, 6, track=None)]
+    assert [s["start_s"] for s in q._face_turns(apart, "A")] == [0, 1.2, 2.1, 4, 5.1]
+    assert len(q._face_turns(words, "B")) == 3  # for another face, nothing joins
+
 # -- real faces, real voices (dev files; skipped without ../shared/real-media) ------------------------------
 
 
