@@ -36,6 +36,8 @@ def audio_features(wav: np.ndarray, times: np.ndarray) -> np.ndarray:
     """(len(times), N_BANDS + 2): log mel-band energies, log loudness, and spectral flux (how much the
     spectrum rose since the previous frame: onsets of syllables), one row per video frame time."""
     wav = np.asarray(wav, np.float32)
+    if len(times) == 0:
+        return np.zeros((0, N_BANDS + 2), np.float32)
     centres = np.round(np.asarray(times, float) * SR).astype(int)
     idx = centres[:, None] + np.arange(-N_FFT // 2, N_FFT // 2)[None, :]
     ok = (idx >= 0) & (idx < len(wav))

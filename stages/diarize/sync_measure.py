@@ -41,6 +41,8 @@ class SyncResult:
 
 def _highpass(x: np.ndarray, window: int) -> np.ndarray:
     """x minus its centred moving average (per column); slow trends removed."""
+    if len(x) == 0:
+        return x
     if window <= 1 or len(x) <= window:
         return x - x.mean(0)
     kernel = np.ones(window) / window
