@@ -16,7 +16,8 @@ measured in the same run:
 
 Without --data it builds and curates the demo corpus under --work first (as `emo demo` does). The
 demo corpus is dubbed (its people never said the words under them), so on it the sync cannot rise
-above the wrong-audio control; pass --data with a curation of footage in sync to measure that.
+above the wrong-audio control; pass --data with a curation of footage in sync to measure that, and
+--portrait with a still of someone in it.
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ def run(args) -> list[dict]:
     wrong = np.roll(wav, len(wav) // 2)  # same voice, wrong words
     from pipeline.demo import training_portrait
 
-    portraits = {"training identity": training_portrait(demo_root), "held out": demo_root / "portraits" / "hanks.png"}
+    trained_on = Path(args.portrait) if args.portrait else training_portrait(demo_root)
+    portraits = {"training identity": trained_on, "held out": demo_root / "portraits" / "hanks.png"}
     size, frames = load_config(args.model).image_size, round(args.seconds * 25)
     rows = []
     for who, portrait in portraits.items():
@@ -159,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="demo", help="named size (model/config.py)")
     p.add_argument("--data", help="a curated and exported OUT folder; default: the demo corpus, curated under --work")
     p.add_argument("--portraits-from", default="demo", help="with --data: an `emo demo` folder (speech.wav, portraits/)")
+    p.add_argument("--portrait", help="with --data: a still of a person in its training clips (default: the demo's "
+                   "carphone man, who is in the demo corpus)")
     p.add_argument("--work", default="bench_learn", help="working folder (corpus, runs, videos)")
     p.add_argument("--seconds", type=float, default=6.0, help="seconds of speech to animate")
     p.add_argument("--sample-steps", type=int, default=8)
