@@ -4,7 +4,7 @@ for users who have the published weights (syncnet_python's `syncnet_v2.model`).
 The layers are laid out, and named, as in that release, so its state dict loads by name. Weights are
 read as tensors only (`torch.load(weights_only=True)`, or a `.safetensors` file): no arbitrary
 objects are unpickled. Nothing here ships weights; without them the offline measure
-(stages/diarize/sync_measure.py) is the default and meets the goals on its own.
+(stages/diarize/sync_measure.py) is the default; what it measures on real footage is in the README.
 
 What the network sees (facts of the published model):
 - picture: 5 consecutive frames of the face crop, 224x224, 3 channels in BGR order, pixel values
