@@ -17,7 +17,7 @@ from manifests.redact import redact_uri
 from manifests.store import ManifestStore
 from pipeline.ledger import Ledger
 
-DERIVED_TABLES = ("shots", "timeline", "tracks", "segments", "clips", "rejections")
+DERIVED_TABLES = ("shots", "timeline", "tracks", "segments", "clips", "rejections", "splits")
 TOMBSTONES = "manifests/tombstones.jsonl"  # relative to OUT (a folder or a URI)
 
 

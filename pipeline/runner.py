@@ -175,10 +175,12 @@ def curate(opts: CurateOptions) -> Summary:
         if stage.name == "download":
             stage.blocked_sha256 = sorted(blocked_shas)
         stage.prepare()  # once, here, before any worker starts
+    ledger = Ledger(store)
+    for stage in stages:
+        ledger.record_settings(stage)
     init_ray(opts.address, opts.num_cpus)
     max_workers = opts.max_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
-    ledger = Ledger(store)
     by_name = {s.name: s for s in stages}
     if "download" in by_name:
         todo = _claim(ledger, [by_name["download"]], [r["input_id"] for r in inputs])

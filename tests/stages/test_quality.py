@@ -19,6 +19,7 @@ from manifests import ManifestStore
 from manifests.audit import report, trace, verify
 from manifests.export import export
 from manifests.optout import optout
+from manifests.splits import exported_clips
 from pipeline.sources_file import input_id
 from stages.base import StageContext
 from stages.download.stage import DownloadStage
@@ -157,16 +158,34 @@ def test_export_dedupes_across_sources_splits_by_identity_and_writes_a_card(cura
     fake_upstream(out, src2, identity="person-a")
     r2 = QualityStage().process(src2, StageContext(out=out))
     ManifestStore(out).write_shard("clips", src2["source_id"], r2["clips"])
-    card = export(out)
     store = ManifestStore(out)
-    clips = store.read("clips").to_pylist()
-    assert len(clips) == 1
-    dup = [r for r in store.read("rejections").to_pylist() if r["rule"] == "near_duplicate"]
-    assert len(dup) == 1 and dup[0]["value"] <= 8
+    written = {t: store.content_hash([t]) for t in ("clips", "rejections")}
+    card = export(out)
+    assert {t: store.content_hash([t]) for t in written} == written  # the quality stage's tables, only read
+    assert len(exported_clips(store)) == 1
+    (dup,) = [r for r in store.read("splits").to_pylist() if r["near_duplicate_of"]]
+    assert dup["split"] is None and dup["near_duplicate_distance"] <= 8 == dup["near_duplicate_threshold"]
+    assert dup["source_id"] == src2["source_id"] and dup["near_duplicate_of"].startswith(src["source_id"])
     assert card["rejections_by_rule"]["near_duplicate"] == 1 and card["clips"] == 1
     assert len(card["manifest_hash"]) == 64
     assert (out / "export" / "dataset_card.md").read_text().startswith("# Dataset card")
     assert json.loads((out / "export" / "dataset_card.json").read_text())["manifest_hash"] == card["manifest_hash"]
+
+
+def test_export_judges_near_duplicates_by_the_threshold_curate_ran_with(tmp_path):
+    from manifests.export import near_duplicate_threshold
+    from pipeline.ledger import Ledger
+
+    store = ManifestStore(tmp_path)
+    assert near_duplicate_threshold(store, None)[:2] == (8.0, "quality.yaml (curate recorded no quality settings)")
+    stage = QualityStage(rules={"near_duplicate": 3.5, "low_sync": 0.0})
+    ledger = Ledger(store)
+    ledger.record_settings(stage)  # as curate does, before any worker
+    ledger.record("quality", "s1", "ok", stage.config_hash())
+    value, origin, quality = near_duplicate_threshold(store, None)
+    assert (value, origin) == (3.5, "the quality settings curate ran with")
+    assert quality["rules"]["low_sync"] == 0.0 and quality["rules"]["near_duplicate"] == 3.5  # what the card reports
+    assert near_duplicate_threshold(store, 6.0)[:2] == (6.0, "emo export --near-duplicate")
 
 
 def test_split_never_puts_an_identity_on_both_sides():
