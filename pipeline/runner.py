@@ -23,7 +23,7 @@ from manifests import ManifestStore
 from manifests.fs import FORWARDED_ENV, Location, is_uri
 from manifests.optout import load_tombstones
 from manifests.redact import KEY_FILE, redact_uri, uri_key
-from pipeline.ledger import Ledger
+from pipeline.ledger import Ledger, run_key
 from pipeline.plan import PipelineSettings, build_stages
 from pipeline.sources_file import read_sources
 from pipeline.summary import Summary, summarize
@@ -203,16 +203,21 @@ def curate(opts: CurateOptions) -> Summary:
 
 
 def _claim(ledger: Ledger, stages: list[Stage], keys: list[str]) -> dict[str, list[str]]:
-    """What this run does on `keys`, decided once: the ledger's pending (stage, key)s. Their old rows
-    and the shards those stages wrote are forgotten, so the workers redo exactly these, and a stage
-    that now fails leaves no rows of an earlier success behind."""
+    """What this run does on `keys`, decided once: the ledger's pending (stage, key)s. Their old rows,
+    the shards and the files (Stage.folders) those stages wrote are forgotten, so the workers redo
+    exactly these, and a stage that now fails (or keeps less) leaves nothing of an earlier run behind."""
     todo = ledger.pending(stages, keys)
+    recorded = ledger.store.shard_keys("stage_runs")
     redone = [(s, k) for k, names in todo.items() for s in stages if s.name in names]
     stale = ledger.forget_pending(todo)
     if stale:
         for table in {t for s, _ in redone for t in s.writes}:
             live = ledger.store.shard_keys(table)
             ledger.store.delete_shards(table, [k for s, k in redone if table in s.writes and k in live])
+        for s, k in redone:  # only what ran before: a first run has no files to forget (and costs no listing)
+            if run_key(s.name, k) in recorded:
+                for folder in s.folders:
+                    ledger.store.loc.delete_tree(f"{folder}/{k}")
         log.info("redoing %d runs that failed for a passing reason or were made with other settings", stale)
     return todo
 

@@ -83,6 +83,9 @@ class Stage:
     reads: ClassVar[tuple[str, ...]] = ()
     uses: ClassVar[tuple[str, ...]] = ()
     writes: ClassVar[tuple[str, ...]] = ()
+    # Folders under OUT that hold this stage's files of a source, as FOLDER/<source_id>/: emptied when
+    # the stage is redone on it, so no file its new rows do not name is left behind (pipeline/runner.py).
+    folders: ClassVar[tuple[str, ...]] = ()
     uses_model: ClassVar[bool] = False  # True: run in an actor pool so setup() happens once per worker
     # Rows of these statuses made with other settings are redone by the next run (pipeline/ledger.py).
     stale_with_other_settings: ClassVar[frozenset[str]] = frozenset({"ok", "failed", "skipped"})

@@ -53,6 +53,7 @@ class QualityStage(Stage):
     reads = ("sources", "tracks")
     uses = ("segments", "shots", "timeline")  # without segments, clips are judged on pictures alone
     writes = ("clips", "rejections")
+    folders = ("clips",)  # each kept clip's crop mp4 and wav
     resources = Resources(num_cpus=1)
 
     def __init__(self, min_clip_s: float | None = None, max_clip_s: float | None = None,
