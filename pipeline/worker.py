@@ -272,7 +272,7 @@ class DownloadWorker(StageWorker):
             self.stage.discard(iid, ctx)  # a timed-out input leaves no partial bytes behind
         self.upload()
         row["error"] = _out_relative(row.get("error"), ctx)
-        self.store.write_shard("sources", iid, [row])
+        self.store.write_shard("sources", iid, [row], strict=True)  # every column named: source_row made it
         self.record_run(iid, row["status"], row.get("error"), 1, t0, ctx)
         if stuck:
             _exit_stuck("download", iid)
