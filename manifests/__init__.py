@@ -9,7 +9,7 @@ Where each column is born:
   segments    manifests/segments.py  (stages/diarize/stage.py)
   clips       manifests/clips.py     (stages/quality/stage.py)
   rejections  manifests/clips.py     (stages/quality/stage.py)
-  splits      manifests/splits.py    (manifests/export.py: identity, train/val, near-duplicates)
+  splits      manifests/splits.py    (pipeline/export.py: identity, train/val, near-duplicates)
 """
 
 from manifests.clips import CLIPS, REJECTIONS

@@ -21,8 +21,8 @@ import ray
 
 from manifests import ManifestStore
 from manifests.fs import FORWARDED_ENV, Location, is_uri
-from manifests.optout import load_tombstones
 from manifests.redact import KEY_FILE, redact_uri, uri_key
+from manifests.tombstones import load_tombstones
 from pipeline.ledger import Ledger, run_key
 from pipeline.plan import PipelineSettings, build_stages
 from pipeline.sources_file import read_sources

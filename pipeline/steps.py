@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from manifests.export import export
 from manifests.fs import Location
 from manifests.hashing import sha256_file
 from manifests.mirror import mirrored
@@ -25,6 +24,7 @@ from model.remote import cache_root, local_checkpoint
 from model.sample import SampleOptions, sample
 from model.train import TrainOptions, train
 from pipeline.buildfile import BuildSpec, SampleSpec, TrainSpec
+from pipeline.export import export
 from pipeline.lock import FileHashes
 
 

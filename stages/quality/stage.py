@@ -4,7 +4,7 @@ Every rule in quality.yaml is evaluated and recorded for every candidate; a cand
 only when it fails none. Kept clips get their own crop mp4 and 16 kHz wav under OUT/clips/: the
 crops are cut straight from the source by each track's crop window, all in one decode, so the only
 video encoded is what is kept, and it is encoded once.
-Near-duplicates are a corpus-level rule, judged at export (manifests/export.py) by this stage's threshold.
+Near-duplicates are a corpus-level rule, judged at export (pipeline/export.py) by this stage's threshold.
 """
 
 from __future__ import annotations

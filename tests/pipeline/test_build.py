@@ -21,11 +21,11 @@ import yaml
 from safetensors.torch import load_file
 
 from manifests import ManifestStore
-from manifests.audit import build_lineage, report
 from manifests.lineage import checkpoints_of
 from manifests.splits import exported_clips
 from model.checkpoint import read_meta, resolve_checkpoint
 from model.config import EMO_MODELS
+from pipeline.audit import build_lineage, report
 from pipeline.build import build
 from pipeline.buildfile import BuildFileError, load_build_file
 from pipeline.cli import main as cli_main

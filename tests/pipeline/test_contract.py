@@ -15,7 +15,7 @@ from stages.base import StageContext
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 # The README rows of writers that are not stages, and the one table each writes.
-NOT_STAGES = {"every stage": ("pipeline/ledger.py", "stage_runs"), "export": ("manifests/export.py", "splits")}
+NOT_STAGES = {"every stage": ("pipeline/ledger.py", "stage_runs"), "export": ("pipeline/export.py", "splits")}
 
 
 def readme_stage_table() -> dict[str, tuple[str, set[str]]]:

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from manifests import ManifestStore
-from manifests.audit import report, trace, verify
-from manifests.export import export
-from manifests.optout import optout
 from manifests.splits import exported_clips
+from pipeline.audit import report, trace, verify
+from pipeline.export import export
+from pipeline.optout import optout
 from pipeline.sources_file import input_id
 from stages.base import StageContext
 from stages.download.stage import DownloadStage
@@ -173,7 +173,7 @@ def test_export_dedupes_across_sources_splits_by_identity_and_writes_a_card(cura
 
 
 def test_export_judges_near_duplicates_by_the_threshold_curate_ran_with(tmp_path):
-    from manifests.export import near_duplicate_threshold
+    from pipeline.export import near_duplicate_threshold
     from pipeline.ledger import Ledger
 
     store = ManifestStore(tmp_path)
@@ -189,7 +189,7 @@ def test_export_judges_near_duplicates_by_the_threshold_curate_ran_with(tmp_path
 
 
 def test_split_never_puts_an_identity_on_both_sides():
-    from manifests.export import identity_split
+    from pipeline.export import identity_split
 
     clips = [{"identity_id": f"p{i % 7}", "source_id": "s", "start_s": 0, "end_s": 1 + i} for i in range(40)]
     split = identity_split(clips, val_fraction=0.2)
