@@ -64,7 +64,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 def _map(ds: ray.data.Dataset, worker_cls: type, stages: list[Stage], out: str, max_workers: int,
-         settings: PipelineSettings, n_items: int, object_sources: bool = False) -> ray.data.Dataset:
+         settings: PipelineSettings, n_items: int, object_sources: bool = False,
+         blocked_sha256: set[str] | None = None) -> ray.data.Dataset:
     """Stages fused as one Ray Data operator: an actor pool when any holds a model, tasks otherwise.
 
     A worker process that dies (killed, crashed, or ended by the worker after a stuck stage) is
@@ -90,7 +91,8 @@ def _map(ds: ray.data.Dataset, worker_cls: type, stages: list[Stage], out: str, 
         remote["memory"] = memory * 1024 * 1024
     # DownloadWorker wraps one stage, ChainWorker a list of them.
     kwargs: dict[str, Any] = {"out": out, "settings": settings}
-    kwargs.update({"stage": stages[0]} if worker_cls is DownloadWorker else {"stages": stages})
+    kwargs.update({"stage": stages[0], "blocked_sha256": frozenset(blocked_sha256 or ())}
+                  if worker_cls is DownloadWorker else {"stages": stages})
     if any(s.uses_model for s in stages):
         return ds.map_batches(worker_cls, fn_constructor_kwargs=kwargs, batch_size=1, batch_format="pyarrow",
                               compute=ray.data.ActorPoolStrategy(size=max(1, min(max_workers, n_items)),
@@ -172,8 +174,6 @@ def curate(opts: CurateOptions) -> Summary:
     stages = build_stages(list(opts.stages), opts.config)
     settings = PipelineSettings.from_config(opts.config)
     for stage in stages:
-        if stage.name == "download":
-            stage.blocked_sha256 = sorted(blocked_shas)
         stage.prepare()  # once, here, before any worker starts
     ledger = Ledger(store)
     for stage in stages:
@@ -189,7 +189,7 @@ def curate(opts: CurateOptions) -> Summary:
         if pending:
             ds = ray.data.from_items(pending, override_num_blocks=len(pending))
             ds = _map(ds, DownloadWorker, [by_name["download"]], out, max_workers, settings, len(pending),
-                      object_sources=any(_on_object_store(r["uri"]) for r in pending))
+                      object_sources=any(_on_object_store(r["uri"]) for r in pending), blocked_sha256=blocked_shas)
             for _ in ds.iter_batches(batch_size=None):
                 pass
 

@@ -140,8 +140,10 @@ class StageWorker:
     TIMED_OUT = "{name} took longer than its limit of {limit:.0f} s on this source"
 
     def __init__(self, stage: Stage, out: str, settings: PipelineSettings | None = None,
-                 scratch: Scratch | None = None, ledger: Ledger | None = None):
+                 scratch: Scratch | None = None, ledger: Ledger | None = None,
+                 blocked_sha256: frozenset[str] = frozenset()):
         self.stage = stage
+        self.blocked_sha256 = blocked_sha256  # the opt-out tombstones' content, for the stage's context
         # Stages whose failure on a source skips this one there. Download's rows are keyed by
         # input, not source, and only its ok sources ever reach a media stage.
         self.needs = tuple(n for n in needs(stage) if n != "download")
@@ -159,10 +161,11 @@ class StageWorker:
         """The stage's view of OUT for one source: OUT itself, or the mirror with its inputs fetched."""
         readable = frozenset(self.stage.reads + self.stage.uses)
         if self.scratch is None:
-            return StageContext(out=self.loc.path, readable=readable)
+            return StageContext(out=self.loc.path, readable=readable, blocked_sha256=self.blocked_sha256)
         if self.stage.name != "download":
             self.scratch.fetch(source.get("media_path"), source.get("audio_path"))
-        return MirrorContext(out=self.scratch.dir, readable=readable, manifests=self.store)
+        return MirrorContext(out=self.scratch.dir, readable=readable, blocked_sha256=self.blocked_sha256,
+                             manifests=self.store)
 
     def upload(self) -> None:
         """Files the stage produced go up before any manifest row that names them."""

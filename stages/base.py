@@ -44,6 +44,9 @@ class StageContext:
     out: Path
     counters: Counter = field(default_factory=Counter)
     readable: frozenset[str] | None = None  # the stage's reads + uses; None (tests, tools): any table
+    # sha256s of content removed at its owners' request (OUT's opt-out tombstones, read once by the
+    # driver): the download refuses these bytes from any URI. Not a setting: not in any config hash.
+    blocked_sha256: frozenset[str] = frozenset()
 
     @property
     def store(self) -> ManifestStore:

@@ -72,7 +72,6 @@ class DownloadStage(Stage):
         self.backoff_s = backoff_s
         self.max_redirects = max_redirects
         self.audio_rate = audio_rate
-        self.blocked_sha256: list[str] = []  # set by the runner from OUT's opt-out tombstones
 
     # -- one source ---------------------------------------------------------------------------------
 
@@ -193,7 +192,7 @@ class DownloadStage(Stage):
         if kind not in (VIDEO, AUDIO):
             raise StageError("not_media", f"content is {mime}, not a media container")
         sha, size = sha256_file(path), path.stat().st_size
-        if sha in self.blocked_sha256:
+        if sha in ctx.blocked_sha256:
             raise OptOut("opted_out: this content was removed at its owner's request", {})
         meta: dict[str, Any] = {"sha256": sha, "bytes": size, "mime": mime, "source_id": sha[:16]}
         meta.update(probe_media(path))

@@ -233,9 +233,10 @@ def test_optout_removes_everything_and_a_rerun_never_brings_it_back(ray_local, c
     from pipeline.runner import CurateOptions, curate
 
     out, src, _ = curated
+    again = shutil.copy(out / src["media_path"], tmp_path / "the same bytes again.mp4")  # under another URI
     sources = tmp_path / "s.csv"
     with open(sources, "w", newline="") as fh:
-        csv.writer(fh).writerows([["uri"], [src["uri"]], [str(demo_corpus / "cuts.mp4")]])
+        csv.writer(fh).writerows([["uri"], [src["uri"]], [str(demo_corpus / "cuts.mp4")], [str(again)]])
     before = ManifestStore(out).content_hash()
     res = optout(out, src["sha256"])
     assert res["source_ids"] == [src["source_id"]] and res["manifest_hash"] != before
@@ -245,7 +246,12 @@ def test_optout_removes_everything_and_a_rerun_never_brings_it_back(ray_local, c
         text = store.read(table).to_pandas().to_string()
         assert src["source_id"] not in text and src["uri"] not in text, table
     assert not (out / src["media_path"]).exists() and not (out / "clips" / src["source_id"]).exists()
-    assert store.read("sources").num_rows == 1  # cuts.mp4 was curated; the opted-out source was not
+    # cuts.mp4 was curated; the opted-out URI was not, and its bytes from another URI were refused
+    # (the tombstones reach the download through its StageContext, not its settings).
+    rows = {r["uri"]: r for r in store.read("sources").to_pylist()}
+    assert len(rows) == 2 and rows[str(again)]["status"] == "skipped" and rows[str(again)]["error"].startswith("opted_out")
+    hashes = {r["config_hash"] for r in store.read("stage_runs").to_pylist() if r["stage"] == "download"}
+    assert hashes == {DownloadStage().config_hash()}  # an opt-out changes no setting
     shutil.rmtree(out / "clips", ignore_errors=True)
 
 
