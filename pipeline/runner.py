@@ -202,6 +202,11 @@ def curate(opts: CurateOptions) -> Summary:
     return summary
 
 
+# Tables written outside the stages from a table a stage writes: a source's rows there are void when
+# that stage is redone on it (the export's decisions on its clips: until the next export, none).
+VOID_WHEN_REDONE = {"clips": ("splits",)}
+
+
 def _claim(ledger: Ledger, stages: list[Stage], keys: list[str]) -> dict[str, list[str]]:
     """What this run does on `keys`, decided once: the ledger's pending (stage, key)s. Their old rows,
     the shards and the files (Stage.folders) those stages wrote are forgotten, so the workers redo
@@ -212,8 +217,10 @@ def _claim(ledger: Ledger, stages: list[Stage], keys: list[str]) -> dict[str, li
     stale = ledger.forget_pending(todo)
     if stale:
         for table in {t for s, _ in redone for t in s.writes}:
-            live = ledger.store.shard_keys(table)
-            ledger.store.delete_shards(table, [k for s, k in redone if table in s.writes and k in live])
+            doomed = {k for s, k in redone if table in s.writes}
+            for t in (table, *VOID_WHEN_REDONE.get(table, ())):
+                live = ledger.store.shard_keys(t)
+                ledger.store.delete_shards(t, [k for k in doomed if k in live])
         for s, k in redone:  # only what ran before: a first run has no files to forget (and costs no listing)
             if run_key(s.name, k) in recorded:
                 for folder in s.folders:

@@ -120,8 +120,11 @@ def test_a_redone_stage_forgets_its_old_files_of_that_source_only(tmp_path):
         for p in paths:
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(b"x")
+    store = ManifestStore(tmp_path)
+    store.write_shard("splits", "s1", [{"clip_id": "s1-t00-c00", "source_id": "s1", "split": "val"}])
     stricter = build_stages(MEDIA, {"quality": {"rules": {"blurry": 90.0}}})
     assert _claim(ledger, stricter, ["s1", "s2"]) == {"s1": ["quality"], "s2": ["quality"]}
+    assert not store.shard_keys("splits")  # the export's decisions on the redone clips are void
     # Quality's clips of both go (its rerun writes the ones it keeps); the faces stage's masks stay.
     assert not (tmp_path / "clips").exists() or not any((tmp_path / "clips").rglob("*.*"))
     assert all(p.exists() for sid in files for p in files[sid] if "masks" in p.parts)
