@@ -35,8 +35,8 @@ CHUNK_SECONDS = 60  # a stage trains in chunks of about this long, resuming from
 
 def curated_demo(work: Path) -> Path:
     """The demo corpus, curated and exported under work/ (skipped when already there)."""
-    from manifests.export import export
     from pipeline.demo_corpus import DEMO_PORT, build_demo_corpus
+    from pipeline.export import export
     from pipeline.plan import available_stages, load_config
     from pipeline.runner import CurateOptions, curate
     from pipeline.serve import LoopbackServer

@@ -9,6 +9,7 @@ Where each column is born:
   segments    manifests/segments.py  (stages/diarize/stage.py)
   clips       manifests/clips.py     (stages/quality/stage.py)
   rejections  manifests/clips.py     (stages/quality/stage.py)
+  splits      manifests/splits.py    (pipeline/export.py: identity, train/val, near-duplicates)
 """
 
 from manifests.clips import CLIPS, REJECTIONS
@@ -16,6 +17,7 @@ from manifests.runs import STAGE_RUNS
 from manifests.segments import SEGMENTS
 from manifests.shots import SHOTS
 from manifests.sources import SOURCES
+from manifests.splits import SPLITS
 from manifests.timeline import TIMELINE
 from manifests.tracks import TRACKS
 
@@ -28,6 +30,7 @@ TABLES = {
     "segments": SEGMENTS,
     "clips": CLIPS,
     "rejections": REJECTIONS,
+    "splits": SPLITS,
 }
 
 from manifests.store import ManifestStore, rows_to_table  # noqa: E402

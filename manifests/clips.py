@@ -1,6 +1,6 @@
 """`clips` (kept training clips) and `rejections` (one row per failed rule of each rejected candidate).
 
-Written by stages/quality/stage.py; the export and the trainer read `clips`.
+Written by stages/quality/stage.py, and only there; the export reads `clips` and writes `splits`.
 Paths are relative to OUT.
 """
 
@@ -50,8 +50,10 @@ CLIPS = table_schema(
         pa.field("language", pa.string()),
         pa.field("license", pa.string()),
         pa.field("consent", pa.string()),
+        # The track's identity_id (a label the user gave) and a split quality leaves null: the export's
+        # identity and train / val are in `splits` (manifests/splits.py; join: splits.exported_clips).
         pa.field("identity_id", pa.string()),
-        pa.field("split", pa.string()),  # train / val, identity-disjoint
+        pa.field("split", pa.string()),
         pa.field("sha256", pa.string()),  # of crop_path, for --verify
         pa.field("rules", RULE_RESULTS),  # every rule, all passed
     ],

@@ -197,7 +197,7 @@ def describe_checkpoints(roots: list[str | Path], ident: str) -> list[dict[str, 
 def checkpoints_of(out: str | Path) -> list[dict[str, Any]]:
     """For the audit: every checkpoint under OUT, what it learned from, and which of those sources
     have since been opted out (OUT's tombstones, by sha256)."""
-    from manifests.optout import load_tombstones
+    from manifests.tombstones import load_tombstones
 
     _, gone = load_tombstones(out)
     found, index = _search([out])

@@ -1,4 +1,7 @@
-"""`sources`: one row per input URI, written by stages/download/stage.py."""
+"""`sources`: one row per input URI, written by stages/download/stage.py, made only by `source_row`."""
+
+from datetime import datetime
+from typing import Any
 
 import pyarrow as pa
 
@@ -43,3 +46,32 @@ SOURCES = table_schema(
         pa.field("media_path", pa.string()),  # content-addressed copy, relative to OUT
     ],
 )
+
+# Who gives which columns: the input (a sources-file row), the fetch, the stored content with its
+# probe (stages/media/probe.py), and the outcome.
+INPUT_COLUMNS = ("input_id", "uri", "license", "consent", "category", "title", "language", "notes", "meta")
+FETCH_COLUMNS = ("final_url", "redirects")
+CONTENT_COLUMNS = ("source_id", "sha256", "bytes", "mime", "media_path", "audio_path", "duration_s", "fps", "n_frames",
+                   "width", "height", "rotation", "video_codec", "audio_codec", "has_audio")
+assert {"status", "error", "fetched_at", *INPUT_COLUMNS, *FETCH_COLUMNS, *CONTENT_COLUMNS} == set(SOURCES.names)
+
+
+def source_row(given: dict[str, Any], status: str, error: str | None, fetched_at: datetime, *,
+               fetch: dict[str, Any] | None = None, content: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The one place a `sources` row is made: the input's columns (`given`), what the fetch learned,
+    and, for a source that arrived, its stored content and probe. Each group is given whole or not
+    at all (its columns null): a missing or unknown column raises, naming it."""
+    if status == "ok" and content is None:
+        raise ValueError("sources: an ok row needs its content columns")
+    row: dict[str, Any] = {"status": status, "error": error, "fetched_at": fetched_at}
+    for group, columns, values in (("input", INPUT_COLUMNS, given), ("fetch", FETCH_COLUMNS, fetch),
+                                   ("content", CONTENT_COLUMNS, content)):
+        if values is None:
+            row.update(dict.fromkeys(columns))
+            continue
+        if missing := [c for c in columns if c not in values]:
+            raise ValueError(f"sources: the {group} columns lack {missing}")
+        if unknown := sorted(set(values) - set(columns)):
+            raise ValueError(f"sources: not {group} columns: {unknown}")
+        row.update(values)
+    return row

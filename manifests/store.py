@@ -42,22 +42,25 @@ def _schema(table: str) -> pa.Schema:
         raise KeyError(f"unknown manifest table {table!r}; known: {', '.join(sorted(TABLES))}") from None
 
 
-def rows_to_table(table: str, rows: Iterable[dict]) -> pa.Table:
-    """Rows (dicts) to an Arrow table of the table's schema; unknown keys are a bug and raise."""
+def rows_to_table(table: str, rows: Iterable[dict], strict: bool = False) -> pa.Table:
+    """Rows (dicts) to an Arrow table of the table's schema; unknown keys are a bug and raise, and so
+    (strict) do missing ones: a row must name every column, null or not."""
     schema = _schema(table)
     rows = list(rows)
     names = set(schema.names)
-    for row in rows:
+    for i, row in enumerate(rows):
         extra = set(row) - names
         if extra:
             raise ValueError(f"{table}: columns not in the schema: {sorted(extra)}")
+        if strict and (missing := [n for n in schema.names if n not in row]):
+            raise ValueError(f"{table}: row {i} has no column {', '.join(map(repr, missing))}")
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def conform(table: str, data: pa.Table | Iterable[dict]) -> pa.Table:
-    """Data as the table's exact schema, with its version metadata."""
+def conform(table: str, data: pa.Table | Iterable[dict], strict: bool = False) -> pa.Table:
+    """Data as the table's exact schema, with its version metadata (strict: see rows_to_table)."""
     schema = _schema(table)
-    tbl = data if isinstance(data, pa.Table) else rows_to_table(table, data)
+    tbl = data if isinstance(data, pa.Table) else rows_to_table(table, data, strict)
     if not tbl.schema.equals(schema, check_metadata=False):
         tbl = tbl.select(schema.names).cast(schema)
     return tbl.replace_schema_metadata(schema.metadata)
@@ -91,9 +94,9 @@ class ManifestStore:
     def shard_path(self, table: str, key: str) -> Path:
         return self.out / self.shard_rel(table, key)
 
-    def write_shard(self, table: str, key: str, data: pa.Table | Iterable[dict]) -> str:
-        """Write (or replace) one shard, whole or not at all."""
-        tbl = conform(table, data)
+    def write_shard(self, table: str, key: str, data: pa.Table | Iterable[dict], strict: bool = False) -> str:
+        """Write (or replace) one shard, whole or not at all (strict: rows must name every column)."""
+        tbl = conform(table, data, strict)
         rel = self.shard_rel(table, key)
         self.loc.write(rel, lambda fh: pq.write_table(tbl, fh, compression="zstd"))
         return rel

@@ -45,7 +45,7 @@ TRACKS = table_schema(
         pa.field("face_mask_path", pa.string()),  # under OUT/masks/, in crop_box pixels; null when reasons
         pa.field("lip_mask_path", pa.string()),
         pa.field("embedding", f32list),  # unit identity embedding: ArcFace (insightface) or dlib's 128-d descriptor (mediapipe)
-        pa.field("identity_id", pa.string()),  # null: identities are clustered across the corpus at export (clips.identity_id)
+        pa.field("identity_id", pa.string()),  # a label the user gave, else null: the export clusters identities across the corpus (splits.identity_id)
         pa.field("backend", pa.string(), nullable=False),
         pa.field("notes", pa.string()),  # free text: e.g. the crop window had to shrink to fit the frame
     ],

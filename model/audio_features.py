@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stages.media.probe import read_audio
+from model.curation_tools import read_audio
 
 SAMPLE_RATE = 16_000
 

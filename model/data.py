@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from manifests import ManifestStore
+from manifests.splits import exported_clips
 from model.audio_features import audio_windows, build_featurizer, featurizer_cache_key, load_wav
 from model.config import EMOConfig
 from model.remote import ClipFiles
@@ -119,7 +120,7 @@ class ClipWindows(torch.utils.data.Dataset):
         store = ManifestStore(out)
         if "clips" not in store.tables():
             raise FileNotFoundError(f"{out}: no clips manifest here (run emo curate, then emo export, into it)")
-        rows = store.read("clips").to_pylist()
+        rows = exported_clips(store)  # the export's split joined on; its near-duplicates left out
         self.clips = [r for r in rows if r["split"] in (None, "train") and r["n_frames"] > self.frames]
         if not self.clips:
             raise ValueError(f"{out}: no training clips with more than {self.frames} frames in the clips table")

@@ -29,6 +29,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -42,6 +43,16 @@ from manifests.hashing import sha256_file
 from model import watermark
 from model.audio_features import SAMPLE_RATE, audio_windows, build_featurizer
 from model.checkpoint import load_checkpoint
+from model.curation_tools import (
+    DEFAULT_MARGIN,
+    MediapipeDetector,
+    StageError,
+    box_mask,
+    crop_frame,
+    crop_window,
+    decode_audio,
+    write_mp4,
+)
 from model.latents import load_codec
 from model.reference_skip import decode_residual
 
@@ -81,8 +92,6 @@ class SampleOptions:
 
 def largest_face(rgb: np.ndarray) -> np.ndarray | None:
     """[x0, y0, x1, y1] pixels of the largest face the face stage's detector finds, or None."""
-    from stages.faces.detectors import MediapipeDetector
-
     detector = MediapipeDetector()
     try:
         dets = detector.detect(np.ascontiguousarray(rgb))
@@ -101,8 +110,6 @@ def crop_reference(rgb: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     clip's boxes; one photo has one box, grown by 20% to leave the head room to move. With no
     face found: the centre square and a whole-frame mask, with a warning.
     """
-    from stages.media.crops import DEFAULT_MARGIN, box_mask, crop_frame, crop_window
-
     h, w = rgb.shape[:2]
     box = largest_face(rgb)
     if box is None:
@@ -142,6 +149,14 @@ def denoise(scheduler, steps: int, shape: tuple[int, ...], eps_fn, generator: to
     return latents
 
 
+def guided_eps(model, conditions: dict[str, torch.Tensor], guidance_ref: float, guidance_audio: float,
+               x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance over the batch of three (unconditional, reference, reference + audio)."""
+    eps = model(x.expand(3, -1, -1, -1, -1), t.reshape(1).to(x.device), **conditions)  # (1, f, ...) -> (3, f, ...)
+    e_none, e_ref, e_full = eps.float().chunk(3)
+    return e_none + guidance_ref * (e_ref - e_none) + guidance_audio * (e_full - e_ref)
+
+
 @torch.no_grad()
 def generate(model, codec, config, scheduler, ref_image: torch.Tensor, face_mask: torch.Tensor,
              audio: torch.Tensor, speed: float, steps: int, guidance_ref: float, guidance_audio: float,
@@ -166,15 +181,10 @@ def generate(model, codec, config, scheduler, ref_image: torch.Tensor, face_mask
         index = torch.arange(start, start + f).clamp(max=total - 1)
         window_audio = audio[index].to(device, dtype)[None].expand(3, -1, -1, -1)  # (3, f, 2m+1, L*D)
         reference = model.encode_reference(ref_latent.expand(3, -1, -1, -1), motion.expand(3, -1, -1, -1, -1))
-
-        def guided_eps(x: torch.Tensor, t: torch.Tensor, window_audio=window_audio, reference=reference) -> torch.Tensor:
-            eps = model(x.expand(3, -1, -1, -1, -1), t.reshape(1).to(device), audio=window_audio,  # (1, f, ...) -> (3, f, ...)
-                        face_mask=face_mask, speed=speeds, reference=reference, reference_keep=reference_keep,
-                        audio_keep=audio_keep)
-            e_none, e_ref, e_full = eps.float().chunk(3)
-            return e_none + guidance_ref * (e_ref - e_none) + guidance_audio * (e_full - e_ref)
-
-        latents = denoise(scheduler, steps, (1, f, c, hw, hw), guided_eps, generator, device, dtype)
+        conditions = {"audio": window_audio, "face_mask": face_mask, "speed": speeds, "reference": reference,
+                      "reference_keep": reference_keep, "audio_keep": audio_keep}
+        eps_fn = partial(guided_eps, model, conditions, guidance_ref, guidance_audio)
+        latents = denoise(scheduler, steps, (1, f, c, hw, hw), eps_fn, generator, device, dtype)
         motion = latents[:, -n:]  # (1, f, C, h, w) -> (1, n, C, h, w): the next window's motion frames
         if config.reference_skip:  # the latents are changes from the reference (model/reference_skip.py)
             images = decode_residual(codec, latents[0, :count], ref_image.to(device), ref_latent, config.residual_scale)
@@ -212,9 +222,6 @@ def read_portrait(path: str | Path) -> np.ndarray:
 def read_speech(path: str | Path) -> np.ndarray:
     """16 kHz mono float32 samples of the first audio stream of any file FFmpeg reads (wav, mp3,
     m4a, flac, a video's sound track), resampled as the download stage resamples; or a ValueError."""
-    from stages.base import StageError
-    from stages.media.probe import decode_audio
-
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such audio file")
     try:
@@ -268,9 +275,6 @@ def sample(opts: SampleOptions) -> dict:
               "created": datetime.now(UTC).isoformat()}
     frames = generate(model, codec, config, scheduler, ref_image, face_mask, audio, opts.speed, opts.steps,
                       opts.guidance_ref, opts.guidance_audio, generator, device, dtype, ident)
-    # stages/ imports stay in the functions that use them (model/ importing stages/ is issue 20's layout item)
-    from stages.media.video_io import write_mp4
-
     out = Path(opts.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     written = write_mp4(out, frames, fps=opts.fps, audio=wav, audio_rate=SAMPLE_RATE,

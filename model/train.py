@@ -31,6 +31,7 @@ from tqdm import tqdm
 from manifests import ManifestStore
 from manifests.fs import is_uri
 from manifests.lineage import merge_sources, training_sources
+from manifests.splits import training_hash
 from model.checkpoint import optimizer_from_tensors, read_meta
 from model.config import EMOConfig
 from model.data import ClipWindows
@@ -172,7 +173,7 @@ def train(opts: TrainOptions) -> Path:
     accelerator, precision = _accelerator(config)
     main_process = accelerator.is_main_process
     model, optimizer, params, names, ema, codec, assets = _prepare(opts, start, accelerator, precision, out)
-    manifest_hash = ManifestStore(opts.data).content_hash(["clips"])
+    manifest_hash = training_hash(ManifestStore(opts.data))  # clips, and the export's splits
     if start.resume_from is not None and start.meta["manifest_hash"] != manifest_hash:
         log.warning("the clips manifest changed since %s was saved", start.resume_from)
 

@@ -31,10 +31,14 @@ def _largest(dets):
 def measure_video(video: str | Path, reference_rgb: np.ndarray, wav: np.ndarray, fps: float) -> dict:
     """face_share, identity_similarity (None without a face), sync_offset and sync_confidence (None
     when the mouth never moves or too few frames have a face)."""
-    from stages.diarize.sync_features import visual_features
-    from stages.diarize.sync_measure import SyncMeasure
-    from stages.faces.detectors import DlibEmbedder, MediapipeDetector
-    from stages.faces.landmarks import FaceMesher, mouth_open
+    from model.curation_tools import (
+        DlibEmbedder,
+        FaceMesher,
+        MediapipeDetector,
+        SyncMeasure,
+        mouth_open,
+        visual_features,
+    )
 
     frames = _frames(Path(video))
     detector, mesher = MediapipeDetector(), FaceMesher()

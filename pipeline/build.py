@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from manifests import ManifestStore
-from manifests.optout import forget_inputs, remove_sources
 from pipeline.buildfile import BuildSpec, load_build_file
 from pipeline.ledger import Ledger
 from pipeline.lock import FileHashes, Lock, changes, digest, record
+from pipeline.optout import forget_inputs, remove_sources
 from pipeline.steps import BuildContext, BuildOut, Step, later_steps
 
 log = logging.getLogger(__name__)

@@ -90,9 +90,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from manifests.export import export, render_card
     from manifests.fs import Location
     from manifests.mirror import mirrored
+    from pipeline.export import export, render_card
 
     with mirrored(args.out, ("manifests", "clips")) as local:  # OUT itself when it is a folder
         card = export(local, val_fraction=args.val_fraction, command=" ".join(sys.argv), near_duplicate=args.near_duplicate)
@@ -104,9 +104,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_audit(args: argparse.Namespace) -> int:
     import json
 
-    from manifests import audit
     from manifests.fs import Location, is_uri
     from manifests.mirror import mirrored
+    from pipeline import audit
     from pipeline.lock import LOCK_NAME
 
     if not is_uri(args.out) and not Path(args.out).is_dir():  # the report of a missing folder would be an empty page
@@ -140,7 +140,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 def _cmd_optout(args: argparse.Namespace) -> int:
     import json
 
-    from manifests.optout import optout
+    from pipeline.optout import optout
 
     result = optout(args.out, args.source, reason=args.reason, checkpoints=args.checkpoints)
     print(json.dumps(result, indent=2))

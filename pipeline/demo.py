@@ -118,11 +118,11 @@ def _sample(opts: DemoOptions, root: Path, checkpoint: Path, timings: _Timings) 
 
 def run_demo(opts: DemoOptions) -> dict:
     # cli.py imports this module to build its parser: torch, ray and mediapipe load only when the demo runs.
-    from manifests.audit import report
-    from manifests.export import export
     from manifests.lineage import describe_checkpoints
     from model.watermark import detect_video
+    from pipeline.audit import report
     from pipeline.demo_corpus import DEMO_PORT, build_demo_corpus
+    from pipeline.export import export
     from pipeline.plan import available_stages, load_config
     from pipeline.runner import CurateOptions, curate
     from pipeline.serve import LoopbackServer

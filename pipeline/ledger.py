@@ -14,11 +14,17 @@ What a run redoes (`pending`), decided once, in the driver:
   - and, for each of those, every later stage that reads what it writes, on the same key.
 The driver then `forget`s the recorded ones, so a worker needs no more than "is there a row?":
 an earlier try of its own batch (a worker that died) leaves one, and nothing else does.
+
+Beside the rows, the settings behind each config hash (`record_settings`, once per hash, under
+OUT/manifests/_settings/), so what a stage ran with can be read back (`settings`): the export
+judges near-duplicates by the threshold curate's quality settings held.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -33,6 +39,7 @@ if TYPE_CHECKING:
 # server or the network failed this time. Timeouts of a whole fetch are not among them: a server
 # that drips bytes would cost its full limit again on every rerun.
 RETRYABLE = re.compile(r"(connection_error|http_408|http_429|http_5\d\d)")
+SETTINGS = "manifests/_settings"  # relative to OUT: <stage>-<config_hash>.json
 
 
 def run_key(stage: str, key: str) -> str:
@@ -92,6 +99,21 @@ class Ledger:
             "finished_at": datetime.now(UTC),
         }])
         self._recorded[(stage, key)] = status
+
+    def record_settings(self, stage: Stage) -> None:
+        """Keep the settings behind the stage's config hash (written once: the hash names them)."""
+        rel = f"{SETTINGS}/{stage.name}-{stage.config_hash()}.json"
+        if not self.store.loc.exists(rel):
+            self.store.loc.write_text(rel, json.dumps({"stage": stage.name, **stage.config()}, sort_keys=True, default=str))
+
+    def settings(self, stage: str) -> dict[str, Any] | None:
+        """The settings `stage` ran with here (those of most of its ok rows), or None when none were recorded."""
+        hashes = Counter(r["config_hash"] for (name, _), r in self.runs().items() if name == stage and r["status"] == "ok")
+        for config_hash, _ in hashes.most_common():
+            text = self.store.loc.read_text(f"{SETTINGS}/{stage}-{config_hash}.json", default="")
+            if text:
+                return json.loads(text)
+        return None
 
     def runs(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Every row, by (stage, key): status, error, config_hash."""

@@ -21,9 +21,9 @@ import ray
 
 from manifests import ManifestStore
 from manifests.fs import FORWARDED_ENV, Location, is_uri
-from manifests.optout import load_tombstones
 from manifests.redact import KEY_FILE, redact_uri, uri_key
-from pipeline.ledger import Ledger
+from manifests.tombstones import load_tombstones
+from pipeline.ledger import Ledger, run_key
 from pipeline.plan import PipelineSettings, build_stages
 from pipeline.sources_file import read_sources
 from pipeline.summary import Summary, summarize
@@ -64,7 +64,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 def _map(ds: ray.data.Dataset, worker_cls: type, stages: list[Stage], out: str, max_workers: int,
-         settings: PipelineSettings, n_items: int, object_sources: bool = False) -> ray.data.Dataset:
+         settings: PipelineSettings, n_items: int, object_sources: bool = False,
+         blocked_sha256: set[str] | None = None) -> ray.data.Dataset:
     """Stages fused as one Ray Data operator: an actor pool when any holds a model, tasks otherwise.
 
     A worker process that dies (killed, crashed, or ended by the worker after a stuck stage) is
@@ -90,7 +91,8 @@ def _map(ds: ray.data.Dataset, worker_cls: type, stages: list[Stage], out: str, 
         remote["memory"] = memory * 1024 * 1024
     # DownloadWorker wraps one stage, ChainWorker a list of them.
     kwargs: dict[str, Any] = {"out": out, "settings": settings}
-    kwargs.update({"stage": stages[0]} if worker_cls is DownloadWorker else {"stages": stages})
+    kwargs.update({"stage": stages[0], "blocked_sha256": frozenset(blocked_sha256 or ())}
+                  if worker_cls is DownloadWorker else {"stages": stages})
     if any(s.uses_model for s in stages):
         return ds.map_batches(worker_cls, fn_constructor_kwargs=kwargs, batch_size=1, batch_format="pyarrow",
                               compute=ray.data.ActorPoolStrategy(size=max(1, min(max_workers, n_items)),
@@ -172,13 +174,13 @@ def curate(opts: CurateOptions) -> Summary:
     stages = build_stages(list(opts.stages), opts.config)
     settings = PipelineSettings.from_config(opts.config)
     for stage in stages:
-        if stage.name == "download":
-            stage.blocked_sha256 = sorted(blocked_shas)
         stage.prepare()  # once, here, before any worker starts
+    ledger = Ledger(store)
+    for stage in stages:
+        ledger.record_settings(stage)
     init_ray(opts.address, opts.num_cpus)
     max_workers = opts.max_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
-    ledger = Ledger(store)
     by_name = {s.name: s for s in stages}
     if "download" in by_name:
         todo = _claim(ledger, [by_name["download"]], [r["input_id"] for r in inputs])
@@ -187,7 +189,7 @@ def curate(opts: CurateOptions) -> Summary:
         if pending:
             ds = ray.data.from_items(pending, override_num_blocks=len(pending))
             ds = _map(ds, DownloadWorker, [by_name["download"]], out, max_workers, settings, len(pending),
-                      object_sources=any(_on_object_store(r["uri"]) for r in pending))
+                      object_sources=any(_on_object_store(r["uri"]) for r in pending), blocked_sha256=blocked_shas)
             for _ in ds.iter_batches(batch_size=None):
                 pass
 
@@ -200,17 +202,29 @@ def curate(opts: CurateOptions) -> Summary:
     return summary
 
 
+# Tables written outside the stages from a table a stage writes: a source's rows there are void when
+# that stage is redone on it (the export's decisions on its clips: until the next export, none).
+VOID_WHEN_REDONE = {"clips": ("splits",)}
+
+
 def _claim(ledger: Ledger, stages: list[Stage], keys: list[str]) -> dict[str, list[str]]:
-    """What this run does on `keys`, decided once: the ledger's pending (stage, key)s. Their old rows
-    and the shards those stages wrote are forgotten, so the workers redo exactly these, and a stage
-    that now fails leaves no rows of an earlier success behind."""
+    """What this run does on `keys`, decided once: the ledger's pending (stage, key)s. Their old rows,
+    the shards and the files (Stage.folders) those stages wrote are forgotten, so the workers redo
+    exactly these, and a stage that now fails (or keeps less) leaves nothing of an earlier run behind."""
     todo = ledger.pending(stages, keys)
+    recorded = ledger.store.shard_keys("stage_runs")
     redone = [(s, k) for k, names in todo.items() for s in stages if s.name in names]
     stale = ledger.forget_pending(todo)
     if stale:
         for table in {t for s, _ in redone for t in s.writes}:
-            live = ledger.store.shard_keys(table)
-            ledger.store.delete_shards(table, [k for s, k in redone if table in s.writes and k in live])
+            doomed = {k for s, k in redone if table in s.writes}
+            for t in (table, *VOID_WHEN_REDONE.get(table, ())):
+                live = ledger.store.shard_keys(t)
+                ledger.store.delete_shards(t, [k for k in doomed if k in live])
+        for s, k in redone:  # only what ran before: a first run has no files to forget (and costs no listing)
+            if run_key(s.name, k) in recorded:
+                for folder in s.folders:
+                    ledger.store.loc.delete_tree(f"{folder}/{k}")
         log.info("redoing %d runs that failed for a passing reason or were made with other settings", stale)
     return todo
 

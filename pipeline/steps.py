@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from manifests import ManifestStore
-from manifests.export import export
 from manifests.fs import Location
 from manifests.hashing import sha256_file
 from manifests.mirror import mirrored
@@ -26,6 +24,7 @@ from model.remote import cache_root, local_checkpoint
 from model.sample import SampleOptions, sample
 from model.train import TrainOptions, train
 from pipeline.buildfile import BuildSpec, SampleSpec, TrainSpec
+from pipeline.export import export
 from pipeline.lock import FileHashes
 
 
@@ -103,7 +102,7 @@ class ExportStep(Step):
         spec, bo = self.ctx.spec, self.ctx.out
         with mirrored(bo.data, ("manifests", "clips")) as local:  # as `emo export` does on object storage
             card = export(local, val_fraction=spec.val_fraction, command=f"emo build {spec.file} --out {bo}")
-        return {"manifest_hash": card["manifest_hash"], "clips_hash": ManifestStore(bo.data).content_hash(["clips"]),
+        return {"manifest_hash": card["manifest_hash"], "clips_hash": card["clips_hash"],
                 "clips": card["clips"], "identities": card["identities"], "card": "export/dataset_card.json"}
 
     def outputs_present(self, record: dict[str, Any]) -> bool:

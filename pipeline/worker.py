@@ -140,8 +140,10 @@ class StageWorker:
     TIMED_OUT = "{name} took longer than its limit of {limit:.0f} s on this source"
 
     def __init__(self, stage: Stage, out: str, settings: PipelineSettings | None = None,
-                 scratch: Scratch | None = None, ledger: Ledger | None = None):
+                 scratch: Scratch | None = None, ledger: Ledger | None = None,
+                 blocked_sha256: frozenset[str] = frozenset()):
         self.stage = stage
+        self.blocked_sha256 = blocked_sha256  # the opt-out tombstones' content, for the stage's context
         # Stages whose failure on a source skips this one there. Download's rows are keyed by
         # input, not source, and only its ok sources ever reach a media stage.
         self.needs = tuple(n for n in needs(stage) if n != "download")
@@ -159,10 +161,11 @@ class StageWorker:
         """The stage's view of OUT for one source: OUT itself, or the mirror with its inputs fetched."""
         readable = frozenset(self.stage.reads + self.stage.uses)
         if self.scratch is None:
-            return StageContext(out=self.loc.path, readable=readable)
+            return StageContext(out=self.loc.path, readable=readable, blocked_sha256=self.blocked_sha256)
         if self.stage.name != "download":
             self.scratch.fetch(source.get("media_path"), source.get("audio_path"))
-        return MirrorContext(out=self.scratch.dir, readable=readable, manifests=self.store)
+        return MirrorContext(out=self.scratch.dir, readable=readable, blocked_sha256=self.blocked_sha256,
+                             manifests=self.store)
 
     def upload(self) -> None:
         """Files the stage produced go up before any manifest row that names them."""
@@ -272,7 +275,7 @@ class DownloadWorker(StageWorker):
             self.stage.discard(iid, ctx)  # a timed-out input leaves no partial bytes behind
         self.upload()
         row["error"] = _out_relative(row.get("error"), ctx)
-        self.store.write_shard("sources", iid, [row])
+        self.store.write_shard("sources", iid, [row], strict=True)  # every column named: source_row made it
         self.record_run(iid, row["status"], row.get("error"), 1, t0, ctx)
         if stuck:
             _exit_stuck("download", iid)

@@ -44,6 +44,9 @@ class StageContext:
     out: Path
     counters: Counter = field(default_factory=Counter)
     readable: frozenset[str] | None = None  # the stage's reads + uses; None (tests, tools): any table
+    # sha256s of content removed at its owners' request (OUT's opt-out tombstones, read once by the
+    # driver): the download refuses these bytes from any URI. Not a setting: not in any config hash.
+    blocked_sha256: frozenset[str] = frozenset()
 
     @property
     def store(self) -> ManifestStore:
@@ -83,6 +86,9 @@ class Stage:
     reads: ClassVar[tuple[str, ...]] = ()
     uses: ClassVar[tuple[str, ...]] = ()
     writes: ClassVar[tuple[str, ...]] = ()
+    # Folders under OUT that hold this stage's files of a source, as FOLDER/<source_id>/: emptied when
+    # the stage is redone on it, so no file its new rows do not name is left behind (pipeline/runner.py).
+    folders: ClassVar[tuple[str, ...]] = ()
     uses_model: ClassVar[bool] = False  # True: run in an actor pool so setup() happens once per worker
     # Rows of these statuses made with other settings are redone by the next run (pipeline/ledger.py).
     stale_with_other_settings: ClassVar[frozenset[str]] = frozenset({"ok", "failed", "skipped"})

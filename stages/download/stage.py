@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlparse
 
 from manifests.hashing import sha256_file
 from manifests.redact import redact_uri, scrub
+from manifests.sources import INPUT_COLUMNS, source_row
 from stages.base import Resources, Stage, StageContext, StageError
 from stages.download.http import HttpFetch, OptOut, Retryable  # noqa: F401  (Retryable: part of this stage's API)
 from stages.download.object_store import fetch_object
@@ -71,44 +72,44 @@ class DownloadStage(Stage):
         self.backoff_s = backoff_s
         self.max_redirects = max_redirects
         self.audio_rate = audio_rate
-        self.blocked_sha256: list[str] = []  # set by the runner from OUT's opt-out tombstones
 
     # -- one source ---------------------------------------------------------------------------------
 
     def process(self, source: dict[str, Any], ctx: StageContext) -> list[dict[str, Any]]:
-        row = _input_fields(source)
+        given, fetched_at = _input_fields(source), datetime.now(UTC)
         uri, iid = source["uri"], source["input_id"]
         if source.get("input_error"):
             ctx.count("failed_bad_row")
-            return [{**row, "status": "failed", "error": source["input_error"]}]
+            return [source_row(given, "failed", source["input_error"], fetched_at)]
         if str(source.get("consent") or "").strip().lower() in ("no", "false", "0", "denied", "withdrawn"):
             ctx.count("skipped_consent")
-            return [{**row, "status": "skipped", "error": "consent_no: the sources file says consent=no"}]
+            return [source_row(given, "skipped", "consent_no: the sources file says consent=no", fetched_at)]
         meta: dict[str, Any] = {}
+        fetch = content = None
         try:
             path, meta = self._fetch(uri, iid, ctx)
-            row.update(_redacted(meta))
-            row.update(self._store_and_probe(path, ctx))
-            row["status"] = "ok"
+            fetch = meta
+            content = self._store_and_probe(path, ctx)
+            status, error = "ok", None
             ctx.count("ok")
         except OptOut as e:
-            row.update(_redacted(e.meta), status="skipped", error=str(e))
+            fetch, status, error = {**meta, **e.meta}, "skipped", str(e)
             ctx.count("skipped_opt_out")
         except StageError as e:
-            row.update(_redacted(getattr(e, "meta", meta)), status="failed", error=str(e))
+            fetch, status, error = {**meta, **getattr(e, "meta", {})}, "failed", str(e)
             ctx.count(f"failed_{e.reason}")
         except Exception as e:  # a bug or an unforeseen input: still one row, still going
-            row.update(status="failed", error=f"internal_error: {type(e).__name__}: {e}")
+            status, error = "failed", f"internal_error: {type(e).__name__}: {e}"
             ctx.count("failed_internal_error")
         finally:
             self.discard(iid, ctx)
         # Error texts quote URLs (requests puts them in its exceptions): no secret of any hop survives.
-        row["error"] = scrub(row.get("error"), uri, meta.get("final_url"), *(meta.get("redirects") or []))
-        return [row]
+        error = scrub(error, uri, meta.get("final_url"), *(meta.get("redirects") or []))
+        return [source_row(given, status, error, fetched_at, fetch=None if fetch is None else _redacted(fetch), content=content)]
 
     def failed_row(self, source: dict[str, Any], error: str) -> dict[str, Any]:
         """The `sources` row of an input that failed outside `process` (the runner gave up on it)."""
-        return {**_input_fields(source), "status": "failed", "error": scrub(error, source.get("uri"))}
+        return source_row(_input_fields(source), "failed", scrub(error, source.get("uri")), datetime.now(UTC))
 
     def discard(self, input_id: str, ctx: StageContext) -> None:
         """Remove this input's temporary files under OUT/downloads (whatever the outcome)."""
@@ -191,7 +192,7 @@ class DownloadStage(Stage):
         if kind not in (VIDEO, AUDIO):
             raise StageError("not_media", f"content is {mime}, not a media container")
         sha, size = sha256_file(path), path.stat().st_size
-        if sha in self.blocked_sha256:
+        if sha in ctx.blocked_sha256:
             raise OptOut("opted_out: this content was removed at its owner's request", {})
         meta: dict[str, Any] = {"sha256": sha, "bytes": size, "mime": mime, "source_id": sha[:16]}
         meta.update(probe_media(path))
@@ -217,6 +218,8 @@ class DownloadStage(Stage):
                     dest.unlink(missing_ok=True)
                 raise
             meta["audio_path"] = ctx.rel(wav)
+        else:
+            meta["audio_path"] = None
         return meta
 
 
@@ -260,19 +263,16 @@ def _clone_or_copy(src: Path, dst: Path, max_bytes: int) -> None:
 
 
 def _redacted(meta: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in meta.items() if k in ("final_url", "redirects")}
-    if "final_url" in out:
-        out["final_url"] = redact_uri(out["final_url"])
-    if out.get("redirects"):
-        out["redirects"] = [redact_uri(u) for u in out["redirects"]]
-    return out
+    """The fetch's columns of a `sources` row, with no credential in a URL."""
+    redirects = meta.get("redirects")
+    return {"final_url": redact_uri(meta.get("final_url")),
+            "redirects": [redact_uri(u) for u in redirects] if redirects else redirects}
 
 
 def _input_fields(source: dict[str, Any]) -> dict[str, Any]:
-    row = {k: source.get(k) for k in ("input_id", "uri", "license", "consent", "category", "title",
-                                      "language", "notes", "meta")}
-    row["uri"] = redact_uri(row["uri"]) or ""
-    row["fetched_at"] = datetime.now(UTC)
-    return row
+    """The input's columns of a `sources` row (its URI redacted)."""
+    given = {k: source.get(k) for k in INPUT_COLUMNS}
+    given["uri"] = redact_uri(given["uri"]) or ""
+    return given
 
 

@@ -50,6 +50,7 @@ class FaceStage(Stage):
     reads = ("sources",)
     uses = ("shots",)  # without shots, the whole source is one shot
     writes = ("tracks",)
+    folders = ("masks",)  # each track's face and lip masks
     uses_model = True
     resources = Resources(num_cpus=1.0, memory_mb=3072)
 

@@ -4,7 +4,7 @@ Every rule in quality.yaml is evaluated and recorded for every candidate; a cand
 only when it fails none. Kept clips get their own crop mp4 and 16 kHz wav under OUT/clips/: the
 crops are cut straight from the source by each track's crop window, all in one decode, so the only
 video encoded is what is kept, and it is encoded once.
-Near-duplicates are a corpus-level rule, judged at export (manifests/export.py).
+Near-duplicates are a corpus-level rule, judged at export (pipeline/export.py) by this stage's threshold.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class QualityStage(Stage):
     reads = ("sources", "tracks")
     uses = ("segments", "shots", "timeline")  # without segments, clips are judged on pictures alone
     writes = ("clips", "rejections")
+    folders = ("clips",)  # each kept clip's crop mp4 and wav
     resources = Resources(num_cpus=1)
 
     def __init__(self, min_clip_s: float | None = None, max_clip_s: float | None = None,

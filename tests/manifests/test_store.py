@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,6 +14,8 @@ import pytest
 
 from manifests import TABLES, ManifestStore
 from manifests._schema import schema_version
+from manifests.sources import CONTENT_COLUMNS, INPUT_COLUMNS
+from manifests.sources import source_row as build_source_row
 
 
 def source_row(i: int, **kw) -> dict:
@@ -49,6 +52,34 @@ def test_unknown_columns_and_bad_keys_are_refused(tmp_path):
             store.write_shard("sources", key, [source_row(1)])
     with pytest.raises(KeyError):
         store.read("nope")
+
+
+def test_a_strict_write_names_the_missing_column(tmp_path):
+    store = ManifestStore(tmp_path)
+    row = build_source_row({**dict.fromkeys(INPUT_COLUMNS), "input_id": "in1", "uri": "/a.mp4"}, "failed",
+                           "not_found: no such file", datetime.now(UTC))
+    store.write_shard("sources", "in1", [row], strict=True)
+    del row["height"]
+    with pytest.raises(ValueError, match="sources: row 0 has no column 'height'"):
+        store.write_shard("sources", "in1", [row], strict=True)
+    store.write_shard("sources", "in1", [row])  # not strict: a null
+
+
+def test_sources_rows_are_made_whole_by_one_builder():
+    given = {**dict.fromkeys(INPUT_COLUMNS), "input_id": "in1", "uri": "/a.mp4"}
+    fetch = {"final_url": "file:///a.mp4", "redirects": []}
+    content = {**dict.fromkeys(CONTENT_COLUMNS), "source_id": "s1", "has_audio": False}
+    row = build_source_row(given, "ok", None, datetime.now(UTC), fetch=fetch, content=content)
+    assert set(row) == set(TABLES["sources"].names) and row["source_id"] == "s1"
+    failed = build_source_row(given, "failed", "http_404: gone", datetime.now(UTC), fetch=fetch)
+    assert set(failed) == set(TABLES["sources"].names) and failed["sha256"] is None
+    with pytest.raises(ValueError, match=r"content columns lack \['height'\]"):
+        build_source_row(given, "ok", None, datetime.now(UTC), fetch=fetch,
+                         content={k: v for k, v in content.items() if k != "height"})
+    with pytest.raises(ValueError, match=r"not input columns: \['colour'\]"):
+        build_source_row({**given, "colour": "red"}, "failed", "x", datetime.now(UTC))
+    with pytest.raises(ValueError, match="an ok row needs its content"):
+        build_source_row(given, "ok", None, datetime.now(UTC), fetch=fetch)
 
 
 def test_rewriting_a_shard_replaces_it(tmp_path):

@@ -18,8 +18,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from manifests import ManifestStore, audit
-from manifests.export import export
+from manifests import ManifestStore
+from pipeline import audit
+from pipeline.export import export
 from pipeline.runner import CurateOptions, curate
 from pipeline.serve import LoopbackServer
 from tests.fixtures.bad_corpus import KINDS, SECRET, build_bad_corpus

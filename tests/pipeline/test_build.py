@@ -21,10 +21,11 @@ import yaml
 from safetensors.torch import load_file
 
 from manifests import ManifestStore
-from manifests.audit import build_lineage, report
 from manifests.lineage import checkpoints_of
+from manifests.splits import exported_clips
 from model.checkpoint import read_meta, resolve_checkpoint
 from model.config import EMO_MODELS
+from pipeline.audit import build_lineage, report
 from pipeline.build import build
 from pipeline.buildfile import BuildFileError, load_build_file
 from pipeline.cli import main as cli_main
@@ -249,7 +250,7 @@ def test_a_video_leads_to_what_its_model_learned_from_and_an_optout_names_the_mo
     store = ManifestStore(out)
     sources = {r["uri"]: r for r in store.read("sources").to_pylist()}
     seconds = {}
-    for c in store.read("clips").to_pylist():
+    for c in exported_clips(store):
         if c["split"] in (None, "train"):
             seconds[c["source_id"]] = seconds.get(c["source_id"], 0.0) + c["n_frames"] / c["fps"]
     assert len(seconds) == 2  # both pieces of footage reach the training set

@@ -13,8 +13,8 @@ import sys
 import pytest
 
 from manifests import ManifestStore
-from manifests.audit import build_lineage
 from manifests.fs import Location
+from pipeline.audit import build_lineage
 from pipeline.build import build
 from tests.pipeline.test_build import OVERFIT, actions, build_doc, footage, write  # noqa: F401  (footage: a fixture)
 from tests.s3_server import moto_s3, new_bucket

@@ -13,9 +13,10 @@ import shutil
 import pytest
 
 from manifests import ManifestStore
-from manifests.audit import report, trace, verify
-from manifests.export import export
-from manifests.optout import optout
+from manifests.splits import exported_clips
+from pipeline.audit import report, trace, verify
+from pipeline.export import export
+from pipeline.optout import optout
 from pipeline.plan import load_config
 from pipeline.runner import CurateOptions, curate
 from pipeline.serve import LoopbackServer
@@ -78,7 +79,7 @@ def test_every_rejection_names_its_rule_and_value(demo_run):
 def test_split_is_identity_disjoint_and_knows_people_across_sources(demo_run):
     out, *_ = demo_run
     store = ManifestStore(out)
-    clips = store.read("clips").to_pylist()
+    clips = exported_clips(store)  # clips joined with the export's splits
     sides: dict[str, set[str]] = {"train": set(), "val": set()}
     for c in clips:
         assert c["identity_id"] and c["split"] in sides
@@ -90,7 +91,7 @@ def test_split_is_identity_disjoint_and_knows_people_across_sources(demo_run):
     assert len(set(ids.values())) == 2 and ids[talking] != ids[next(s for s in ids if s != talking)]
     # The carphone man is also in two shots of the reel: one person across sources. (The reel's
     # astronaut shot cuts her face at the top edge, so the astronaut has no track there.)
-    from manifests.export import corpus_identities
+    from pipeline.export import corpus_identities
 
     identities = corpus_identities(store)
     reel = titles["edited reel with cuts, a fade and a dissolve"]["source_id"]

@@ -108,6 +108,38 @@ def test_forget_deletes_only_the_named_runs_live_or_compacted(tmp_path):
     assert Ledger(tmp_path).status("shots", "s1") == "ok" and Ledger(tmp_path).status("shots", "s2") is None
 
 
+def test_a_redone_stage_forgets_its_old_files_of_that_source_only(tmp_path):
+    from pipeline.runner import _claim
+
+    stages = build_stages(MEDIA)
+    ledger = Ledger(tmp_path)
+    files = {sid: [tmp_path / "clips" / sid / f"{sid}-t00-c0{k}.{ext}" for k in (0, 1) for ext in ("mp4", "wav")]
+             + [tmp_path / "masks" / sid / f"{sid}-t00.face.png"] for sid in ("s1", "s2")}
+    for sid, paths in files.items():
+        record_all(ledger, stages, sid)
+        for p in paths:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(b"x")
+    store = ManifestStore(tmp_path)
+    store.write_shard("splits", "s1", [{"clip_id": "s1-t00-c00", "source_id": "s1", "split": "val"}])
+    stricter = build_stages(MEDIA, {"quality": {"rules": {"blurry": 90.0}}})
+    assert _claim(ledger, stricter, ["s1", "s2"]) == {"s1": ["quality"], "s2": ["quality"]}
+    assert not store.shard_keys("splits")  # the export's decisions on the redone clips are void
+    # Quality's clips of both go (its rerun writes the ones it keeps); the faces stage's masks stay.
+    assert not (tmp_path / "clips").exists() or not any((tmp_path / "clips").rglob("*.*"))
+    assert all(p.exists() for sid in files for p in files[sid] if "masks" in p.parts)
+    for paths in files.values():  # a new source's first run forgets nothing
+        for p in paths:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(b"x")
+    assert _claim(ledger, stricter, ["s1", "s3"]) == {"s1": ["quality"], "s3": MEDIA}
+    assert all(p.exists() for p in files["s2"]) and all(p.exists() for p in files["s1"])  # s1 has no row: not run yet
+    record_all(ledger, stricter, "s1")
+    ledger.record("faces", "s1", "ok", "an older faces")
+    assert _claim(ledger, stricter, ["s1"]) == {"s1": ["faces", "diarize", "quality"]}
+    assert not any(p.exists() for p in files["s1"]) and all(p.exists() for p in files["s2"])
+
+
 def test_a_passing_server_error_is_retried_by_the_next_curate(ray_local, demo_corpus, server, tmp_path):
     """/fault/flaky/ answers 500 twice, then the file: with one retry the first run fails, the second fetches it."""
     sources = write_sources(tmp_path / "s.csv", [server.url("fault/flaky/cuts.mp4"), server.url("missing.mp4")])
@@ -154,3 +186,18 @@ def test_emo_curate_redoes_a_stage_whose_settings_changed_and_what_reads_it(demo
     assert runs["faces"]["config_hash"] == build_stages(["faces"], {"faces": {"margin": 0.31}})[0].config_hash()
     # Rows of what was redone are the new run's, one per table and source as before.
     assert ManifestStore(out).read("tracks").num_rows == runs["faces"]["n_rows"]
+    assert clip_files(out) == named_clip_files(out) and named_clip_files(out)
+
+    # Settings that keep no clip: the rerun leaves none of the earlier clips' files behind.
+    config["quality"]["rules"]["face_too_small"] = 100000
+    emo_curate(sources, out, config)
+    assert ManifestStore(out).read("clips").num_rows == 0 and ManifestStore(out).read("rejections").num_rows
+    assert clip_files(out) == set()
+
+
+def clip_files(out: Path) -> set[str]:
+    return {str(p.relative_to(out)) for p in (out / "clips").rglob("*") if p.is_file()} if (out / "clips").exists() else set()
+
+
+def named_clip_files(out: Path) -> set[str]:
+    return {c[k] for c in ManifestStore(out).read("clips").to_pylist() for k in ("crop_path", "audio_path")}

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from manifests import ManifestStore
-from manifests.audit import report, trace, verify
-from manifests.export import export
-from manifests.optout import optout
+from manifests.splits import exported_clips
+from pipeline.audit import report, trace, verify
+from pipeline.export import export
+from pipeline.optout import optout
 from pipeline.sources_file import input_id
 from stages.base import StageContext
 from stages.download.stage import DownloadStage
@@ -157,20 +158,38 @@ def test_export_dedupes_across_sources_splits_by_identity_and_writes_a_card(cura
     fake_upstream(out, src2, identity="person-a")
     r2 = QualityStage().process(src2, StageContext(out=out))
     ManifestStore(out).write_shard("clips", src2["source_id"], r2["clips"])
-    card = export(out)
     store = ManifestStore(out)
-    clips = store.read("clips").to_pylist()
-    assert len(clips) == 1
-    dup = [r for r in store.read("rejections").to_pylist() if r["rule"] == "near_duplicate"]
-    assert len(dup) == 1 and dup[0]["value"] <= 8
+    written = {t: store.content_hash([t]) for t in ("clips", "rejections")}
+    card = export(out)
+    assert {t: store.content_hash([t]) for t in written} == written  # the quality stage's tables, only read
+    assert len(exported_clips(store)) == 1
+    (dup,) = [r for r in store.read("splits").to_pylist() if r["near_duplicate_of"]]
+    assert dup["split"] is None and dup["near_duplicate_distance"] <= 8 == dup["near_duplicate_threshold"]
+    assert dup["source_id"] == src2["source_id"] and dup["near_duplicate_of"].startswith(src["source_id"])
     assert card["rejections_by_rule"]["near_duplicate"] == 1 and card["clips"] == 1
     assert len(card["manifest_hash"]) == 64
     assert (out / "export" / "dataset_card.md").read_text().startswith("# Dataset card")
     assert json.loads((out / "export" / "dataset_card.json").read_text())["manifest_hash"] == card["manifest_hash"]
 
 
+def test_export_judges_near_duplicates_by_the_threshold_curate_ran_with(tmp_path):
+    from pipeline.export import near_duplicate_threshold
+    from pipeline.ledger import Ledger
+
+    store = ManifestStore(tmp_path)
+    assert near_duplicate_threshold(store, None)[:2] == (8.0, "quality.yaml (curate recorded no quality settings)")
+    stage = QualityStage(rules={"near_duplicate": 3.5, "low_sync": 0.0})
+    ledger = Ledger(store)
+    ledger.record_settings(stage)  # as curate does, before any worker
+    ledger.record("quality", "s1", "ok", stage.config_hash())
+    value, origin, quality = near_duplicate_threshold(store, None)
+    assert (value, origin) == (3.5, "the quality settings curate ran with")
+    assert quality["rules"]["low_sync"] == 0.0 and quality["rules"]["near_duplicate"] == 3.5  # what the card reports
+    assert near_duplicate_threshold(store, 6.0)[:2] == (6.0, "emo export --near-duplicate")
+
+
 def test_split_never_puts_an_identity_on_both_sides():
-    from manifests.export import identity_split
+    from pipeline.export import identity_split
 
     clips = [{"identity_id": f"p{i % 7}", "source_id": "s", "start_s": 0, "end_s": 1 + i} for i in range(40)]
     split = identity_split(clips, val_fraction=0.2)
@@ -214,9 +233,10 @@ def test_optout_removes_everything_and_a_rerun_never_brings_it_back(ray_local, c
     from pipeline.runner import CurateOptions, curate
 
     out, src, _ = curated
+    again = shutil.copy(out / src["media_path"], tmp_path / "the same bytes again.mp4")  # under another URI
     sources = tmp_path / "s.csv"
     with open(sources, "w", newline="") as fh:
-        csv.writer(fh).writerows([["uri"], [src["uri"]], [str(demo_corpus / "cuts.mp4")]])
+        csv.writer(fh).writerows([["uri"], [src["uri"]], [str(demo_corpus / "cuts.mp4")], [str(again)]])
     before = ManifestStore(out).content_hash()
     res = optout(out, src["sha256"])
     assert res["source_ids"] == [src["source_id"]] and res["manifest_hash"] != before
@@ -226,7 +246,12 @@ def test_optout_removes_everything_and_a_rerun_never_brings_it_back(ray_local, c
         text = store.read(table).to_pandas().to_string()
         assert src["source_id"] not in text and src["uri"] not in text, table
     assert not (out / src["media_path"]).exists() and not (out / "clips" / src["source_id"]).exists()
-    assert store.read("sources").num_rows == 1  # cuts.mp4 was curated; the opted-out source was not
+    # cuts.mp4 was curated; the opted-out URI was not, and its bytes from another URI were refused
+    # (the tombstones reach the download through its StageContext, not its settings).
+    rows = {r["uri"]: r for r in store.read("sources").to_pylist()}
+    assert len(rows) == 2 and rows[str(again)]["status"] == "skipped" and rows[str(again)]["error"].startswith("opted_out")
+    hashes = {r["config_hash"] for r in store.read("stage_runs").to_pylist() if r["stage"] == "download"}
+    assert hashes == {DownloadStage().config_hash()}  # an opt-out changes no setting
     shutil.rmtree(out / "clips", ignore_errors=True)
 
 

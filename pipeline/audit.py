@@ -13,6 +13,7 @@ from typing import Any
 from manifests.hashing import sha256_file
 from manifests.lineage import checkpoints_of
 from manifests.redact import redact_uri
+from manifests.splits import TRAINING_TABLES, exported_clips, near_duplicate_rejections
 from manifests.store import ManifestStore
 
 
@@ -44,11 +45,13 @@ def verify(out: str | Path) -> list[str]:
 def trace(out: str | Path, clip_id: str) -> dict[str, Any]:
     """The full lineage of one clip (or rejected candidate): source, shot, track, segment, every rule."""
     store = ManifestStore(out)
-    clip = next((c for c in store.read("clips").to_pylist() if c["clip_id"] == clip_id), None)
-    rejected = [r for r in store.read("rejections").to_pylist() if r["candidate_id"] == clip_id]
+    clip = next((c for c in exported_clips(store) if c["clip_id"] == clip_id), None)  # not a near-duplicate
+    rejected = [r for r in store.read("rejections").to_pylist() + near_duplicate_rejections(store)
+                if r["candidate_id"] == clip_id]
     if clip is None and not rejected:
         raise KeyError(f"no clip or candidate {clip_id!r} in {store.root}")
     base = clip or rejected[0]
+    judged = clip or next((c for c in store.read_shard("clips", base["source_id"]).to_pylist() if c["clip_id"] == clip_id), {})
     sid = base["source_id"]
 
     def one(table: str, key: str, value: str | None) -> dict | None:
@@ -70,7 +73,7 @@ def trace(out: str | Path, clip_id: str) -> dict[str, Any]:
         "shot": one("shots", "shot_id", base["shot_id"]),
         "track": track,
         "segment": one("segments", "segment_id", base["segment_id"]),
-        "rules": base.get("rules") or [],  # every rule the candidate was judged by, with its value
+        "rules": base.get("rules") or judged.get("rules") or [],  # every rule the candidate was judged by, with its value
         "failed_rules": [{"rule": r["rule"], "value": r["value"], "threshold": r["threshold"]} for r in rejected],
     }
 
@@ -162,8 +165,8 @@ def _model_warning(m: dict[str, Any]) -> str:
 def report(out: str | Path) -> Path:
     """Write OUT/audit/report.html: self-contained (images inlined), opens with no server."""
     store = ManifestStore(out)
-    clips = store.read("clips").to_pylist()
-    rej = store.read("rejections").to_pylist()
+    clips = exported_clips(store)
+    rej = store.read("rejections").to_pylist() + near_duplicate_rejections(store)
     tracks = store.read("tracks", columns=["face_size_px", "yaw", "pitch"]).to_pylist()
     sources = store.read("sources").to_pylist()
     minutes_license, minutes_cat = Counter(), Counter()
@@ -195,7 +198,7 @@ def report(out: str | Path) -> Path:
 .card{{border:1px solid #ddd;border-radius:8px;padding:8px;background:#fafafa}} td,th{{padding:2px 10px;text-align:left}}
 .kpi{{display:inline-block;margin-right:28px}} .kpi b{{font-size:1.6em;display:block}}</style></head><body>
 <h1>emo-forge audit</h1>
-<p>{html.escape(str(Path(out).resolve()))} &middot; manifest hash <code>{html.escape(card.get('manifest_hash', store.content_hash(['sources', 'clips'])))}</code></p>
+<p>{html.escape(str(Path(out).resolve()))} &middot; manifest hash <code>{html.escape(card.get('manifest_hash', store.content_hash(['sources', *TRAINING_TABLES])))}</code></p>
 <div><span class="kpi"><b>{len(sources)}</b>sources</span><span class="kpi"><b>{len(clips)}</b>clips kept</span>
 <span class="kpi"><b>{sum(c['end_s'] - c['start_s'] for c in clips) / 60:.1f}</b>minutes</span>
 <span class="kpi"><b>{len({r['candidate_id'] for r in rej})}</b>candidates rejected</span></div>

@@ -11,31 +11,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from manifests.fs import Location
 from manifests.lineage import learned_from
 from manifests.redact import redact_uri
 from manifests.store import ManifestStore
+from manifests.tombstones import TOMBSTONES
 from pipeline.ledger import Ledger
 
-DERIVED_TABLES = ("shots", "timeline", "tracks", "segments", "clips", "rejections")
-TOMBSTONES = "manifests/tombstones.jsonl"  # relative to OUT (a folder or a URI)
-
-
-def tombstones_path(out: str | Path) -> Path:
-    return Location(out).path / TOMBSTONES
-
-
-def load_tombstones(out: str | Path) -> tuple[set[str], set[str]]:
-    """(blocked URIs, blocked sha256s)."""
-    uris, shas = set(), set()
-    for line in Location(out).read_text(TOMBSTONES, default="").splitlines():
-        if line.strip():
-            t = json.loads(line)
-            uris.update(t.get("uris", []))
-            shas.update(t.get("sha256", []))
-    return uris, shas
-
-
+DERIVED_TABLES = ("shots", "timeline", "tracks", "segments", "clips", "rejections", "splits")
 def forget_inputs(store: ManifestStore, inputs: list[dict[str, Any]]) -> None:
     """Drop these inputs' `sources` rows, download runs and partial downloads; their media stay."""
     store.delete_shards("sources", [r["input_id"] for r in inputs])

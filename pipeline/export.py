@@ -1,8 +1,9 @@
 """`emo export OUT`: the kept clips as a training set you can defend.
 
 Judges the corpus-level rule (near-duplicates across sources), splits train/validation so that
-no identity is on both sides, and writes a dataset card (Markdown and JSON) that names the
-manifest hash of this exact dataset.
+no identity is on both sides, and writes both decisions into its own table, `splits`
+(manifests/splits.py): the quality stage's `clips` and `rejections` are read, never rewritten.
+Writes a dataset card (Markdown and JSON) that names the manifest hash of this exact dataset.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
+from manifests.clips import CLIPS
+from manifests.splits import TRAINING_TABLES, exported_clips, near_duplicate_rejections, training_hash
 from manifests.store import ManifestStore
 
 
@@ -100,53 +104,63 @@ def identity_split(clips: list[dict], val_fraction: float, seed: str = "emo-forg
     return split
 
 
-def export(out: str | Path, val_fraction: float = 0.1, command: str | None = None,
-           near_duplicate: float | None = None) -> dict[str, Any]:
-    """Judge near-duplicates, split by identity, write the card; returns the card as a dict.
-
-    near_duplicate: the rule's threshold (mean dHash distance); default quality.yaml's. It is a
-    corpus-level rule, so it is set here, not in curate's quality settings."""
+def near_duplicate_threshold(store: ManifestStore, given: float | None) -> tuple[float, str, dict[str, Any]]:
+    """(threshold, where it came from, the quality settings it sits in): `given` (emo export
+    --near-duplicate), else the one curate's quality stage ran with, else quality.yaml's."""
+    from pipeline.ledger import Ledger
     from stages.quality.stage import DEFAULTS
 
+    recorded = Ledger(store).settings("quality")
+    quality = {k: v for k, v in (recorded or DEFAULTS).items() if k in DEFAULTS}
+    if given is not None:
+        value, origin = float(given), "emo export --near-duplicate"
+    elif recorded is not None:
+        value, origin = float(recorded["rules"]["near_duplicate"]), "the quality settings curate ran with"
+    else:
+        value, origin = float(DEFAULTS["rules"]["near_duplicate"]), "quality.yaml (curate recorded no quality settings)"
+    return value, origin, {**quality, "rules": {**quality["rules"], "near_duplicate": value}}
+
+
+def export(out: str | Path, val_fraction: float = 0.1, command: str | None = None,
+           near_duplicate: float | None = None) -> dict[str, Any]:
+    """Judge near-duplicates, split by identity, write `splits` and the card; returns the card as a dict.
+
+    near_duplicate: the rule's threshold (mean dHash distance); default: the one curate's quality
+    settings held (quality.yaml's unless overridden). It is a corpus-level rule, judged here.
+    `clips` and `rejections` are the quality stage's and are only read."""
     store = ManifestStore(out)
     clips = store.read("clips").to_pylist()
     identities = corpus_identities(store)
     for c in clips:
         c["identity_id"] = identities.get(c["track_id"], c["identity_id"])
-    threshold = float(near_duplicate if near_duplicate is not None else DEFAULTS["rules"]["near_duplicate"])
+    threshold, origin, quality = near_duplicate_threshold(store, near_duplicate)
     dupes = find_near_duplicates(store, clips, threshold)
-    kept = [c for c in clips if c["clip_id"] not in dupes]
-    split = identity_split(kept, val_fraction)
+    split = identity_split([c for c in clips if c["clip_id"] not in dupes], val_fraction)
     by_source: dict[str, list[dict]] = defaultdict(list)
-    moved: dict[str, list[dict]] = defaultdict(list)
     for c in clips:
-        if c["clip_id"] in dupes:
-            other, dist = dupes[c["clip_id"]]
-            moved[c["source_id"]].append({
-                "candidate_id": c["clip_id"], "source_id": c["source_id"], "shot_id": c["shot_id"],
-                "track_id": c["track_id"], "segment_id": c["segment_id"], "start_s": c["start_s"], "end_s": c["end_s"],
-                "rule": "near_duplicate", "value": dist, "threshold": threshold})
-        else:
-            c["split"] = split[c["identity_id"] or f"source:{c['source_id']}"]
-            by_source[c["source_id"]].append(c)
-    for sid in {c["source_id"] for c in clips}:
-        store.write_shard("clips", sid, by_source.get(sid, []))
-        if moved.get(sid):
-            old = [r for r in store.read_shard("rejections", sid).to_pylist() if r["rule"] != "near_duplicate"]
-            store.write_shard("rejections", sid, old + moved[sid])
-    card = dataset_card(store, command or " ".join(sys.argv), {"val_fraction": val_fraction,
-                                                               "near_duplicate": threshold})
+        other, dist = dupes.get(c["clip_id"], (None, None))
+        by_source[c["source_id"]].append({
+            "clip_id": c["clip_id"], "source_id": c["source_id"], "track_id": c["track_id"],
+            "identity_id": c["identity_id"],
+            "split": None if other else split[c["identity_id"] or f"source:{c['source_id']}"],
+            "near_duplicate_of": other, "near_duplicate_distance": dist,
+            "near_duplicate_threshold": threshold if other else None})
+    for sid, rows in by_source.items():
+        store.write_shard("splits", sid, rows)
+    store.delete_shards("splits", store.shard_keys("splits") - set(by_source))  # sources with no clips now
+    card = dataset_card(store, command or " ".join(sys.argv), {"val_fraction": val_fraction, "near_duplicate": threshold,
+                                                               "near_duplicate_from": origin, "quality": quality})
     exp = Path(out) / "export"
     exp.mkdir(exist_ok=True)
     (exp / "dataset_card.json").write_text(json.dumps(card, indent=2, default=str))
     (exp / "dataset_card.md").write_text(render_card(card))
-    store.read("clips").to_pandas().to_parquet(exp / "clips.parquet")
+    pa.Table.from_pylist(exported_clips(store), schema=CLIPS).to_pandas().to_parquet(exp / "clips.parquet")
     return card
 
 
 def dataset_card(store: ManifestStore, command: str, config: dict[str, Any]) -> dict[str, Any]:
-    clips = store.read("clips").to_pylist()
-    rej = store.read("rejections").to_pylist()
+    clips = exported_clips(store)
+    rej = store.read("rejections").to_pylist() + near_duplicate_rejections(store)
     hours: dict[str, Counter] = {k: Counter() for k in ("category", "language", "license", "split")}
     for c in clips:
         for k in hours:
@@ -154,12 +168,10 @@ def dataset_card(store: ManifestStore, command: str, config: dict[str, Any]) -> 
     per_candidate: dict[str, set[str]] = defaultdict(set)
     for r in rej:
         per_candidate[r["candidate_id"]].add(r["rule"])
-    from stages.quality.stage import DEFAULTS
-
     return {
         "created_at": datetime.now(UTC).isoformat(),
-        "manifest_hash": store.content_hash(["sources", "clips"]),
-        "clips_hash": store.content_hash(["clips"]),  # what a checkpoint trained on this export records
+        "manifest_hash": store.content_hash(["sources", *TRAINING_TABLES]),
+        "clips_hash": training_hash(store),  # what a checkpoint trained on this export records
         "clips": len(clips),
         "hours": sum((c["end_s"] - c["start_s"]) for c in clips) / 3600,
         "identities": len({c["identity_id"] or c["source_id"] for c in clips}),
@@ -167,8 +179,7 @@ def dataset_card(store: ManifestStore, command: str, config: dict[str, Any]) -> 
         "rejected_candidates": len(per_candidate),
         "rejections_by_rule": dict(Counter(r["rule"] for r in rej)),
         "command": command,
-        # quality.yaml's defaults, with the near-duplicate threshold this export judged by
-        "config": {**config, "quality": {**DEFAULTS, "rules": {**DEFAULTS["rules"], "near_duplicate": config["near_duplicate"]}}},
+        "config": config,  # with the quality settings curate ran with and the near-duplicate threshold judged by
     }
 
 
