@@ -89,6 +89,9 @@ class Stage:
     # Folders under OUT that hold this stage's files of a source, as FOLDER/<source_id>/: emptied when
     # the stage is redone on it, so no file its new rows do not name is left behind (pipeline/runner.py).
     folders: ClassVar[tuple[str, ...]] = ()
+    # Settings that change how fast or where, never what: left out of the config hash (as diffusers'
+    # ignore_for_config), so changing them redoes nothing. Attributes named _x are state, not settings.
+    unhashed: ClassVar[tuple[str, ...]] = ()
     uses_model: ClassVar[bool] = False  # True: run in an actor pool so setup() happens once per worker
     # Rows of these statuses made with other settings are redone by the next run (pipeline/ledger.py).
     stale_with_other_settings: ClassVar[frozenset[str]] = frozenset({"ok", "failed", "skipped"})
@@ -115,7 +118,7 @@ class Stage:
 
     def config(self) -> dict[str, Any]:
         """The settings that change this stage's output (used for the config hash)."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in self.unhashed}
 
     def config_hash(self) -> str:
         blob = json.dumps({"stage": self.name, **self.config()}, sort_keys=True, default=str)

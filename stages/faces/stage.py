@@ -51,6 +51,7 @@ class FaceStage(Stage):
     uses = ("shots",)  # without shots, the whole source is one shot
     writes = ("tracks",)
     folders = ("masks",)  # each track's face and lip masks
+    unhashed = ("insightface_root",)  # where the weights are, not which (backend is hashed)
     uses_model = True
     resources = Resources(num_cpus=1.0, memory_mb=3072)
 
@@ -107,9 +108,6 @@ class FaceStage(Stage):
     def setup(self) -> None:
         if self._detector is None:
             self._detector = make_detector(self.backend, self.insightface_root, self.min_confidence)
-
-    def config(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "insightface_root"}
 
     # --- one source -------------------------------------------------------------------------
 

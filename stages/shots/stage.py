@@ -24,6 +24,7 @@ class ShotStage(Stage):
     name = "shots"
     reads = ("sources",)
     writes = ("shots", "timeline")  # the decode that finds the cuts numbers and times every frame
+    unhashed = ("decode_threads",)  # speed only, same output
 
     def __init__(
         self,
@@ -83,11 +84,6 @@ class ShotStage(Stage):
     @property
     def resources(self) -> Resources:
         return Resources(num_cpus=1.0, num_gpus=self._gpus)
-
-    def config(self) -> dict[str, Any]:
-        cfg = super().config()
-        cfg.pop("decode_threads")  # speed only, same output
-        return cfg
 
     def setup(self) -> None:
         if self.detector == "transnetv2":

@@ -80,3 +80,16 @@ def test_a_stage_reading_a_table_it_did_not_declare_is_stopped(tmp_path):
     assert ctx.upstream("shots", "x").num_rows == 0
     with pytest.raises(KeyError, match="segments"):
         ctx.upstream("segments", "x")
+
+
+def test_settings_out_of_the_config_hash_are_declared_and_only_those_are_out():
+    """A stage's config hash covers every setting except those it declares `unhashed` (speed, paths to
+    weights): changing one of those redoes nothing; changing any other setting redoes the stage."""
+    for name in STAGES:
+        stage = build_stages([name], {})[0]
+        settings = {k for k in vars(stage) if not k.startswith("_")}
+        assert set(stage.unhashed) <= settings, (name, stage.unhashed)
+        assert set(stage.config()) == settings - set(stage.unhashed), name
+    shots = build_stages(["shots"], {})[0]
+    assert build_stages(["shots"], {"shots": {"decode_threads": 7}})[0].config_hash() == shots.config_hash()
+    assert build_stages(["shots"], {"shots": {"min_shot_s": 0.9}})[0].config_hash() != shots.config_hash()
