@@ -165,7 +165,10 @@ def test_export_dedupes_across_sources_splits_by_identity_and_writes_a_card(cura
     assert len(exported_clips(store)) == 1
     (dup,) = [r for r in store.read("splits").to_pylist() if r["near_duplicate_of"]]
     assert dup["split"] is None and dup["near_duplicate_distance"] <= 8 == dup["near_duplicate_threshold"]
-    assert dup["source_id"] == src2["source_id"] and dup["near_duplicate_of"].startswith(src["source_id"])
+    # Which of the two is kept goes by source id, and the re-upload's id is the hash of bytes that
+    # libx264 does not always make the same: either may be the duplicate, of the other.
+    ids = {src["source_id"], src2["source_id"]}
+    assert dup["source_id"] in ids and dup["near_duplicate_of"].startswith((ids - {dup["source_id"]}).pop())
     assert card["rejections_by_rule"]["near_duplicate"] == 1 and card["clips"] == 1
     assert len(card["manifest_hash"]) == 64
     assert (out / "export" / "dataset_card.md").read_text().startswith("# Dataset card")
