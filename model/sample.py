@@ -43,6 +43,7 @@ from manifests.hashing import sha256_file
 from model import watermark
 from model.audio_features import SAMPLE_RATE, audio_windows, build_featurizer
 from model.checkpoint import load_checkpoint
+from model.colour import ColourMatch
 from model.curation_tools import (
     DEFAULT_MARGIN,
     MediapipeDetector,
@@ -79,6 +80,7 @@ class SampleOptions:
     speed: float = 0.0  # constant head speed, degrees per frame
     device: str = "auto"
     dtype: str = "auto"
+    colour_match: bool = True  # each frame's colour pinned to the reference's (model/colour.py)
 
     def __post_init__(self):
         # The types the command line gives: the sidecar and the mp4's metadata record them (25 -> 25.0).
@@ -160,8 +162,10 @@ def guided_eps(model, conditions: dict[str, torch.Tensor], guidance_ref: float, 
 @torch.no_grad()
 def generate(model, codec, config, scheduler, ref_image: torch.Tensor, face_mask: torch.Tensor,
              audio: torch.Tensor, speed: float, steps: int, guidance_ref: float, guidance_audio: float,
-             generator: torch.Generator, device, dtype, ident: int) -> Iterator[np.ndarray]:
+             generator: torch.Generator, device, dtype, ident: int,
+             colour: ColourMatch | None = None) -> Iterator[np.ndarray]:
     """Watermarked uint8 RGB frames, one window of f frames at a time, len(audio) in all.
+    colour: matches each frame's colour to the reference before the watermark (model/colour.py).
 
     ref_image (1, 3, H, W) in [-1, 1]; face_mask (1, 1, H, W); audio (T, 2m+1, L*D) windows.
     """
@@ -191,6 +195,8 @@ def generate(model, codec, config, scheduler, ref_image: torch.Tensor, face_mask
         else:
             images = codec.decode(latents[0, :count].float())
         frames = to_uint8(images)  # (count, H, W, 3)
+        if colour is not None:
+            frames = colour(frames)
         for frame in frames:
             if frame.shape[0] < MIN_WATERMARK_SIZE:
                 frame = cv2.resize(frame, (MIN_WATERMARK_SIZE, MIN_WATERMARK_SIZE), interpolation=cv2.INTER_CUBIC)
@@ -268,13 +274,14 @@ def sample(opts: SampleOptions) -> dict:
 
     generator = torch.Generator().manual_seed(opts.seed)
     params = {k: getattr(opts, k) for k in ("image", "audio", "fps", "scheduler", "steps", "guidance_ref",
-                                            "guidance_audio", "seed", "speed", "dtype")}
+                                            "guidance_audio", "seed", "speed", "dtype", "colour_match")}
     record = {"checkpoint": meta["dir"], "checkpoint_sha256": model_hash, "checkpoint_id": f"{ident:08x}",
               "manifest_hash": meta.get("manifest_hash"), "stage": meta.get("stage"), "step": meta.get("step"),
               "params": params, "frames": n_frames, "audio_seconds": seconds, "device": str(device),
               "created": datetime.now(UTC).isoformat()}
     frames = generate(model, codec, config, scheduler, ref_image, face_mask, audio, opts.speed, opts.steps,
-                      opts.guidance_ref, opts.guidance_audio, generator, device, dtype, ident)
+                      opts.guidance_ref, opts.guidance_audio, generator, device, dtype, ident,
+                      ColourMatch(crop) if opts.colour_match else None)
     out = Path(opts.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     written = write_mp4(out, frames, fps=opts.fps, audio=wav, audio_rate=SAMPLE_RATE,
@@ -302,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                    help="the model's weights and activations (auto: bf16 or fp16 on CUDA, fp32 on the CPU)")
+    p.add_argument("--no-colour-match", dest="colour_match", action="store_false",
+                   help="keep each frame's colour as generated (default: pinned to the reference's, model/colour.py)")
     return p
 
 
