@@ -1,6 +1,6 @@
 """Each real source's own audio-visual lag, pooled over its longest face track, under feature variants.
 
-A lag that stays put (within half a frame) whichever features measure it is a property of the file,
+A lag that stays put (within a fraction of a frame) whichever features measure it is a property of the file,
 not of the measure: this is how stages/diarize/sync_measure.py's visual_lead_s was chosen (on the
 dev sources whose sync is known apart from "as published") and why some sources count as late.
 Positive: the sound comes after the picture, in frames of the source's nominal rate, before any lead

@@ -92,7 +92,7 @@ class SyncMeasure:
             (sub-frame) lag. 0: calibrated on the dev sources whose sync is known apart from "as
             published" (GRID brbk7n, a lab recording; VoxCeleb2 Christie, from a SyncNet-filtered
             corpus): pooled lags -0.16 and +0.29 frames at 25 fps. The other dev sources sit at +1.15..+2.21
-            frames under every feature variant tried (per source within half a frame of each other:
+            frames under every feature variant tried (per source within 0.65 frames of each other:
             benchmarks/sync_lags.py), which says those files are late as published, not that mouths
             lead by a frame or two. An earlier 0.04 s, fitted to put every dev source
             within a frame, moved the held-out sources (-1.94..+0.76) out of it.
