@@ -59,6 +59,11 @@ def near_duplicate_rejections(store) -> list[dict[str, Any]]:
             for c in store.read("clips").to_pylist() if c["clip_id"] in dupes]
 
 
+def all_rejections(store) -> list[dict[str, Any]]:
+    """Every rejected candidate's rows: the quality stage's `rejections` and the export's near-duplicates."""
+    return store.read("rejections").to_pylist() + near_duplicate_rejections(store)
+
+
 def training_hash(store) -> str:
     """The content hash of what a model trains on: `clips`, and `splits` once an export wrote it."""
     return store.content_hash([t for t in TRAINING_TABLES if t == "clips" or store.shard_keys(t)])

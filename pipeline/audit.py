@@ -13,7 +13,7 @@ from typing import Any
 from manifests.hashing import sha256_file
 from manifests.lineage import checkpoints_of
 from manifests.redact import redact_uri
-from manifests.splits import TRAINING_TABLES, exported_clips, near_duplicate_rejections
+from manifests.splits import TRAINING_TABLES, all_rejections, exported_clips
 from manifests.store import ManifestStore
 
 
@@ -46,8 +46,7 @@ def trace(out: str | Path, clip_id: str) -> dict[str, Any]:
     """The full lineage of one clip (or rejected candidate): source, shot, track, segment, every rule."""
     store = ManifestStore(out)
     clip = next((c for c in exported_clips(store) if c["clip_id"] == clip_id), None)  # not a near-duplicate
-    rejected = [r for r in store.read("rejections").to_pylist() + near_duplicate_rejections(store)
-                if r["candidate_id"] == clip_id]
+    rejected = [r for r in all_rejections(store) if r["candidate_id"] == clip_id]
     if clip is None and not rejected:
         raise KeyError(f"no clip or candidate {clip_id!r} in {store.root}")
     base = clip or rejected[0]
@@ -166,7 +165,7 @@ def report(out: str | Path) -> Path:
     """Write OUT/audit/report.html: self-contained (images inlined), opens with no server."""
     store = ManifestStore(out)
     clips = exported_clips(store)
-    rej = store.read("rejections").to_pylist() + near_duplicate_rejections(store)
+    rej = all_rejections(store)
     tracks = store.read("tracks", columns=["face_size_px", "yaw", "pitch"]).to_pylist()
     sources = store.read("sources").to_pylist()
     minutes_license, minutes_cat = Counter(), Counter()

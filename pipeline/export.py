@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from manifests.clips import CLIPS
-from manifests.splits import TRAINING_TABLES, exported_clips, near_duplicate_rejections, training_hash
+from manifests.splits import TRAINING_TABLES, all_rejections, exported_clips, training_hash
 from manifests.store import ManifestStore
 
 
@@ -160,7 +160,7 @@ def export(out: str | Path, val_fraction: float = 0.1, command: str | None = Non
 
 def dataset_card(store: ManifestStore, command: str, config: dict[str, Any]) -> dict[str, Any]:
     clips = exported_clips(store)
-    rej = store.read("rejections").to_pylist() + near_duplicate_rejections(store)
+    rej = all_rejections(store)
     hours: dict[str, Counter] = {k: Counter() for k in ("category", "language", "license", "split")}
     for c in clips:
         for k in hours:
