@@ -16,11 +16,13 @@ import numpy as np
 from benchmarks.sync_corpus import DEV, HELD_OUT, available, copy_with_picture
 from manifests import ManifestStore
 from stages.base import StageContext
-from stages.diarize import sync_measure as sm
 from stages.diarize.speaking_face import _to_grid
 from stages.diarize.stage import load_audio
-from stages.diarize.sync_features import audio_features, visual_features
+from stages.diarize.sync_features import visual_features
+from stages.diarize.sync_measure import SyncMeasure
 from stages.media.clock import source_timeline
+
+MEASURE = SyncMeasure()  # the default measure: +-15 frames, high-passed over 13
 
 
 def source_features(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -35,18 +37,9 @@ def source_features(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     else:
         frames, v = _to_grid(tl, frames, v)
         times = np.arange(int(round(tl.end_s * tl.fps))) / tl.fps
-    a = sm._highpass(audio_features(wav, times).astype(np.float64), 13)
+    a = MEASURE.audio(wav, tl.fps, times=times)
     keep = np.isfinite(v).all(1) & (frames < len(a))
     return frames[keep], v[keep], a
-
-
-def raw_lag(frames: np.ndarray, v: np.ndarray, a: np.ndarray, k: int = 15) -> float:
-    """The sub-frame lag of the highest score (SyncMeasure's curve, no lead subtracted)."""
-    vz = sm._zscore(sm._highpass(v, 13), 0)
-    lags = np.arange(-k, k + 1)
-    curve = sm._scores(vz, np.pad(a, ((k, k), (0, 0)))[frames[None, :] + lags[:, None] + k])
-    best = int(np.argmax(curve))
-    return float(lags[best] + sm._vertex(curve, best))
 
 
 def variants(v: np.ndarray, a: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -63,7 +56,7 @@ def main() -> None:
     for label, names in (("dev", DEV), ("held", HELD_OUT)):
         for name in names:
             frames, v, a = source_features(name)
-            lags = {k: raw_lag(frames, vv, aa) for k, (vv, aa) in variants(v, a).items()}
+            lags = {k: MEASURE.raw_lag(frames, vv, aa) for k, (vv, aa) in variants(v, a).items()}
             print(f"{label:4s} {name[:34]:34s} " + " ".join(f"{k} {x:+.2f}" for k, x in lags.items()), flush=True)
 
 

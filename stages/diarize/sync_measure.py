@@ -121,10 +121,8 @@ class SyncMeasure:
         if len(frames) < self.min_frames or np.ptp(visual, 0).max() < 1e-9:
             return None
         v = _zscore(_highpass(visual, self.highpass_frames), 0)
-        n, k = len(audio), self.max_offset
-        lags = np.arange(-k, k + 1)
-        padded = np.pad(audio, ((k, k), (0, 0)))  # no audio before the start or past the end
-        real = _scores(v, padded[frames[None, :] + lags[:, None] + k])
+        n = len(audio)
+        lags, real = self._lag_curve(v, frames, audio)
         rot = (frames[None, :] + np.arange(n)[:, None]) % n  # every circular rotation
         null = self._null_peaks(_scores(v, audio[rot]), n, far=True)
         if len(null) < self.min_null:
@@ -143,6 +141,22 @@ class SyncMeasure:
             # past it): never confident (bench_sync: a 3 s clip 8 frames early scored 4.1 at -15).
             conf = min(conf, 0.0)
         return SyncResult(offset, round(conf, 3), round(float(real[best]), 4), round(mu, 4), round(sd, 4), len(null))
+
+    def raw_lag(self, frames, visual: np.ndarray, audio: np.ndarray) -> float:
+        """The sub-frame lag of the highest score over all the given frames, before the lead is
+        subtracted (benchmarks/sync_lags.py: a file's own lag). Frames as in `score`, all valid."""
+        v = _zscore(_highpass(np.asarray(visual, np.float64), self.highpass_frames), 0)
+        lags, real = self._lag_curve(v, np.asarray(frames, int), audio)
+        best = int(np.argmax(real))
+        return float(lags[best] + _vertex(real, best))
+
+    def _lag_curve(self, v: np.ndarray, frames: np.ndarray, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(lags, score at each): v, the standardised visual features of `frames`, against the audio
+        shifted by every lag within +-max_offset (no audio before the start or past the end)."""
+        k = self.max_offset
+        lags = np.arange(-k, k + 1)
+        padded = np.pad(audio, ((k, k), (0, 0)))
+        return lags, _scores(v, padded[frames[None, :] + lags[:, None] + k])
 
     def _null_peaks(self, curve: np.ndarray, n: int, far: bool) -> np.ndarray:
         """Peak of a circular score curve over windows of 2*max_offset+1 rotations, half a window
