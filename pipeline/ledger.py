@@ -142,16 +142,19 @@ class Ledger:
     def forget(self, keys: Iterable[str], stages: Iterable[str] | None = None) -> int:
         """Delete the rows of `stages` (every stage when None) on these keys; how many there were."""
         keys, names = set(keys), None if stages is None else set(stages)
-        return self._delete(lambda stage, key: key in keys and (names is None or stage in names))
+        return self._delete(lambda stage, key: key in keys and (names is None or stage in names))[0]
 
-    def forget_pending(self, todo: dict[str, list[str]]) -> int:
-        """Forget the recorded rows among `pending`'s answer, so the workers redo them."""
-        return self._delete(lambda stage, key: stage in todo.get(key, ()))
+    def forget_pending(self, todo: dict[str, list[str]]) -> list[tuple[str, str]]:
+        """Forget the recorded rows among `pending`'s answer, so the workers redo them; the (stage,
+        key)s forgotten: those of `todo` that had run before."""
+        return self._delete(lambda stage, key: stage in todo.get(key, ()))[1]
 
-    def _delete(self, doomed: Callable[[str, str], bool]) -> int:
-        """Delete the rows whose (stage, key) is `doomed`. Only rows that exist are deleted (one
-        listing), so forgetting what was never done costs no request per key on object storage."""
+    def _delete(self, doomed: Callable[[str, str], bool]) -> tuple[int, list[tuple[str, str]]]:
+        """Delete the rows whose (stage, key) is `doomed`: (how many there were, their (stage, key)s).
+        Only rows that exist are deleted (one listing), so forgetting what was never done costs no
+        request per key on object storage."""
         gone = [k for k in self.store.shard_keys("stage_runs") if doomed(*split_run_key(k))]
-        for k in gone:
-            self._recorded.pop(split_run_key(k), None)
-        return self.store.delete_shards("stage_runs", gone) if gone else 0
+        pairs = [split_run_key(k) for k in gone]
+        for pair in pairs:
+            self._recorded.pop(pair, None)
+        return (self.store.delete_shards("stage_runs", gone) if gone else 0), pairs

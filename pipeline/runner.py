@@ -23,7 +23,7 @@ from manifests import ManifestStore
 from manifests.fs import FORWARDED_ENV, Location, is_uri
 from manifests.redact import KEY_FILE, redact_uri, uri_key
 from manifests.tombstones import load_tombstones
-from pipeline.ledger import Ledger, run_key
+from pipeline.ledger import Ledger
 from pipeline.plan import PipelineSettings, build_stages
 from pipeline.sources_file import read_sources
 from pipeline.summary import Summary, summarize
@@ -212,20 +212,19 @@ def _claim(ledger: Ledger, stages: list[Stage], keys: list[str]) -> dict[str, li
     the shards and the files (Stage.folders) those stages wrote are forgotten, so the workers redo
     exactly these, and a stage that now fails (or keeps less) leaves nothing of an earlier run behind."""
     todo = ledger.pending(stages, keys)
-    recorded = ledger.store.shard_keys("stage_runs")
     redone = [(s, k) for k, names in todo.items() for s in stages if s.name in names]
-    stale = ledger.forget_pending(todo)
-    if stale:
+    forgotten = ledger.forget_pending(todo)  # the redone (stage, key)s that had run before
+    if forgotten:
         for table in {t for s, _ in redone for t in s.writes}:
             doomed = {k for s, k in redone if table in s.writes}
             for t in (table, *VOID_WHEN_REDONE.get(table, ())):
                 live = ledger.store.shard_keys(t)
                 ledger.store.delete_shards(t, [k for k in doomed if k in live])
-        for s, k in redone:  # only what ran before: a first run has no files to forget (and costs no listing)
-            if run_key(s.name, k) in recorded:
-                for folder in s.folders:
-                    ledger.store.loc.delete_tree(f"{folder}/{k}")
-        log.info("redoing %d runs that failed for a passing reason or were made with other settings", stale)
+        by_name = {s.name: s for s in stages}
+        for name, k in forgotten:  # only what ran before: a first run has no files to forget
+            for folder in by_name[name].folders:
+                ledger.store.loc.delete_tree(f"{folder}/{k}")
+        log.info("redoing %d runs that failed for a passing reason or were made with other settings", len(forgotten))
     return todo
 
 
