@@ -148,18 +148,20 @@ def export(out: str | Path, val_fraction: float = 0.1, command: str | None = Non
     for sid, rows in by_source.items():
         store.write_shard("splits", sid, rows)
     store.delete_shards("splits", store.shard_keys("splits") - set(by_source))  # sources with no clips now
-    card = dataset_card(store, command or " ".join(sys.argv), {"val_fraction": val_fraction, "near_duplicate": threshold,
-                                                               "near_duplicate_from": origin, "quality": quality})
+    exported = exported_clips(store)
+    card = dataset_card(store, exported, command or " ".join(sys.argv),
+                        {"val_fraction": val_fraction, "near_duplicate": threshold, "near_duplicate_from": origin,
+                         "quality": quality})
     exp = Path(out) / "export"
     exp.mkdir(exist_ok=True)
     (exp / "dataset_card.json").write_text(json.dumps(card, indent=2, default=str))
     (exp / "dataset_card.md").write_text(render_card(card))
-    pa.Table.from_pylist(exported_clips(store), schema=CLIPS).to_pandas().to_parquet(exp / "clips.parquet")
+    pa.Table.from_pylist(exported, schema=CLIPS).to_pandas().to_parquet(exp / "clips.parquet")
     return card
 
 
-def dataset_card(store: ManifestStore, command: str, config: dict[str, Any]) -> dict[str, Any]:
-    clips = exported_clips(store)
+def dataset_card(store: ManifestStore, clips: list[dict[str, Any]], command: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The card of `clips` (the clips as exported: splits.exported_clips) and what was rejected."""
     rej = all_rejections(store)
     hours: dict[str, Counter] = {k: Counter() for k in ("category", "language", "license", "split")}
     for c in clips:
