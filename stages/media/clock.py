@@ -182,9 +182,17 @@ class Timeline:
 
     @property
     def fps(self) -> float:
-        """The nominal rate: one over the median frame step."""
+        """The nominal rate: one over the mean of the frame steps within a tenth of the median step.
+        Not the median itself: Matroska's millisecond timestamps write 1/30 s as 33 or 34 ms, and
+        the median is one of the two (30.30 or 29.41 fps); their mean is 1/30. Steps far from the
+        median (dropped frames, a splice) do not count; where none is near it (half the frames at one
+        rate, half at another) the median is the step."""
         s = self.steps[self.steps > 0]
-        return 1.0 / float(np.median(s)) if len(s) else 25.0
+        if not len(s):
+            return 25.0
+        m = float(np.median(s))
+        near = s[np.abs(s - m) <= 0.1 * m]
+        return 1.0 / (float(near.mean()) if len(near) else m)
 
     @property
     def constant_rate(self) -> bool:

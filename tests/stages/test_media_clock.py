@@ -3,6 +3,7 @@ of tests/fixtures/clock_corpus.py coincide in the extracted wav, and the wav cov
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -97,3 +98,35 @@ def test_a_live_webm_without_duration_gets_one_by_a_demux_pass(corpus):
 
     meta = probe_media(corpus["live.webm"])
     assert meta["duration_s"] == pytest.approx(6.0, abs=0.05) and meta["n_frames"] == 150
+
+
+@pytest.mark.parametrize("rate", [Fraction(30), Fraction(30000, 1001)])
+def test_the_nominal_rate_of_a_file_with_millisecond_timestamps_is_its_own(tmp_path, rate):
+    """Matroska keeps times in whole milliseconds: 1/30 s steps are written 33 or 34 ms. The nominal
+    rate is still 30 (29.97), not one over whichever rounding the median step happens to be (30.30 or
+    29.41): quality writes a constant-rate source's clips at that rate, and a lag in frames is
+    turned into seconds with it."""
+    from stages.media.clock import Timeline
+    from stages.media.decode import decode_small
+
+    path = tmp_path / "ms.mkv"
+    with av.open(str(path), "w") as oc:
+        vs = oc.add_stream("libx264", rate=rate)
+        vs.width, vs.height, vs.pix_fmt = 64, 64, "yuv420p"
+        for i in range(90):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i, 1 / rate
+            oc.mux(vs.encode(frame))
+        oc.mux(vs.encode(None))
+    steps = np.round(np.diff(Timeline.from_demux(path).frame_s) * 1000)
+    assert set(steps) == {33.0, 34.0}, steps  # the file is what the test is about
+    for tl in (Timeline.from_demux(path), decode_small(path, (16, 16)).timeline()):
+        assert tl.constant_rate and tl.fps == pytest.approx(float(rate), abs=0.01), tl.fps
+
+
+def test_the_nominal_rate_of_a_source_half_at_one_rate_half_at_another_is_its_median_step():
+    """No step is near the median (half 20 ms, half 40 ms): the median step, as before, never a mean of nothing."""
+    from stages.media.clock import Timeline
+
+    tl = Timeline(np.r_[np.arange(100) * 0.02, 2.0 + np.arange(100) * 0.04], 6.0)
+    assert tl.fps == pytest.approx(1 / 0.03) and not tl.constant_rate
