@@ -192,7 +192,9 @@ class Timeline:
             return 25.0
         m = float(np.median(s))
         near = s[np.abs(s - m) <= 0.1 * m]
-        return 1.0 / (float(near.mean()) if len(near) else m)
+        mean = float(near.mean()) if len(near) else m
+        # Equal steps: the step itself, not a mean that sums 750 of them into 25.000000000000004 fps.
+        return 1.0 / (m if abs(mean - m) <= 1e-9 * m else mean)
 
     @property
     def constant_rate(self) -> bool:

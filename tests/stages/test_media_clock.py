@@ -130,3 +130,13 @@ def test_the_nominal_rate_of_a_source_half_at_one_rate_half_at_another_is_its_me
 
     tl = Timeline(np.r_[np.arange(100) * 0.02, 2.0 + np.arange(100) * 0.04], 6.0)
     assert tl.fps == pytest.approx(1 / 0.03) and not tl.constant_rate
+
+
+def test_the_nominal_rate_of_equal_steps_is_one_over_the_step_as_before():
+    """Frame times of a 25 fps mp4 (pts of 512 in 1/12800): the rate is one over the step, exactly as
+    the median rule gave. A mean summing 749 of them would move it in the last digits, and the rate
+    is written into every clip row (the demo's manifests would change for nothing)."""
+    from stages.media.clock import Timeline
+
+    tl = Timeline(np.array([float(Fraction(512 * i, 12800)) for i in range(750)]), 30.0)
+    assert tl.fps == 1.0 / float(np.median(tl.steps[tl.steps > 0]))
