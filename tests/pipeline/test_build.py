@@ -83,7 +83,7 @@ def build_doc(footage: dict[str, Path], sources=("a", "b"), stage2_lr: float = 3
         "sources": [{"uri": str(footage[s]), "license": "CC-BY-4.0", "consent": "yes", "category": "speech"}
                     for s in sources],
         "curate": {"stages": ["download", "shots", "faces", "diarize", "quality"],
-                   "config": {"quality": {"rules": {"low_sync": 0.0}}}},  # dubbed demo audio, as config.yaml
+                   "config": {"quality": {"rules": {"low_sync": 0.0}}}},  # every candidate, whatever its sync
         "export": {"val_fraction": 0.2},
         "train": {"model": "tiny", "seed": 0, "stages": [
             {"stage": 1, "steps": STAGE1_STEPS, "config": {**OVERFIT, "learning_rate": 3e-3}},
@@ -210,8 +210,8 @@ def test_a_dropped_source_leaves_the_dataset(base, footage, tmp_path):
 def test_changing_a_curate_setting_redoes_that_stage_for_every_source(base, footage, tmp_path):
     out = copy_out(base, tmp_path)
     doc = build_doc(footage)
-    # Below every confidence the measure gives (the dubbed footage's voices belong to no face and score
-    # 0): the same clips are kept, so what is tested is only that the setting's change redoes quality.
+    # Both thresholds are far below this footage's confidence (its jaw follows its audio: about 20), so
+    # the same clips are kept and what is tested is only that the setting's change redoes quality.
     doc["curate"]["config"]["quality"]["rules"]["low_sync"] = -1.0
     report = build(write(tmp_path / "build.yaml", doc), out)
     assert report.steps[0].reason == "config.quality.rules.low_sync: 0.0 -> -1.0"
