@@ -85,12 +85,13 @@ def untrained(data: Path, runs: Path, model: str) -> Path:
     return run
 
 
-def reference_copy(portrait: Path, speech: Path, out: Path, size: int, frames: int) -> Path:
+def reference_copy(portrait: Path, speech: Path, out: Path, size: int, frames: int,
+                   face_fraction: float | None = None) -> Path:
     """The reference crop, as the sampler crops it, repeated for every frame, with the speech."""
     from model.sample import crop_reference, read_portrait, read_speech
     from stages.media.video_io import write_mp4
 
-    crop, _ = crop_reference(read_portrait(portrait), size)
+    crop, _ = crop_reference(read_portrait(portrait), size, face_fraction)
     write_mp4(out, (crop for _ in range(frames)), fps=25.0, audio=read_speech(speech), audio_rate=16_000)
     return out
 
@@ -108,6 +109,7 @@ def run(args) -> list[dict]:
     import soundfile as sf
 
     from model import sample as sampler
+    from model.checkpoint import read_meta
     from model.config import load_config
 
     work = Path(args.work)
@@ -135,7 +137,7 @@ def run(args) -> list[dict]:
         for what, ckpt in (("trained", trained), ("untrained", baseline), ("reference copy", None)):
             video = runs / f"{who.replace(' ', '_')}-{what.replace(' ', '_')}.mp4"
             if ckpt is None:
-                reference_copy(portrait, speech, video, size, frames)
+                reference_copy(portrait, speech, video, size, frames, read_meta(trained).get("face_fraction"))
             else:
                 sampler.sample(sampler.SampleOptions(checkpoint=ckpt, image=portrait, audio=speech, out=video,
                                                      steps=args.sample_steps))

@@ -17,17 +17,30 @@ _attention = AttnProcessor2_0()
 
 
 class AudioProjection(nn.Module):
-    """(..., 2m+1, L*D) windows -> (..., 2m+1, audio_dim) tokens, with a learned offset embedding."""
+    """(..., 2m+1, L*D) windows -> (..., 2m+1, audio_dim) tokens, with a learned offset embedding;
+    with `null_token`, one more learned token (zeros at first) after them.
 
-    def __init__(self, in_dim: int, hidden: int, out_dim: int, window: int):
+    Why the null token: every position of a block attends to the same few audio tokens, so without
+    one the attention's output is a convex mix of the same values everywhere, about the same vector
+    at the mouth as on the cheek, and only the layers after it can confine the voice to the mouth.
+    A token that carries nothing gives each position somewhere else to put its weight: the mouth's
+    positions can take the voice while the rest take nothing.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, window: int, null_token: bool = False):
         super().__init__()
         self.norm = nn.LayerNorm(in_dim)
         self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
         self.offset = nn.Parameter(torch.zeros(window, out_dim))
         self.out_norm = nn.LayerNorm(out_dim)
+        self.null = nn.Parameter(torch.zeros(1, out_dim)) if null_token else None
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        return self.out_norm(self.mlp(self.norm(windows)) + self.offset)
+        tokens = self.out_norm(self.mlp(self.norm(windows)) + self.offset)  # (..., 2m+1, audio_dim)
+        if self.null is None:
+            return tokens
+        null = self.null.to(tokens.dtype).expand(*tokens.shape[:-2], 1, -1)  # (..., 1, audio_dim)
+        return torch.cat([tokens, null], dim=-2)
 
 
 def audio_attention_layers(backbone, audio_dim: int) -> nn.ModuleList:

@@ -21,7 +21,7 @@ class ForwardState:
     num_frames: int = 1  # F, frames per sample folded into the backbone's batch axis
     reference: ReferenceFeatures | None = None
     reference_keep: torch.Tensor | None = None  # (B,) 1 keeps the reference, 0 drops it (CFG)
-    audio_tokens: torch.Tensor | None = None  # (B*F, 2m+1, audio_dim)
+    audio_tokens: torch.Tensor | None = None  # (B*F, 2m+1 [+1 null], audio_dim)
     audio_keep: torch.Tensor | None = None  # (B,)
     speed: torch.Tensor | None = None  # (B, F, speed_dim)
     temporal: bool = False  # stage 1 trains on single images: no temporal modules

@@ -65,6 +65,7 @@ class EMOConfig:
     audio_context: int = 2
     audio_dim: int = 32  # width of the audio tokens the backbone attends to
     audio_hidden: int = 64
+    audio_null_token: bool = False  # one learned token beside the audio's (model/audio_attention.py says why)
 
     # Temporal modules (AnimateDiff-style) and motion frames.
     num_frames: int = 12  # f, frames denoised together in stages 2 and 3
@@ -83,6 +84,9 @@ class EMOConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    # The diffusion loss weighs 1 + this inside the clip's lip mask, so the few latents of the mouth
+    # are not drowned by the rest of the frame (Hallo weighs lip, face and the rest likewise); 0: plain MSE.
+    mouth_loss_weight: float = 0.0
     cond_drop_prob: float = 0.05  # per condition (reference, audio), for classifier-free guidance
     num_train_timesteps: int = 1000
     prediction_type: str = "epsilon"  # epsilon (SD 1.5's) | v_prediction
@@ -128,6 +132,8 @@ EMO_MODELS: dict[str, EMOConfig] = {
         image_size=128,
         reference_skip=True,
         residual_scale=4.0,
+        audio_null_token=True,  # the voice can reach the mouth alone (model/audio_attention.py)
+        mouth_loss_weight=4.0,  # and the mouth's latents count (model/train_loop.py: diffusion_loss)
         frame_cache_mb=1024,  # the demo's training clips, decoded once (about 200 MB at 128 px)
     ),
     "sd15": EMOConfig(

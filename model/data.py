@@ -92,6 +92,20 @@ class FrameCache:
         return clip[indices] if clip is not None else _read_frames(path, indices, self.size)
 
 
+def face_fraction(store: ManifestStore, clips: list[dict]) -> float | None:
+    """How much of a training crop the face fills: the median over `clips` of the face's side over
+    the crop window's side (both in source pixels: clips.face_size_px, tracks.crop_box). A crop
+    window holds all of a track's boxes, so a face that moves fills less of it than one that stays.
+    The checkpoint records it and the sampler crops a portrait to the same share (model/sample.py);
+    None where the tables do not say."""
+    if "tracks" not in store.tables():
+        return None
+    windows = {r["track_id"]: r["crop_box"] for r in store.read("tracks", ["track_id", "crop_box"]).to_pylist()}
+    shares = [c["face_size_px"] / (w[2] - w[0]) for c in clips
+              if c.get("face_size_px") and (w := windows.get(c.get("track_id"))) and w[2] > w[0]]
+    return round(float(np.median(shares)), 4) if shares else None
+
+
 def _read_mask(path: Path | None, size: int) -> torch.Tensor:
     """The face-region mask as (1, size, size) in {0, 1}; the whole frame when the clip has none."""
     if path is None:
@@ -124,6 +138,7 @@ class ClipWindows(torch.utils.data.Dataset):
         self.clips = [r for r in rows if r["split"] in (None, "train") and r["n_frames"] > self.frames]
         if not self.clips:
             raise ValueError(f"{out}: no training clips with more than {self.frames} frames in the clips table")
+        self.face_fraction = face_fraction(store, self.clips)
 
     def __len__(self) -> int:
         return self.num_steps * self.accumulation
@@ -164,6 +179,10 @@ class ClipWindows(torch.utils.data.Dataset):
             "face_mask": _read_mask(self.files.local(clip["face_mask_path"]) if clip["face_mask_path"] else None,
                                     self.config.image_size),
         }
+        if self.config.mouth_loss_weight:  # where the loss weighs more; a clip without lips weighs evenly
+            lips = clip.get("lip_mask_path")
+            ex["lip_mask"] = _read_mask(self.files.local(lips), self.config.image_size) if lips else \
+                torch.zeros(1, self.config.image_size, self.config.image_size)
         if m:
             motion_frames = torch.zeros(m, *frames.shape[1:])
             motion_frames[m - len(valid):] = frames[f + 1:]

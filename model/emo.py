@@ -51,7 +51,8 @@ class EMOModel(nn.Module):
         self.reference_gates = nn.Parameter(torch.zeros(len(transformer_blocks(backbone))))
         window = 2 * config.audio_context + 1
         in_dim = config.audio_feature_layers * config.audio_feature_dim
-        self.audio_proj = AudioProjection(in_dim, config.audio_hidden, config.audio_dim, window)
+        self.audio_proj = AudioProjection(in_dim, config.audio_hidden, config.audio_dim, window,
+                                          null_token=config.audio_null_token)
         self.audio_attention = audio_attention_layers(backbone, config.audio_dim)
         self.temporal, self.temporal_site_names = temporal_modules(backbone, config)
         self.speed_encoder = SpeedEncoder(config.speed_buckets, config.speed_max, config.speed_dim)

@@ -104,13 +104,16 @@ def largest_face(rgb: np.ndarray) -> np.ndarray | None:
     return max((d.box for d in dets), key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
 
 
-def crop_reference(rgb: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def crop_reference(rgb: np.ndarray, size: int, face_fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(size, size, 3) face crop of a portrait and its (size, size) face-region mask in {0, 1}.
 
-    Cropped as the face stage crops a track (stages/media/crops.py): a square window DEFAULT_MARGIN
-    around the face, shifted to stay inside the photo. The stage's face mask is the union of a
-    clip's boxes; one photo has one box, grown by 20% to leave the head room to move. With no
-    face found: the centre square and a whole-frame mask, with a warning.
+    Cropped as the face stage crops a track (stages/media/crops.py): a square window around the
+    face. With the checkpoint's `face_fraction` (the face's side over the crop's side in its
+    training clips, model/data.py), the face fills that share of the crop, as it did in training;
+    where that window is larger than the photo, the photo's edges are repeated. Without it (older
+    checkpoints), DEFAULT_MARGIN around the face, shifted to stay inside the photo. The stage's face
+    mask is the union of a clip's boxes; one photo has one box, grown by 20% to leave the head room
+    to move. With no face found: the centre square and a whole-frame mask, with a warning.
     """
     h, w = rgb.shape[:2]
     box = largest_face(rgb)
@@ -119,7 +122,16 @@ def crop_reference(rgb: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
         side = min(h, w)
         window = np.array([(w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2])
         return crop_frame(rgb, window, size), np.ones((size, size), np.float32)
-    window, _ = crop_window(box[None], DEFAULT_MARGIN, w, h)
+    if face_fraction:
+        margin = (1 / float(np.clip(face_fraction, 0.1, 0.95)) - 1) / 2
+        side = max(box[2] - box[0], box[3] - box[1]) * (1 + 2 * margin)
+        if side <= min(w, h):  # it fits: shifted inside the photo, as the face stage shifts a track's
+            window, _ = crop_window(box[None], margin, w, h)
+        else:  # centred on the face; crop_frame repeats the photo's edges outside it
+            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+            window = np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+    else:
+        window, _ = crop_window(box[None], DEFAULT_MARGIN, w, h)
     mask = box_mask(box[None], window, size, grow=FACE_MASK_GROW) > 0
     return crop_frame(rgb, window, size), mask.astype(np.float32)
 
@@ -261,7 +273,7 @@ def sample(opts: SampleOptions) -> dict:
     model_hash = checkpoint_hash(meta)
     ident = watermark.checkpoint_id(model_hash)
 
-    crop, mask = crop_reference(rgb, config.image_size)
+    crop, mask = crop_reference(rgb, config.image_size, meta.get("face_fraction"))
     ref_image = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 127.5 - 1.0  # (1, 3, H, W) in [-1, 1]
     face_mask = torch.from_numpy(mask)[None, None]  # (H, W) -> (1, 1, H, W)
 

@@ -185,7 +185,8 @@ def train(opts: TrainOptions) -> Path:
     trained_on = training_sources(opts.data, data.clips)  # kept with the weights: see manifests/lineage.py
     if start.resume_from is not None:
         trained_on = merge_sources(start.meta.get("sources") or [], trained_on)
-    meta_base = _meta_base(opts, start, manifest_hash, trained_on, accelerator.num_processes, accumulation, assets)
+    meta_base = _meta_base(opts, start, manifest_hash, trained_on, accelerator.num_processes, accumulation,
+                           {**assets, "face_fraction": data.face_fraction})  # how the sampler crops a portrait
     loss_fh, loss_log = open_loss_log(out / "loss.csv", start.start_step) if main_process else (None, None)
     run = TrainLoop(accelerator, model, optimizer, params, ema, codec, config, accumulation)
     saved = start.resume_from

@@ -99,7 +99,7 @@ class TrainLoop:
                                   face_mask=batch["face_mask"].to(device), speed=_get(batch, "speed", device),
                                   motion=inputs.get("motion"), reference_keep=batch["reference_keep"].to(device),
                                   audio_keep=batch["audio_keep"].to(device))
-            loss = F.mse_loss(pred.float(), target)
+            loss = diffusion_loss(pred.float(), target, batch.get("lip_mask"), self.config.mouth_loss_weight)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}")
             acc.backward(loss / self.accumulation)
@@ -129,6 +129,18 @@ class TrainLoop:
                                    keep_last=self.config.keep_checkpoints)
         acc.wait_for_everyone()
         return path
+
+
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, lip_mask: torch.Tensor | None,
+                   mouth_weight: float) -> torch.Tensor:
+    """MSE over (B, F, C, h, w), weighing 1 + mouth_weight inside the lip mask (B, 1, H, W, at image
+    size; averaged down to the latents' h x w), normalised so its scale stays plain MSE's."""
+    if lip_mask is None or not mouth_weight:
+        return F.mse_loss(pred, target)
+    lips = F.adaptive_avg_pool2d(lip_mask.to(pred.device, pred.dtype), pred.shape[-2:])  # (B, 1, h, w)
+    weight = 1 + mouth_weight * lips[:, None]  # (B, 1, 1, h, w): every frame and channel alike
+    weight = weight.expand_as(pred)
+    return (weight * (pred - target) ** 2).sum() / weight.sum()
 
 
 def _get(batch: dict, key: str, device) -> torch.Tensor | None:

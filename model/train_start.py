@@ -88,7 +88,7 @@ FINETUNE_STEP_DIVISOR = 10
 TRAINING_KEYS = {"batch_size", "learning_rate", "weight_decay", "grad_clip", "ema_decay", "cond_drop_prob",
                  "save_every", "gradient_checkpointing", "num_workers", "overfit_batch", "keep_checkpoints",
                  "num_frames", "num_motion_frames", "gradient_accumulation", "optimizer", "ema_device",
-                 "frozen_dtype", "mixed_precision", "frame_cache_mb"}
+                 "frozen_dtype", "mixed_precision", "frame_cache_mb", "mouth_loss_weight"}
 
 
 def _with_featurizer_dims(config: EMOConfig) -> EMOConfig:

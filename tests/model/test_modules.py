@@ -60,6 +60,34 @@ def test_audio_projection_shape():
     assert proj(torch.randn(B * F, 5, 64)).shape == (B * F, 5, 32)
 
 
+def test_the_null_token_lets_one_position_take_the_voice_and_another_nothing():
+    """Without it every position mixes the same audio values; with it, a query that matches the null
+    key takes (almost) nothing from the voice while another takes it whole. Zeros at first, in the
+    audio group (trained in stage 2), and the demo's model has it."""
+    from diffusers.models.attention_processor import Attention
+
+    proj = AudioProjection(64, 48, 8, window=5, null_token=True)
+    tokens = proj(torch.randn(2, 5, 64))
+    assert tokens.shape == (2, 6, 8) and torch.equal(tokens[:, 5], torch.zeros(2, 8))
+    assert layer_group("audio_proj.null") == "audio" and "audio" in STAGE_GROUPS[2]
+    assert EMO_MODELS["demo"].audio_null_token and not EMO_MODELS["sd15"].audio_null_token  # sd15 keeps Hallo's
+    with torch.no_grad():
+        proj.null.fill_(3.0)
+        tokens = proj(torch.randn(1, 5, 64))  # (1, 6, 8)
+        attn = Attention(query_dim=8, cross_attention_dim=8, heads=1, dim_head=8)
+        attn.to_q.weight.copy_(torch.eye(8) * 10)
+        attn.to_k.weight.copy_(torch.eye(8))
+        attn.to_v.weight.copy_(torch.eye(8))
+        attn.to_out[0].weight.copy_(torch.eye(8))
+        attn.to_out[0].bias.zero_()
+        voice, null = tokens[:, :5].mean(1), tokens[:, 5]
+        queries = torch.stack([null[0], voice[0]])[None]  # (1, 2, 8): one position like the null, one like the voice
+        out = attn(queries, encoder_hidden_states=tokens)[0]
+    weights = torch.softmax(queries[0] @ tokens[0].T * 10 / 8 ** 0.5, dim=-1)  # (2, 6)
+    assert weights[0, 5] > 0.9 and weights[1, 5] < 0.1  # the first takes the null, the second the voice
+    assert not torch.allclose(out[0], out[1], atol=0.5)
+
+
 def test_face_locator_maps_mask_to_latent_grid():
     assert FaceLocator(C)(torch.rand(B, 1, 64, 64)).shape == (B, C, LAT, LAT)
 

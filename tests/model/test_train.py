@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from manifests import ManifestStore
@@ -133,3 +134,35 @@ def test_stage_curves_for_the_report(stage_runs):
     for stage in (1, 2, 3):
         curve = losses(stage_runs[stage])
         print(f"stage {stage}: first {curve[0]:.4f}, last-5 mean {sum(curve[-5:]) / 5:.5f}")
+
+
+def test_the_mouth_weighs_more_in_the_loss_and_a_plain_error_keeps_its_scale():
+    from model.train_loop import diffusion_loss
+
+    b, f, c, s = 2, 3, 4, 8
+    lips = torch.zeros(b, 1, 64, 64)
+    lips[:, :, 40:56, 16:48] = 1  # 4 x 2 latents of 8 x 8 hold the mouth
+    inside = torch.zeros(b, f, c, s, s)
+    inside[..., 5:7, 2:6] = 1.0  # an error only on the mouth's latents
+    outside = torch.zeros(b, f, c, s, s)
+    outside[..., 0:2, 2:6] = 1.0  # the same error as far from it
+    zero = torch.zeros_like(inside)
+    plain = F.mse_loss(inside, zero)
+    assert diffusion_loss(inside, zero, lips, 0.0) == plain == diffusion_loss(inside, zero, None, 4.0)
+    assert diffusion_loss(inside, zero, lips, 4.0) > 3 * plain  # the mouth's share grew (1 + 4 on 1/8 of it)
+    assert diffusion_loss(outside, zero, lips, 4.0) < plain
+    even = torch.full_like(inside, 0.5)
+    assert torch.isclose(diffusion_loss(even, zero, lips, 4.0), F.mse_loss(even, zero))  # normalised
+
+
+def test_training_windows_carry_the_clips_lip_mask_only_when_the_mouth_weighs(clips_out):
+    from model.config import load_config
+    from model.data import ClipWindows
+
+    plain = ClipWindows(clips_out, load_config("tiny"), stage=2, seed=0)[0]
+    assert "lip_mask" not in plain
+    batch = ClipWindows(clips_out, load_config("tiny", mouth_loss_weight=3.0), stage=2, seed=0)[0]
+    lips = batch["lip_mask"]  # (B, 1, H, W), the fixture's lower-middle box
+    assert lips.shape == (2, 1, 64, 64) and set(lips.unique().tolist()) == {0.0, 1.0}
+    assert lips[:, :, 45, 32].eq(1).all() and lips[:, :, 10, 32].eq(0).all()
+    assert torch.equal(batch["frames"], plain["frames"])  # the same windows either way

@@ -139,6 +139,42 @@ def test_audit_report_of_the_demo(demo_run):
     assert "low_speech_ratio" in page
 
 
+def test_the_demos_talking_faces_are_kept_in_sync_under_the_shipped_thresholds(demo_run):
+    """The demo's jaws follow their audio (pipeline/demo_mouth.py) and its config.yaml overrides no
+    rule: the sync measure finds both faces at offset 0 and keeps their clips; cuts.mp4 has no audio."""
+    out = demo_run[0]
+    store = ManifestStore(out)
+    titles = {r["source_id"]: r["title"] for r in store.read("sources").to_pylist() if r["source_id"]}
+    kept = {titles[c["source_id"]] for c in store.read("clips").to_pylist()}
+    assert {t for t in kept if "astronaut" in t or "carphone" in t} and not [t for t in kept if "reel" in t], kept
+    for c in store.read("clips").to_pylist():
+        assert c["audio_shift_frames"] == 0 and c["sync_confidence"] >= DEFAULTS["rules"]["low_sync"], c
+
+
+def test_a_portrait_is_cropped_as_the_training_clips_frame_their_faces(demo_run, demo_corpus):
+    """The face fills the same share of the sampler's crop as of the training crops (model/data.py's
+    face_fraction, model/sample.py's crop_reference): a face that moved in its clip had a wide window."""
+    import av
+    import numpy as np
+
+    from model.data import face_fraction
+    from model.sample import crop_reference, largest_face
+
+    store = ManifestStore(demo_run[0])
+    share = face_fraction(store, exported_clips(store))
+    assert share is not None and 0.2 < share < 0.9
+    with av.open(str(demo_corpus / "talking.mp4")) as c:
+        still = next(c.decode(video=0)).to_ndarray(format="rgb24")
+    for fraction in (share, None):
+        crop, _ = crop_reference(still, 128, fraction)
+        box = largest_face(crop)
+        got = max(box[2] - box[0], box[3] - box[1]) / 128
+        if fraction:
+            assert got == pytest.approx(share, rel=0.2), (got, share)
+        else:  # the fixed margin: a face side of 1 / 1.5 of the crop, larger than in training here
+            assert got == pytest.approx(1 / 1.5, rel=0.2) and got > share * 1.2
+
+
 def test_optout_then_rerun_leaves_no_trace(demo_run, demo_corpus):
     out, sources, opts, _, _ = demo_run
     store = ManifestStore(out)
