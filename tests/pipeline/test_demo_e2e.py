@@ -155,7 +155,6 @@ def test_a_portrait_is_cropped_as_the_training_clips_frame_their_faces(demo_run,
     """The face fills the same share of the sampler's crop as of the training crops (model/data.py's
     face_fraction, model/sample.py's crop_reference): a face that moved in its clip had a wide window."""
     import av
-    import numpy as np
 
     from model.data import face_fraction
     from model.sample import crop_reference, largest_face
