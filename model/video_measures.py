@@ -28,9 +28,12 @@ def _largest(dets):
     return max(dets, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1])) if dets else None
 
 
-def measure_video(video: str | Path, reference_rgb: np.ndarray, wav: np.ndarray, fps: float) -> dict:
+def measure_video(video: str | Path, reference_rgb: np.ndarray, wav: np.ndarray, fps: float,
+                  control_wav: np.ndarray | None = None) -> dict:
     """face_share, identity_similarity (None without a face), sync_offset and sync_confidence (None
-    when the mouth never moves or too few frames have a face)."""
+    when the mouth never moves or too few frames have a face); with `control_wav` (other audio of the
+    same length, e.g. the same speech rolled by half), sync_control: the confidence against it, what a
+    mouth that does not follow the speech scores."""
     from model.curation_tools import (
         DlibEmbedder,
         FaceMesher,
@@ -67,15 +70,21 @@ def measure_video(video: str | Path, reference_rgb: np.ndarray, wav: np.ndarray,
     measure = SyncMeasure(max_offset=5)
     visual = visual_features({"mouth_open": mouth})
     sync = measure.score(np.arange(len(frames)), visual, measure.audio(wav, fps, len(frames)), fps=fps)
-    return {"frames": len(frames), "face_share": round(found / max(len(frames), 1), 3),
-            "identity_similarity": round(float(np.mean(sims)), 3) if sims else None,
-            "sync_offset": sync.offset_frames if sync else None,
-            "sync_confidence": sync.confidence if sync else None}
+    out = {"frames": len(frames), "face_share": round(found / max(len(frames), 1), 3),
+           "identity_similarity": round(float(np.mean(sims)), 3) if sims else None,
+           "sync_offset": sync.offset_frames if sync else None,
+           "sync_confidence": sync.confidence if sync else None}
+    if control_wav is not None:
+        control = measure.score(np.arange(len(frames)), visual, measure.audio(control_wav, fps, len(frames)), fps=fps)
+        out["sync_control"] = control.confidence if control else None
+    return out
 
 
 def render_measures(name: str, m: dict) -> str:
     ident = "n/a" if m["identity_similarity"] is None else f"{m['identity_similarity']:.3f}"
     sync = "n/a (mouth not measurable)" if m["sync_confidence"] is None else \
         f"confidence {m['sync_confidence']:.3f} at offset {m['sync_offset']} frames"
+    if m.get("sync_control") is not None:
+        sync += f" (against the same speech rolled by half: {m['sync_control']:.3f})"
     return (f"measures   {name}: face found in {m['face_share']:.0%} of {m['frames']} frames, identity similarity "
             f"{ident}, sync {sync}")

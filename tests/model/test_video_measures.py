@@ -23,3 +23,19 @@ def test_measures_of_a_real_talking_clip(clips_out):
     other = measure_video(video, read_portrait(packaged_media()["hanks"]), wav, 25.0)
     assert other["identity_similarity"] < own["identity_similarity"] - 0.04
     assert np.isfinite(other["face_share"])
+
+
+def test_the_sync_measure_tells_a_mouth_that_follows_the_speech_from_one_that_does_not(demo_corpus, tmp_path):
+    """The demo's talking.mp4, whose jaw follows its audio by construction (pipeline/demo_mouth.py):
+    in sync against its own speech, at offset 0, and not against the same speech rolled by half
+    (the control the demo prints beside every generated video)."""
+    from stages.media.video_io import write_mp4
+
+    wav = load_wav(demo_corpus / "speech.wav")[24 * 16000: 30 * 16000]  # its last, voiced 6 s
+    with av.open(str(demo_corpus / "talking.mp4")) as c:
+        frames = [f.to_ndarray(format="rgb24") for i, f in enumerate(c.decode(video=0)) if 600 <= i < 750]
+    video = tmp_path / "six.mp4"
+    write_mp4(video, frames, 25.0)
+    m = measure_video(video, frames[0], wav, 25.0, control_wav=np.roll(wav, len(wav) // 2))
+    assert m["sync_offset"] == 0 and m["sync_confidence"] > 4.0, m
+    assert m["sync_control"] < 2.0, m
