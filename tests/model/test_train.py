@@ -166,3 +166,16 @@ def test_training_windows_carry_the_clips_lip_mask_only_when_the_mouth_weighs(cl
     assert lips.shape == (2, 1, 64, 64) and set(lips.unique().tolist()) == {0.0, 1.0}
     assert lips[:, :, 45, 32].eq(1).all() and lips[:, :, 10, 32].eq(0).all()
     assert torch.equal(batch["frames"], plain["frames"])  # the same windows either way
+
+
+def test_audio_use_tells_a_model_deaf_to_the_audio_from_one_that_hears_it(stage_runs, clips_out, capsys):
+    """benchmarks/audio_use.py: a stage-1 model's audio layers are still zero (own = shifted = none,
+    exactly); stage 2 trained them, and dropping the audio changes its loss."""
+    from benchmarks.audio_use import audio_use
+    from benchmarks.audio_use import main as audio_use_main
+
+    deaf = audio_use(stage_runs[1], clips_out, windows=2, timesteps=(250,))
+    assert deaf["own"] == deaf["shifted"] == deaf["none"]
+    hears = audio_use_main(["--checkpoint", str(stage_runs[2]), "--data", str(clips_out), "--windows", "2",
+                            "--timesteps", "250"])
+    assert hears["none"] != hears["own"] and "its timing by" in capsys.readouterr().out
