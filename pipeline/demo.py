@@ -4,17 +4,18 @@
     curate   every stage, over local paths and a loopback HTTP server, with the corpus's config.yaml
     export   near-duplicates, identity-disjoint split, dataset card
     train    the `demo` size of EMO (model/config.py), stages 1, 2 and 3, each from the one before
-    sample   Tom Hanks' portrait (never in the corpus) speaking pyannote's sample speech
+    sample   Tom Hanks' portrait (never in the corpus) speaking the last, voiced 6 s of pyannote's sample
     measure  that video and one of the carphone man (in the training clips): face found, identity, sync
     detect   the watermark in that video
     audit    the HTML report
 
 The `demo` model is tiny's UNet on 16x16 latents of 128-px crops that denoises each frame's change
 from the reference (model/reference_skip.py): appearance comes through the skip, so minutes of CPU
-training give a face, and the network learns only what moves. A model trained for minutes on a
-minute of dubbed video does not look like EMO: the carphone man never said the words under his clips,
-so the mouth cannot learn the audio here (the sync figure says so); the demo proves the path and
-the provenance chain (video -> checkpoint -> manifest -> sources, with their licenses and consent).
+training give a face, and the network learns only what moves. The corpus's jaws follow its audio
+(pipeline/demo_mouth.py), so the mouth has something to learn; in minutes on CPU the model learns
+that someone speaks but not when (benchmarks/audio_use.py; README, "The demo corpus"), and the sync
+figure, printed beside the same speech rolled by half, says so. The demo proves the path and the
+provenance chain (video -> checkpoint -> manifest -> sources, with their licenses and consent).
 Every step's seconds go to DIR/demo.json. A rerun skips training stages that are finished.
 """
 
