@@ -104,13 +104,34 @@ def largest_face(rgb: np.ndarray) -> np.ndarray | None:
     return max((d.box for d in dets), key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
 
 
+def _on_backdrop(rgb: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The photo padded to hold `window` with the mean colour of its outermost pixels, its edges
+    faded into it (repeating the edge pixels instead draws streaks across the crop); the window
+    moved to match."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    pad = int(np.ceil(max(0.0, -window[0], -window[1], window[2] - w, window[3] - h))) + 1
+    edges = np.concatenate([rgb[:2].reshape(-1, 3), rgb[-2:].reshape(-1, 3), rgb[:, :2].reshape(-1, 3),
+                            rgb[:, -2:].reshape(-1, 3)])
+    colour = edges.mean(0).astype(np.float32)
+    # The photo fades into the backdrop over a tenth of its short side: no hard frame around it.
+    ramp = max(2.0, 0.1 * min(h, w))
+    ys, xs = np.mgrid[0:h, 0:w]
+    inside = np.minimum(np.minimum(xs + 1, w - xs), np.minimum(ys + 1, h - ys)) / ramp
+    alpha = np.clip(inside, 0, 1)[..., None].astype(np.float32)
+    faded = (rgb.astype(np.float32) * alpha + colour * (1 - alpha)).round().astype(np.uint8)
+    padded = cv2.copyMakeBorder(faded, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=[float(c) for c in colour])
+    return padded, window + pad
+
+
 def crop_reference(rgb: np.ndarray, size: int, face_fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(size, size, 3) face crop of a portrait and its (size, size) face-region mask in {0, 1}.
 
     Cropped as the face stage crops a track (stages/media/crops.py): a square window around the
     face. With the checkpoint's `face_fraction` (the face's side over the crop's side in its
     training clips, model/data.py), the face fills that share of the crop, as it did in training;
-    where that window is larger than the photo, the photo's edges are repeated. Without it (older
+    where that window is larger than the photo, the photo sits on a plain backdrop. Without it (older
     checkpoints), DEFAULT_MARGIN around the face, shifted to stay inside the photo. The stage's face
     mask is the union of a clip's boxes; one photo has one box, grown by 20% to leave the head room
     to move. With no face found: the centre square and a whole-frame mask, with a warning.
@@ -127,9 +148,10 @@ def crop_reference(rgb: np.ndarray, size: int, face_fraction: float | None = Non
         side = max(box[2] - box[0], box[3] - box[1]) * (1 + 2 * margin)
         if side <= min(w, h):  # it fits: shifted inside the photo, as the face stage shifts a track's
             window, _ = crop_window(box[None], margin, w, h)
-        else:  # centred on the face; crop_frame repeats the photo's edges outside it
+        else:  # centred on the face, the photo set on a backdrop of its own edges' mean colour
             cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
             window = np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+            rgb, window = _on_backdrop(rgb, window)
     else:
         window, _ = crop_window(box[None], DEFAULT_MARGIN, w, h)
     mask = box_mask(box[None], window, size, grow=FACE_MASK_GROW) > 0
