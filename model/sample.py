@@ -104,34 +104,14 @@ def largest_face(rgb: np.ndarray) -> np.ndarray | None:
     return max((d.box for d in dets), key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
 
 
-def _on_backdrop(rgb: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The photo padded to hold `window` with the mean colour of its outermost pixels, its edges
-    faded into it (repeating the edge pixels instead draws streaks across the crop); the window
-    moved to match."""
-    import cv2
-
-    h, w = rgb.shape[:2]
-    pad = int(np.ceil(max(0.0, -window[0], -window[1], window[2] - w, window[3] - h))) + 1
-    edges = np.concatenate([rgb[:2].reshape(-1, 3), rgb[-2:].reshape(-1, 3), rgb[:, :2].reshape(-1, 3),
-                            rgb[:, -2:].reshape(-1, 3)])
-    colour = edges.mean(0).astype(np.float32)
-    # The photo fades into the backdrop over a tenth of its short side: no hard frame around it.
-    ramp = max(2.0, 0.1 * min(h, w))
-    ys, xs = np.mgrid[0:h, 0:w]
-    inside = np.minimum(np.minimum(xs + 1, w - xs), np.minimum(ys + 1, h - ys)) / ramp
-    alpha = np.clip(inside, 0, 1)[..., None].astype(np.float32)
-    faded = (rgb.astype(np.float32) * alpha + colour * (1 - alpha)).round().astype(np.uint8)
-    padded = cv2.copyMakeBorder(faded, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=[float(c) for c in colour])
-    return padded, window + pad
-
-
 def crop_reference(rgb: np.ndarray, size: int, face_fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(size, size, 3) face crop of a portrait and its (size, size) face-region mask in {0, 1}.
 
     Cropped as the face stage crops a track (stages/media/crops.py): a square window around the
     face. With the checkpoint's `face_fraction` (the face's side over the crop's side in its
     training clips, model/data.py), the face fills that share of the crop, as it did in training;
-    where that window is larger than the photo, the photo sits on a plain backdrop. Without it (older
+    a photo too tight for it gives the largest square it holds, with a warning (pixels that are
+    not in the photo are not made up: a backdrop came out as speckle). Without it (older
     checkpoints), DEFAULT_MARGIN around the face, shifted to stay inside the photo. The stage's face
     mask is the union of a clip's boxes; one photo has one box, grown by 20% to leave the head room
     to move. With no face found: the centre square and a whole-frame mask, with a warning.
@@ -145,13 +125,12 @@ def crop_reference(rgb: np.ndarray, size: int, face_fraction: float | None = Non
         return crop_frame(rgb, window, size), np.ones((size, size), np.float32)
     if face_fraction:
         margin = (1 / float(np.clip(face_fraction, 0.1, 0.95)) - 1) / 2
-        side = max(box[2] - box[0], box[3] - box[1]) * (1 + 2 * margin)
-        if side <= min(w, h):  # it fits: shifted inside the photo, as the face stage shifts a track's
-            window, _ = crop_window(box[None], margin, w, h)
-        else:  # centred on the face, the photo set on a backdrop of its own edges' mean colour
-            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-            window = np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
-            rgb, window = _on_backdrop(rgb, window)
+        window, clipped = crop_window(box[None], margin, w, h)  # inside the photo, as a track's inside its frame
+        if clipped:
+            share = max(box[2] - box[0], box[3] - box[1]) / (window[2] - window[0])
+            log.warning("the portrait is cropped too tightly for this checkpoint: its face fills %.2f of the "
+                        "largest square it allows, the training crops' faces %.2f; a photo with more room "
+                        "around the face matches training better", share, face_fraction)
     else:
         window, _ = crop_window(box[None], DEFAULT_MARGIN, w, h)
     mask = box_mask(box[None], window, size, grow=FACE_MASK_GROW) > 0
