@@ -14,10 +14,11 @@ measured in the same run:
                      (same voice, wrong words): if the mouth follows the audio, the right speech
                      must score higher
 
-Without --data it builds and curates the demo corpus under --work first (as `emo demo` does). The
-demo corpus is dubbed (its people never said the words under them), so on it the sync cannot rise
-above the wrong-audio control; pass --data with a curation of footage in sync to measure that, and
---portrait with a still of someone in it.
+Without --data it builds and curates the demo corpus under --work first (as `emo demo` does), whose
+jaws follow its audio (pipeline/demo_mouth.py); pass --data with a curation of real footage in sync,
+and --portrait with a still of someone in it. The speech is the demo's: the voiced end of
+pyannote's sample. benchmarks/audio_use.py says, without sampling, whether a checkpoint uses the
+audio's timing at all.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ def run(args) -> list[dict]:
     from model import sample as sampler
     from model.checkpoint import read_meta
     from model.config import load_config
+    from pipeline.demo import SPEECH_FROM_S, training_portrait
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -123,11 +125,11 @@ def run(args) -> list[dict]:
 
     wav, rate = sf.read(demo_root / "speech.wav", dtype="float32")
     speech = runs / "speech.wav"
-    sf.write(speech, wav[: int(args.seconds * rate)], rate)
+    n = int(args.seconds * rate)
+    start = min(int(SPEECH_FROM_S * rate), max(0, len(wav) - n))  # voiced speech, as the demo's (not its silent start)
+    sf.write(speech, wav[start: start + n], rate)
     wav = sampler.read_speech(speech)
     wrong = np.roll(wav, len(wav) // 2)  # same voice, wrong words
-    from pipeline.demo import training_portrait
-
     trained_on = Path(args.portrait) if args.portrait else training_portrait(demo_root)
     portraits = {"training identity": trained_on, "held out": demo_root / "portraits" / "hanks.png"}
     size, frames = load_config(args.model).image_size, round(args.seconds * 25)
