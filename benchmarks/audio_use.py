@@ -23,7 +23,12 @@ import torch
 
 def audio_use(checkpoint: str | Path, data: str | Path, windows: int = 30,
               timesteps: tuple[int, ...] = (100, 250, 400), seed: int = 123) -> dict[str, float]:
-    """Mean loss over `windows` x `timesteps` for own, shifted and no audio (plain MSE on the noise)."""
+    """Mean loss over `windows` x `timesteps` for own, shifted and no audio: plain MSE on the noise
+    over the whole frame, and (keys `mouth_*`) inside the clips' lip masks only, where the voice
+    should matter most (absent when the clips have no lip masks)."""
+    import dataclasses
+
+    import torch.nn.functional as F
     from diffusers import DDPMScheduler
 
     from model.checkpoint import load_checkpoint
@@ -35,8 +40,11 @@ def audio_use(checkpoint: str | Path, data: str | Path, windows: int = 30,
     model.eval()
     codec = load_codec(config.codec, meta.get("vae_path"))
     scheduler = DDPMScheduler(**noise_schedule(config))
-    data = ClipWindows(data, config, stage=2, seed=seed, num_steps=windows)
+    # Any mouth weight makes the windows carry the lip mask; the model's own config is left as it is.
+    data = ClipWindows(data, dataclasses.replace(config, mouth_loss_weight=1.0), stage=2, seed=seed,
+                       num_steps=windows)
     losses: dict[str, list[float]] = {"own": [], "shifted": [], "none": []}
+    mouth: dict[str, list[float]] = {way: [] for way in losses}
     b = config.batch_size
     for k in range(windows):
         batch = data[k]
@@ -52,15 +60,26 @@ def audio_use(checkpoint: str | Path, data: str | Path, windows: int = 30,
                     keep = torch.zeros(b) if way == "none" else torch.ones(b)
                     pred = model(noisy, step, inputs["ref_latent"], audio=audio, face_mask=batch["face_mask"],
                                  motion=inputs.get("motion"), reference_keep=torch.ones(b), audio_keep=keep)
-                    losses[way].append(float(((pred - batch["noise"]) ** 2).mean()))
-    return {way: float(np.mean(v)) for way, v in losses.items()}
+                    err = (pred - batch["noise"]) ** 2  # (B, F, C, h, w)
+                    losses[way].append(float(err.mean()))
+                    lips = F.adaptive_avg_pool2d(batch["lip_mask"], err.shape[-2:])[:, None].expand_as(err)
+                    if lips.sum() > 0:
+                        mouth[way].append(float((err * lips).sum() / lips.sum()))
+    out = {way: float(np.mean(v)) for way, v in losses.items()}
+    out.update({f"mouth_{way}": float(np.mean(v)) for way, v in mouth.items() if v})
+    return out
 
 
 def render(loss: dict[str, float]) -> str:
-    own, shifted, none = loss["own"], loss["shifted"], loss["none"]
-    return (f"loss with its own audio {own:.5f}, shifted by half the window {shifted:.5f}, none {none:.5f}\n"
-            f"the audio's presence lowers the loss by {100 * (none - own) / none:.2f}%; "
-            f"its timing by {100 * (shifted - own) / shifted:.2f}% (0: the mouth does not follow the voice)")
+    lines = []
+    for where, p in (("whole frame", ""), ("inside the lip masks", "mouth_")):
+        if f"{p}own" not in loss:
+            continue
+        own, shifted, none = loss[f"{p}own"], loss[f"{p}shifted"], loss[f"{p}none"]
+        lines += [f"{where}: loss with its own audio {own:.5f}, shifted by half the window {shifted:.5f}, none {none:.5f}",
+                  f"  the audio's presence lowers it by {100 * (none - own) / none:.2f}%; its timing by "
+                  f"{100 * (shifted - own) / shifted:.2f}% (0: the mouth does not follow the voice)"]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
