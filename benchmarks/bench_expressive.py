@@ -15,15 +15,14 @@ pivot and the hand. Truth for every case: one person, one shot, the face on scre
   0.2 s, held there for half a second, and lowered in 0.2 s.
 - all: the four at once (the hand over the mouth while the head rolls, turns and the camera pans).
 
-Sources follow benchmarks/sync_corpus.py's split: DEV ones were used to find and fix splits,
-HELD_OUT ones are reported. Run: PYTHONPATH=. .venv/bin/python -m benchmarks.bench_expressive
+Sources are single speakers from benchmarks/sync_corpus.py's split: the DEV ones were used to find
+and fix what split them (with the demo reels for the shot rule), the HELD_OUT ones are reported. Run: PYTHONPATH=. .venv/bin/python -m benchmarks.bench_expressive
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -176,36 +175,43 @@ def measure(path: Path, n: int, out: Path) -> dict:
             "reasons": sorted({r for t in tracks for r in t["reasons"]})}
 
 
-def bench(names: tuple[str, ...], split: str, tmp: Path, kinds: tuple[str, ...] = KINDS,
-          show: Callable[[str], None] = print) -> list[dict]:
+def bench(names: tuple[str, ...], split: str, tmp: Path, kinds: tuple[str, ...] = KINDS) -> list[dict]:
+    """Every case of every source measured, and printed as a line of the table."""
     rows = []
     for name in names:
         for kind, (path, n) in build_cases(name, tmp, kinds).items():
             m = {"split": split, "source": Path(name).stem, "kind": kind, "frames": n,
                  **measure(path, n, tmp / f"{path.stem}.out")}
             rows.append(m)
-            show(f"  {split:4s} {m['source'][:30]:30s} {kind:6s} {n:4d} {m['shots']:5d} {m['tracks']:6d} "
+            print(f"  {split:4s} {m['source'][:30]:30s} {kind:6s} {n:4d} {m['shots']:5d} {m['tracks']:6d} "
                  f"{m['cover']:6.1%} {m['longest']:7.1%}  {m['spans']} {','.join(m['reasons'])}")
     return rows
 
 
 def main() -> list[dict]:
+    """Every case printed as measured; returns one row per split and case kind."""
     if not (REAL / "videos").is_dir():
-        raise SystemExit(f"{REAL} is absent: nothing to measure")
+        print(f"{REAL} is absent: nothing to measure")
+        return []
     rows = []
     print(f"  {'split':4s} {'source':30s} {'case':6s} {'n':>4s} {'shots':>5s} {'tracks':>6s} {'cover':>6s} "
           f"{'longest':>7s}  spans reasons")
     with tempfile.TemporaryDirectory() as d:
         rows += bench(DEV, "dev", Path(d))
         rows += bench(HELD_OUT, "held", Path(d))
+    summary = []
     for split in ("dev", "held"):
         for kind in KINDS:
             r = [x for x in rows if x["split"] == split and x["kind"] == kind]
             one = sum(x["shots"] == 1 and x["tracks"] == 1 and x["cover"] >= 0.95 for x in r)
+            summary.append({"name": f"{split} {kind}", "one_track": one, "cases": len(r),
+                            "most_per_shot": max(x["max_per_shot"] for x in r),
+                            "cover": float(np.mean([x["cover"] for x in r])),
+                            "longest": float(np.mean([x["longest"] for x in r]))})
             print(f"{split:4s} {kind:6s}: one shot and one track over >= 95 % of it in {one}/{len(r)}; most tracks "
-                  f"in a shot {max(x['max_per_shot'] for x in r)}; frames covered {np.mean([x['cover'] for x in r]):.1%} "
-                  f"(longest track {np.mean([x['longest'] for x in r]):.1%})")
-    return rows
+                  f"in a shot {summary[-1]['most_per_shot']}; frames covered {summary[-1]['cover']:.1%} "
+                  f"(longest track {summary[-1]['longest']:.1%})")
+    return summary
 
 
 if __name__ == "__main__":
