@@ -211,11 +211,15 @@ class FaceStage(Stage):
         return found, n, dark, probes
 
     def _detect_sample(self, rgb: np.ndarray, i: int, start: int, tracker: FaceTracker) -> list[Detection]:
-        """The whole frame on a scan sample; otherwise one detection near each tracked face at most."""
+        """The whole frame on a scan sample, or when a tracked face is not near where it was expected (a
+        fast pan or zoom): waiting for the next scan would lose it, and find it again as a new track
+        too far away to merge. Otherwise one detection near each tracked face at most."""
         if ((i - start) // self.stride) % self.scan_every == 0:
             return self._detector.detect(rgb)
-        found = (self._detect_near(rgb, t.predict(i)) for t in tracker.active)
-        return nms([d for d in found if d is not None])
+        found = [self._detect_near(rgb, t.predict(i)) for t in tracker.active]
+        if any(d is None for d in found):
+            return self._detector.detect(rgb)
+        return nms(found)
 
     def _refine(self, track: Track, frames: list[tuple[int, av.VideoFrame]], rotation: int) -> None:
         """Extend a track frame by frame from its nearest detection until the face is not found."""

@@ -34,6 +34,7 @@ class ShotStage(Stage):
         cut_ratio: float = 3.0,
         jump_threshold: float = 0.02,
         jump_ratio: float = 10.0,
+        motion_ratio: float = 2.0,
         dissolve_frames: int = 12,
         transnet_threshold: float = 0.5,
         batch_size: int = 8,
@@ -49,6 +50,9 @@ class ShotStage(Stage):
         cut_ratio: content detector; a cut's change must also be this many times the local median change.
         jump_threshold, jump_ratio: jump cuts (the background stays, the person jumps), both detectors: a
             change of at least jump_threshold that is jump_ratio times the local median change.
+        motion_ratio: both detectors' cut rules; a cut's change must also be this many times the larger
+            of the steps just before and after it (camera motion, a turning head or a hand change those
+            alike), unless the frame beside it is a blend of the two shots (a cut blended over two steps).
         dissolve_frames: content detector; the span (frames) over which dissolves are looked for.
         transnet_threshold: TransNetV2; per-frame transition probability that marks a boundary.
         batch_size: TransNetV2; 100-frame windows per forward pass.
@@ -68,6 +72,7 @@ class ShotStage(Stage):
         self.cut_ratio = float(cut_ratio)
         self.jump_threshold = float(jump_threshold)
         self.jump_ratio = float(jump_ratio)
+        self.motion_ratio = float(motion_ratio)
         self.dissolve_frames = int(dissolve_frames)
         self.transnet_threshold = float(transnet_threshold)
         self.batch_size = int(batch_size)
@@ -88,12 +93,14 @@ class ShotStage(Stage):
     def setup(self) -> None:
         if self.detector == "transnetv2":
             det = TransNetV2ShotDetector(self.transnet_threshold, batch_size=self.batch_size, device=self.device,
-                                         jump_threshold=self.jump_threshold, jump_ratio=self.jump_ratio)
+                                         jump_threshold=self.jump_threshold, jump_ratio=self.jump_ratio,
+                                         motion_ratio=self.motion_ratio)
             det.load()
             self._detector = det
         else:
             self._detector = ContentShotDetector(self.cut_threshold, self.cut_ratio, dissolve_frames=self.dissolve_frames,
-                                                 jump_threshold=self.jump_threshold, jump_ratio=self.jump_ratio)
+                                                 jump_threshold=self.jump_threshold, jump_ratio=self.jump_ratio,
+                                         motion_ratio=self.motion_ratio)
 
     def process(self, source: dict[str, Any], ctx: StageContext) -> dict[str, list[dict[str, Any]]]:
         if self._detector is None:

@@ -29,9 +29,9 @@ class TransNetV2ShotDetector:
     name = "transnetv2"
 
     def __init__(self, threshold: float = 0.5, cut_frames: int = 2, batch_size: int = 8, device: str = "auto",
-                 jump_threshold: float = 0.02, jump_ratio: float = 10.0):
+                 jump_threshold: float = 0.02, jump_ratio: float = 10.0, motion_ratio: float = 2.0):
         self.threshold = threshold
-        self.jump_threshold, self.jump_ratio = jump_threshold, jump_ratio
+        self.jump_threshold, self.jump_ratio, self.motion_ratio = jump_threshold, jump_ratio, motion_ratio
         self.cut_frames = cut_frames
         self.batch_size = batch_size
         self.device = device
@@ -73,7 +73,7 @@ class TransNetV2ShotDetector:
         see in the same frames, it takes that transition's type and span (TransNetV2 often marks
         a gradual transition with a frame or two in its middle)."""
         content = ContentShotDetector(cut_threshold=np.inf, jump_threshold=self.jump_threshold,
-                                      jump_ratio=self.jump_ratio)
+                                      jump_ratio=self.jump_ratio, motion_ratio=self.motion_ratio)
         gradual = content.gradual(video.frames)
         out = []
         for b in self.boundaries(video):

@@ -354,3 +354,26 @@ def test_overlapping_and_broken_tracks_of_one_face_become_one():
     assert spans == [(0, 195), (0, 197), (260, 295)], spans
     one = next(t for t in merged if t.first == 0 and t.dets[0].box[0] == 100)
     assert one.dets[20].score == 0.9  # where both had a box, the more confident one stays
+
+
+def whip_pan_frames(n: int = 75, start: int = 27, frames: int = 10, dx: float = 400.0) -> list[np.ndarray]:
+    """Tom Hanks's photo (120 px) on a grey 640x360 canvas, panned `dx` px right in `frames` frames
+    from `start` (eased in and out), still before and after."""
+    face = cv2.resize(np.asarray(Image.open(packaged_media()["hanks"]).convert("RGB")), (120, 120))
+    out = []
+    for i in range(n):
+        t = 0.5 - 0.5 * np.cos(np.pi * np.clip((i - start) / frames, 0, 1))
+        canvas = np.full((360, 640, 3), 128, np.uint8)
+        x = int(round(60 + dx * t))
+        canvas[120:240, x : x + 120] = face
+        out.append(canvas)
+    return out
+
+
+def test_a_face_panned_faster_than_the_tracker_predicts_stays_one_track(tmp_path):
+    """A whip pan (62 % of the width in 10 frames) just after a whole-frame scan: the samples between
+    scans look only near where the face was expected, miss it, and used to wait for the next scan (25
+    frames on), which found it as a new track too far from the old one to merge. A miss now scans."""
+    write_mp4(tmp_path / "whip.mp4", whip_pan_frames(), 25)
+    rows, _ = run(tmp_path, make_source(tmp_path, tmp_path / "whip.mp4", "whip"), min_track_frames=10)
+    assert [(r["start_frame"], r["end_frame"]) for r in rows] == [(0, 75)]

@@ -13,6 +13,8 @@ import random
 import shutil
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from benchmarks.media import match_boundaries
@@ -168,3 +170,43 @@ def test_real_jump_cuts_found_and_talking_heads_not_cut():
     assert all(any(abs(f - t) <= 1 for f in found) for t in TRUE_CUTS[name]) and len(found) == 4, found
     for still in ("r2_v03_hdtf_bobmenendez.mp4", "r2_v09_mimictalk_german.mp4", "r3_v07_voxceleb2_chrischristie.mp4"):
         assert detect(REAL / "videos" / still, "content") == [], still
+
+
+# -- motion inside a shot: a fast pan, a head rolling, a hand over the mouth ----------------------------
+
+
+def _carphone_x2(n: int = 100) -> tuple[list[np.ndarray], np.ndarray]:
+    """The carphone man's first `n` frames at twice their size, and his face box (measured by mediapipe)."""
+    from pipeline.demo_corpus import decode, packaged_media
+
+    frames = [cv2.resize(f, (352, 288)) for f in decode(packaged_media()["carphone"])[:n]]
+    return frames, np.tile([126.0, 94.0, 226.0, 194.0], (len(frames), 1))
+
+
+@pytest.mark.parametrize("kind", ["pan", "hand", "all"])
+def test_fast_pan_and_a_hand_over_the_mouth_are_no_cut(kind, tmp_path):
+    """benchmarks/bench_expressive's virtual camera on real packaged footage: half the frame in 10 frames
+    with a x1.6 zoom, a hand raised over the mouth in 0.2 s, and both with a 40 degree roll and a head
+    turn. A step can change the picture as much as a cut, but the steps beside it change it as much."""
+    from benchmarks.bench_expressive import derive
+    from benchmarks.bench_tracks import detect
+    from stages.media.video_io import write_mp4
+
+    frames, boxes = _carphone_x2()
+    write_mp4(tmp_path / f"{kind}.mp4", derive(kind, frames, boxes, FPS), FPS)
+    assert detect(tmp_path / f"{kind}.mp4", "content") == []
+
+
+def test_a_cut_blended_over_two_steps_is_one_cut(tmp_path):
+    """A cut whose middle frame is half of each shot (frame-rate conversion leaves these): two steps of
+    equal change, so neither stands out from the other, but it is still one cut."""
+    from benchmarks.bench_tracks import detect
+    from pipeline.demo_corpus import decode, packaged_media
+    from stages.media.video_io import write_mp4
+
+    a, _ = _carphone_x2(50)
+    b = [cv2.resize(f, (352, 288)) for f in decode(packaged_media()["bikes"])[140:185]]  # inside one bikes shot
+    mid = ((a[-1].astype(np.float32) + b[0]) / 2).astype(np.uint8)
+    write_mp4(tmp_path / "blended.mp4", a + [mid] + b[1:], FPS)
+    (cut,) = detect(tmp_path / "blended.mp4", "content")
+    assert 50 <= cut <= 51
