@@ -100,7 +100,7 @@ class ShotStage(Stage):
         else:
             self._detector = ContentShotDetector(self.cut_threshold, self.cut_ratio, dissolve_frames=self.dissolve_frames,
                                                  jump_threshold=self.jump_threshold, jump_ratio=self.jump_ratio,
-                                         motion_ratio=self.motion_ratio)
+                                                 motion_ratio=self.motion_ratio)
 
     def process(self, source: dict[str, Any], ctx: StageContext) -> dict[str, list[dict[str, Any]]]:
         if self._detector is None:
