@@ -38,6 +38,10 @@ def build_model(opts: TrainOptions, config: EMOConfig) -> tuple[EMOModel, EMOCon
         arch = EMOConfig.from_dict(parent["config"]).to_dict()
         # Training settings come from this stage's size and --config, the architecture from the parent.
         overrides = load_config(arch["name"], opts.config).to_dict()
+        ignored = sorted(k for k in _file_keys(opts.config) if k not in TRAINING_KEYS and overrides[k] != arch.get(k))
+        if ignored:
+            log.warning("--config sets %s, which the parent checkpoint's architecture fixes: ignored "
+                        "(a later stage may change only %s)", ", ".join(ignored), ", ".join(sorted(TRAINING_KEYS)))
         arch.update({k: v for k, v in overrides.items() if k in TRAINING_KEYS})
         if opts.finetune and "learning_rate" not in _file_keys(opts.config):
             arch["learning_rate"] *= FINETUNE_LR_SCALE
@@ -88,7 +92,8 @@ FINETUNE_STEP_DIVISOR = 10
 TRAINING_KEYS = {"batch_size", "learning_rate", "weight_decay", "grad_clip", "ema_decay", "cond_drop_prob",
                  "save_every", "gradient_checkpointing", "num_workers", "overfit_batch", "keep_checkpoints",
                  "num_frames", "num_motion_frames", "gradient_accumulation", "optimizer", "ema_device",
-                 "frozen_dtype", "mixed_precision", "frame_cache_mb", "mouth_loss_weight"}
+                 "frozen_dtype", "mixed_precision", "frame_cache_mb", "mouth_loss_weight",
+                 "audio_region"}  # where audio attention writes: no weights of its own
 
 
 def _with_featurizer_dims(config: EMOConfig) -> EMOConfig:
