@@ -11,16 +11,15 @@ ReferenceNet's attention alone, which takes far longer to learn than the minutes
 ReferenceNet still sees the (absolute) reference latent here. The residuals of a talking head are
 small, so `residual_scale` lifts them towards the unit variance the noise schedule assumes.
 
-With the parameter-free pixel codec the skip is taken in pixels (the reference image plus the
+With a parameter-free pixel codec (PixelCodec, PatchCodec) the skip is taken in pixels (the reference image plus the
 upsampled change), so the reference keeps its full resolution; with a VAE, in latents.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from model.latents import PixelCodec
+from model.latents import PatchCodec, PixelCodec
 
 
 def to_residual(latents: torch.Tensor, ref_latent: torch.Tensor, scale: float) -> torch.Tensor:
@@ -35,8 +34,7 @@ def decode_residual(codec, residual: torch.Tensor, ref_image: torch.Tensor, ref_
     ref_image (1, 3, H, W) in [-1, 1]; ref_latent (1, C, h, w), its encoding.
     """
     change = residual.float() / scale
-    if isinstance(codec, PixelCodec):
-        # (N, 3, h, w) -> (N, 3, H, W): the change at full resolution, added to the sharp reference
-        up = F.interpolate(change[:, :3], scale_factor=codec.factor, mode="bilinear", align_corners=False)
-        return (ref_image.float() + up).clamp(-1, 1)
+    if isinstance(codec, (PixelCodec, PatchCodec)):
+        # (N, C, h, w) -> (N, 3, H, W): the change at full resolution, added to the sharp reference
+        return (ref_image.float() + codec.upsample(change)).clamp(-1, 1)
     return codec.decode(ref_latent.float() + change)

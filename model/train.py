@@ -138,6 +138,9 @@ def _prepare(opts: TrainOptions, start: RunStart, accelerator: Accelerator, prec
     cast_frozen(model, config.frozen_dtype, precision)
     model.set_gradient_checkpointing(config.gradient_checkpointing)
     codec = load_codec(config.codec, start.vae_folder).to(device)
+    if codec.channels != model.backbone.config.in_channels:
+        raise SystemExit(f"the {config.codec} codec gives {codec.channels}-channel latents; the UNet takes "
+                         f"{model.backbone.config.in_channels} (set unet.in_channels and out_channels to match)")
     out.mkdir(parents=True, exist_ok=True)
     assets = save_assets(out, config, start.vae_folder) if accelerator.is_main_process else {}
     optimizer = make_optimizer(config.optimizer, params, config.learning_rate, config.weight_decay)

@@ -65,3 +65,26 @@ def test_sampled_frames_carry_the_portrait_only_through_the_skip(skip, clips_out
     ref = cv2.resize(crop, frames[0].shape[:2][::-1], interpolation=cv2.INTER_CUBIC)
     r = np.mean([_correlation(f, ref) for f in frames])
     assert (r > 0.8) if skip else (r < 0.5), r
+
+
+def test_a_parted_lip_survives_the_patch_codec_and_fades_in_the_pixel_codec():
+    """The "pixel_patches" codec (48 channels: each 8x8 patch as 4x4 RGB means) keeps a 3-px dark gap
+    between the lips at most of its depth through the reference skip; the 4-channel pixel codec
+    spreads it over its 8x8 patch (model/latents.py says when that is too faint for the face mesh)."""
+    from model.latents import PatchCodec, load_codec
+
+    torch.manual_seed(0)
+    ref = torch.rand(1, 3, 128, 128) * 0.2  # a plain face of skin-ish grey
+    frame = ref.clone()
+    frame[:, :, 82:85, 52:76] = -0.8  # the mouth opens: a dark gap 3 px tall
+    depth = {}
+    for name, codec in (("pixel", PixelCodec()), ("patches", load_codec("pixel_patches", None))):
+        ref_latent = codec.encode(ref)
+        assert ref_latent.shape == (1, codec.channels, 16, 16)
+        z = to_residual(codec.encode(frame)[None], ref_latent, scale=4.0)[0]
+        out = decode_residual(codec, z, ref, ref_latent, scale=4.0)
+        depth[name] = float((ref - out)[:, :, 82:85, 52:76].mean() / (ref - frame)[:, :, 82:85, 52:76].mean())
+    assert isinstance(load_codec("pixel_patches", None), PatchCodec)
+    assert depth["patches"] > 0.6 and depth["pixel"] < 0.45, depth
+    with pytest.raises(ValueError, match="divide"):
+        PatchCodec(detail=3)
