@@ -23,8 +23,8 @@ import torch
 
 def audio_use(checkpoint: str | Path, data: str | Path, windows: int = 30,
               timesteps: tuple[int, ...] = (100, 250, 400), seed: int = 123) -> dict[str, float]:
-    """Mean loss over `windows` x `timesteps` for own, shifted and no audio: plain MSE on the noise
-    over the whole frame, and (keys `mouth_*`) inside the clips' lip masks only, where the voice
+    """Mean loss over `windows` x `timesteps` for own, shifted and no audio: plain MSE on what the
+    model predicts (the noise, or v) over the whole frame, and (keys `mouth_*`) inside the clips' lip masks only, where the voice
     should matter most (absent when the clips have no lip masks)."""
     import dataclasses
 
@@ -53,14 +53,17 @@ def audio_use(checkpoint: str | Path, data: str | Path, windows: int = 30,
             for t in timesteps:
                 step = torch.full((b,), t)
                 noisy = scheduler.add_noise(inputs["latents"], batch["noise"], step)
+                target = batch["noise"] if config.prediction_type == "epsilon" else \
+                    scheduler.get_velocity(inputs["latents"], batch["noise"], step)  # what it was trained to predict
                 for way in losses:
                     audio = batch["audio"]  # (B, F, 2m+1, L*D)
                     if way == "shifted":
                         audio = torch.roll(audio, audio.shape[1] // 2, dims=1)
                     keep = torch.zeros(b) if way == "none" else torch.ones(b)
                     pred = model(noisy, step, inputs["ref_latent"], audio=audio, face_mask=batch["face_mask"],
-                                 motion=inputs.get("motion"), reference_keep=torch.ones(b), audio_keep=keep)
-                    err = (pred - batch["noise"]) ** 2  # (B, F, C, h, w)
+                                 motion=inputs.get("motion"), reference_keep=torch.ones(b), audio_keep=keep,
+                                 audio_region=batch.get("audio_region"))
+                    err = (pred - target) ** 2  # (B, F, C, h, w)
                     losses[way].append(float(err.mean()))
                     lips = F.adaptive_avg_pool2d(batch["lip_mask"], err.shape[-2:])[:, None].expand_as(err)
                     if lips.sum() > 0:

@@ -64,7 +64,8 @@ class _AudioAttnProcessor:
         if tokens is None:
             return out
         audio = self.layer(hidden_states, encoder_hidden_states=tokens.to(hidden_states.dtype))  # (B*F, N, C)
-        return out + self.state.frame_mask(self.state.audio_keep, out) * audio
+        keep = self.state.frame_mask(self.state.audio_keep, out) * self.state.region_mask(out)
+        return out + keep * audio
 
 
 def install_audio_attention(backbone, state, layers: nn.ModuleList) -> None:

@@ -51,7 +51,9 @@ class EMOConfig:
     # pretrained UNet's own config when --pretrained is given.
     unet: dict[str, Any] = field(default_factory=lambda: dict(TINY_UNET))
     image_size: int = 64  # pixels; latents are image_size / 8
-    codec: str = "pixel"  # "pixel" (parameter-free, tiny only) or "autoencoder_kl" (SD VAE)
+    # "pixel" (parameter-free, 4 channels), "pixel_patches" (parameter-free, 48 channels: a parted lip survives)
+    # or "autoencoder_kl" (SD's VAE); model/latents.py. The UNet's in/out channels must match.
+    codec: str = "pixel"
     # Denoise each frame's change from the reference instead of the frame (model/reference_skip.py).
     reference_skip: bool = False
     residual_scale: float = 1.0  # the changes times this: towards the noise's unit variance
@@ -66,6 +68,9 @@ class EMOConfig:
     audio_dim: int = 32  # width of the audio tokens the backbone attends to
     audio_hidden: int = 64
     audio_null_token: bool = False  # one learned token beside the audio's (model/audio_attention.py says why)
+    # Where the audio attention may write: "frame" (everywhere, as EMO) or "lips" (inside the clip's
+    # lip mask in training, the portrait's lips when sampling; Hallo confines it likewise).
+    audio_region: str = "frame"
 
     # Temporal modules (AnimateDiff-style) and motion frames.
     num_frames: int = 12  # f, frames denoised together in stages 2 and 3
@@ -105,6 +110,10 @@ class EMOConfig:
     # Debugging aid: repeat step 0's batch (noise and timestep included) every step, so a
     # working model must drive the loss towards zero (the overfitting test uses it).
     overfit_batch: bool = False
+
+    def __post_init__(self):
+        if self.audio_region not in ("frame", "lips"):
+            raise ValueError(f"audio_region must be 'frame' or 'lips', not {self.audio_region!r}")
 
     @property
     def latent_size(self) -> int:

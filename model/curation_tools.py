@@ -10,11 +10,11 @@ from stages.base import StageError
 from stages.diarize.sync_features import visual_features
 from stages.diarize.sync_measure import SyncMeasure
 from stages.faces.detectors import DlibEmbedder, MediapipeDetector
-from stages.faces.landmarks import FaceMesher, mouth_open
+from stages.faces.landmarks import FaceMesher, lip_box, mouth_open
 from stages.media.crops import DEFAULT_MARGIN, box_mask, crop_frame, crop_window
 from stages.media.probe import decode_audio, read_audio
 from stages.media.video_io import write_mp4
 
 __all__ = ["DEFAULT_MARGIN", "DlibEmbedder", "FaceMesher", "MediapipeDetector", "StageError", "SyncMeasure",
-           "box_mask", "crop_frame", "crop_window", "decode_audio", "mouth_open", "read_audio", "visual_features",
+           "box_mask", "crop_frame", "crop_window", "decode_audio", "lip_box", "mouth_open", "read_audio", "visual_features",
            "write_mp4"]

@@ -183,6 +183,9 @@ class ClipWindows(torch.utils.data.Dataset):
             lips = clip.get("lip_mask_path")
             ex["lip_mask"] = _read_mask(self.files.local(lips), self.config.image_size) if lips else \
                 torch.zeros(1, self.config.image_size, self.config.image_size)
+        if self.config.audio_region == "lips" and self.audio is not None:
+            lips = clip.get("lip_mask_path")  # a clip without lips lets the voice reach the whole frame
+            ex["audio_region"] = _read_mask(self.files.local(lips) if lips else None, self.config.image_size)
         if m:
             motion_frames = torch.zeros(m, *frames.shape[1:])
             motion_frames[m - len(valid):] = frames[f + 1:]

@@ -103,13 +103,15 @@ class EMOModel(nn.Module):
         reference: ReferenceFeatures | None = None,
         reference_keep: torch.Tensor | None = None,
         audio_keep: torch.Tensor | None = None,
+        audio_region: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predicted noise (B, F, C, h, w).
 
         noisy (B, F, C, h, w); timesteps (B,); ref_latent (B, C, h, w); audio (B, F, 2m+1, L*D)
         windows from `audio_windows`; face_mask (B, 1, H, W) at image size; speed (B, F) degrees
         per frame; motion (B, n, C, h, w) latents of the previous clip's last frames (zeros for
-        the first clip); reference: precomputed `encode_reference` output instead of ref_latent
+        the first clip); audio_region (B, 1, H, W) at image size, where the audio attention writes
+        (config.audio_region; None: everywhere); reference: precomputed `encode_reference` output instead of ref_latent
         and motion; *_keep (B,) 0/1 masks that drop a condition per sample (classifier-free guidance).
         Absent conditions are simply not applied.
         """
@@ -123,6 +125,7 @@ class EMOModel(nn.Module):
         state = self.state
         state.num_frames, state.reference = f, reference
         state.reference_keep, state.audio_keep = reference_keep, audio_keep
+        state.audio_region = audio_region
         # (B, F, 2m+1, L*D) -> (B*F, 2m+1, L*D) -> (B*F, 2m+1, audio_dim)
         state.audio_tokens = self.audio_proj(audio.flatten(0, 1).to(x.dtype)) if audio is not None else None
         state.speed = self.speed_encoder(speed) if speed is not None else None  # (B, F, speed_dim)

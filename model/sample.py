@@ -46,12 +46,14 @@ from model.checkpoint import load_checkpoint
 from model.colour import ColourMatch
 from model.curation_tools import (
     DEFAULT_MARGIN,
+    FaceMesher,
     MediapipeDetector,
     StageError,
     box_mask,
     crop_frame,
     crop_window,
     decode_audio,
+    lip_box,
     write_mp4,
 )
 from model.latents import load_codec
@@ -60,6 +62,7 @@ from model.reference_skip import decode_residual
 log = logging.getLogger("emo.sample")
 
 FACE_MASK_GROW = 0.2  # the reference face box grown by this on each side: the head's room to move
+LIP_REGION_GROW = 0.5  # the portrait's lip box grown by this on each side: the open mouth's room
 MIN_WATERMARK_SIZE = 256  # frames smaller than this are upscaled before the mark goes in
 
 
@@ -137,6 +140,24 @@ def crop_reference(rgb: np.ndarray, size: int, face_fraction: float | None = Non
     return crop_frame(rgb, window, size), mask.astype(np.float32)
 
 
+def lip_region(crop: np.ndarray) -> np.ndarray:
+    """(size, size) mask in {0, 1} of the crop's lips, as the face stage boxes a track's lips (the
+    face mesh's outer lip contour), grown by LIP_REGION_GROW; the whole crop, with a warning, when
+    no face or mesh is found (the voice may then reach the whole frame)."""
+    size = crop.shape[0]
+    box = largest_face(crop)
+    mesher = FaceMesher()
+    try:
+        pts = mesher.landmarks(np.ascontiguousarray(crop), box) if box is not None else None
+    finally:
+        mesher.close()
+    if pts is None:
+        log.warning("no lips found in the portrait's crop: the voice acts on the whole frame")
+        return np.ones((size, size), np.float32)
+    window = np.array([0, 0, size, size], np.float64)
+    return (box_mask(lip_box(pts)[None], window, size, grow=LIP_REGION_GROW) > 0).astype(np.float32)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8."""
     x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte()
@@ -176,11 +197,12 @@ def guided_eps(model, conditions: dict[str, torch.Tensor], guidance_ref: float, 
 def generate(model, codec, config, scheduler, ref_image: torch.Tensor, face_mask: torch.Tensor,
              audio: torch.Tensor, speed: float, steps: int, guidance_ref: float, guidance_audio: float,
              generator: torch.Generator, device, dtype, ident: int,
-             colour: ColourMatch | None = None) -> Iterator[np.ndarray]:
+             colour: ColourMatch | None = None, audio_region: torch.Tensor | None = None) -> Iterator[np.ndarray]:
     """Watermarked uint8 RGB frames, one window of f frames at a time, len(audio) in all.
     colour: matches each frame's colour to the reference before the watermark (model/colour.py).
 
-    ref_image (1, 3, H, W) in [-1, 1]; face_mask (1, 1, H, W); audio (T, 2m+1, L*D) windows.
+    ref_image (1, 3, H, W) in [-1, 1]; face_mask (1, 1, H, W); audio (T, 2m+1, L*D) windows;
+    audio_region (1, 1, H, W): where the audio attention writes (config.audio_region "lips").
     """
     f, n, total = config.num_frames, config.num_motion_frames, audio.shape[0]
     c, hw = config.unet["in_channels"], config.latent_size
@@ -200,6 +222,8 @@ def generate(model, codec, config, scheduler, ref_image: torch.Tensor, face_mask
         reference = model.encode_reference(ref_latent.expand(3, -1, -1, -1), motion.expand(3, -1, -1, -1, -1))
         conditions = {"audio": window_audio, "face_mask": face_mask, "speed": speeds, "reference": reference,
                       "reference_keep": reference_keep, "audio_keep": audio_keep}
+        if audio_region is not None:
+            conditions["audio_region"] = audio_region.to(device, dtype).expand(3, -1, -1, -1)  # (3, 1, H, W)
         eps_fn = partial(guided_eps, model, conditions, guidance_ref, guidance_audio)
         latents = denoise(scheduler, steps, (1, f, c, hw, hw), eps_fn, generator, device, dtype)
         motion = latents[:, -n:]  # (1, f, C, h, w) -> (1, n, C, h, w): the next window's motion frames
@@ -277,6 +301,7 @@ def sample(opts: SampleOptions) -> dict:
     crop, mask = crop_reference(rgb, config.image_size, meta.get("face_fraction"))
     ref_image = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 127.5 - 1.0  # (1, 3, H, W) in [-1, 1]
     face_mask = torch.from_numpy(mask)[None, None]  # (H, W) -> (1, 1, H, W)
+    lips = torch.from_numpy(lip_region(crop))[None, None] if config.audio_region == "lips" else None
 
     seconds = len(wav) / SAMPLE_RATE
     n_frames = round(seconds * opts.fps)
@@ -294,7 +319,7 @@ def sample(opts: SampleOptions) -> dict:
               "created": datetime.now(UTC).isoformat()}
     frames = generate(model, codec, config, scheduler, ref_image, face_mask, audio, opts.speed, opts.steps,
                       opts.guidance_ref, opts.guidance_audio, generator, device, dtype, ident,
-                      ColourMatch(crop) if opts.colour_match else None)
+                      ColourMatch(crop) if opts.colour_match else None, audio_region=lips)
     out = Path(opts.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     written = write_mp4(out, frames, fps=opts.fps, audio=wav, audio_rate=SAMPLE_RATE,

@@ -98,7 +98,8 @@ class TrainLoop:
                 pred = self.model(noisy, t, inputs["ref_latent"], audio=_get(batch, "audio", device),
                                   face_mask=batch["face_mask"].to(device), speed=_get(batch, "speed", device),
                                   motion=inputs.get("motion"), reference_keep=batch["reference_keep"].to(device),
-                                  audio_keep=batch["audio_keep"].to(device))
+                                  audio_keep=batch["audio_keep"].to(device),
+                                  audio_region=_get(batch, "audio_region", device))
             loss = diffusion_loss(pred.float(), target, batch.get("lip_mask"), self.config.mouth_loss_weight)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}")

@@ -205,3 +205,36 @@ def test_sd15_layout_matches_animatediff_and_runs_on_the_meta_device():
              "speed": torch.ones(1, 12), "motion": torch.randn(1, 4, 4, 64, 64)}
         out = model(**x)
     assert len(model.temporal_site_names) == 21 and out.shape == (1, 12, 4, 64, 64)
+
+
+def test_the_audio_attention_writes_only_inside_its_region():
+    """With config.audio_region "lips", each block's audio attention adds to the positions its
+    region covers and to no other (what the layers after it do with that is learned); without a
+    region, everywhere. A region at image size is max-pooled to each block's grid."""
+    from model.config import load_config
+
+    torch.manual_seed(0)
+    model = EMOModel(load_config("tiny", audio_region="lips")).eval()
+    for layer in model.audio_attention:
+        torch.nn.init.normal_(layer.to_out[0].weight)  # trained weights: the audio acts
+    first_attn2 = transformer_blocks(model.backbone)[0][1].attn2  # its input does not depend on the audio
+    seen = []
+    hook = first_attn2.register_forward_hook(lambda m, args, out: seen.append(out.detach()))
+    x = inputs()
+    region = torch.zeros(B, 1, CFG.image_size, CFG.image_size)
+    region[:, :, 40:52, 20:44] = 1  # pixels 40-51 x 20-43: latent rows 5-6, columns 2-5 of 8x8
+    try:
+        with torch.no_grad():
+            for audio in (x["audio"], x["audio"] * 3):
+                model(x["noisy"], x["timesteps"], x["ref_latent"], audio=audio, audio_region=region)
+            for audio in (x["audio"], x["audio"] * 3):
+                model(x["noisy"], x["timesteps"], x["ref_latent"], audio=audio)
+    finally:
+        hook.remove()
+    moved = (seen[0] - seen[1]).abs().sum(-1).view(B * F, LAT, LAT)[0] > 1e-6  # positions the voice changed
+    inside = torch.zeros(LAT, LAT, dtype=torch.bool)
+    inside[5:7, 2:6] = True
+    assert torch.equal(moved, inside)
+    assert ((seen[2] - seen[3]).abs().sum(-1) > 1e-6).all()  # no region: every position
+    with pytest.raises(ValueError, match="audio_region"):
+        load_config("tiny", audio_region="mouth")

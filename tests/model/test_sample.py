@@ -217,3 +217,22 @@ def test_a_portrait_is_framed_as_the_training_crops_and_a_too_tight_one_says_so(
     with caplog.at_level(logging.WARNING, logger="emo.sample"):
         tight, _ = crop_reference(read_portrait(packaged_media()["hanks"]), 128, 0.45)
     assert share(tight) > 0.6 and "cropped too tightly" in caplog.text
+
+
+def test_the_voice_acts_on_the_portraits_lips_and_on_the_whole_frame_when_it_has_none(caplog):
+    """config.audio_region "lips": the region is the mesh's outer lip contour of the crop, grown, in
+    the lower middle of the face; a crop with no face gives the whole frame, with a warning."""
+    import logging
+
+    from model.sample import crop_reference, largest_face, lip_region
+    from pipeline.demo_corpus import astronaut
+
+    crop, _ = crop_reference(astronaut(), 128, 0.45)
+    lips = lip_region(crop)
+    face = largest_face(crop)
+    ys, xs = np.nonzero(lips)
+    assert lips.shape == (128, 128) and 0.005 < lips.mean() < 0.15
+    assert face[0] < xs.mean() < face[2] and (face[1] + face[3]) / 2 < ys.mean() < face[3]  # below the face's middle
+    with caplog.at_level(logging.WARNING, logger="emo.sample"):
+        blank = lip_region(np.full((128, 128, 3), 90, np.uint8))
+    assert blank.all() and "no lips" in caplog.text

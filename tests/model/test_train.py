@@ -168,6 +168,30 @@ def test_training_windows_carry_the_clips_lip_mask_only_when_the_mouth_weighs(cl
     assert torch.equal(batch["frames"], plain["frames"])  # the same windows either way
 
 
+def test_training_windows_carry_the_voices_region_when_it_is_the_lips(clips_out):
+    from model.config import load_config
+    from model.data import ClipWindows
+
+    batch = ClipWindows(clips_out, load_config("tiny", audio_region="lips"), stage=2, seed=0)[0]
+    region = batch["audio_region"]  # (B, 1, H, W): the clip's lip mask, where audio attention writes
+    assert region.shape == (2, 1, 64, 64) and region[:, :, 45, 32].eq(1).all() and region[:, :, 10, 32].eq(0).all()
+    assert "audio_region" not in ClipWindows(clips_out, load_config("tiny", audio_region="lips"), stage=1, seed=0)[0]
+
+
+def test_a_later_stage_says_which_config_keys_its_parent_fixes(stage_runs, clips_out, tmp_path, caplog):
+    """--config of a stage started from a parent: training keys (and where the voice acts) apply; an
+    architecture key is the parent's, and the run says it ignored it instead of dropping it silently."""
+    import logging
+
+    cfg = write_config(tmp_path / "c.json", num_frames=6, batch_size=1, audio_region="lips", audio_dim=48)
+    with caplog.at_level(logging.WARNING, logger="emo.train"):
+        main(["--data", str(clips_out), "--stage", "2", "--config", str(cfg), "--init-from", str(stage_runs[1]),
+              "--steps", "1", "--out", str(tmp_path / "run"), "--quiet"])
+    config = read_meta(tmp_path / "run")["config"]
+    assert config["audio_region"] == "lips" and config["audio_dim"] == read_meta(stage_runs[1])["config"]["audio_dim"]
+    assert "audio_dim" in caplog.text and "ignored" in caplog.text and "audio_region" not in caplog.text.split("ignored")[0]
+
+
 def test_audio_use_tells_a_model_deaf_to_the_audio_from_one_that_hears_it(stage_runs, clips_out, capsys):
     """benchmarks/audio_use.py: a stage-1 model's audio layers are still zero (own = shifted = none,
     exactly); stage 2 trained them, and dropping the audio changes its loss."""
