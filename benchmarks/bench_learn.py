@@ -106,12 +106,11 @@ def measure(video: Path, portrait: Path, wav: np.ndarray, wrong: np.ndarray) -> 
 
 
 def run(args) -> list[dict]:
-    import soundfile as sf
 
     from model import sample as sampler
     from model.checkpoint import read_meta
     from model.config import load_config
-    from pipeline.demo import SPEECH_FROM_S, training_portrait
+    from pipeline.demo import training_portrait, write_voiced_speech
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -123,11 +122,7 @@ def run(args) -> list[dict]:
     train_s = time.perf_counter() - t0
     baseline = untrained(data, runs, args.model)
 
-    wav, rate = sf.read(demo_root / "speech.wav", dtype="float32")
-    speech = runs / "speech.wav"
-    n = int(args.seconds * rate)
-    start = min(int(SPEECH_FROM_S * rate), max(0, len(wav) - n))  # voiced speech, as the demo's (not its silent start)
-    sf.write(speech, wav[start: start + n], rate)
+    speech = write_voiced_speech(demo_root, runs / "speech.wav", args.seconds)  # as the demo's, not its silent start
     wav = sampler.read_speech(speech)
     wrong = np.roll(wav, len(wav) // 2)  # same voice, wrong words
     trained_on = Path(args.portrait) if args.portrait else training_portrait(demo_root)

@@ -45,6 +45,18 @@ def training_portrait(root: Path) -> Path:
 # Where the demo's speech starts in sample.wav: its last six seconds, where both speakers talk (91% voiced).
 SPEECH_FROM_S = 24.0
 
+
+def write_voiced_speech(root: Path, out: Path, seconds: float) -> Path:
+    """`seconds` of the demo corpus's speech.wav from SPEECH_FROM_S (its first 6.7 s are silence),
+    starting earlier where the file would end first, written to `out`."""
+    import soundfile as sf
+
+    wav, rate = sf.read(root / "speech.wav", dtype="float32")
+    n = int(seconds * rate)
+    start = min(int(SPEECH_FROM_S * rate), max(0, len(wav) - n))
+    sf.write(out, wav[start: start + n], rate)
+    return out
+
 # Took 199 + 277 + 106 s on a shared 2-core machine (load about 10), torch on one thread (README).
 DEMO_TRAIN_STEPS = (600, 150, 40)
 
@@ -96,16 +108,12 @@ def _train(opts: DemoOptions, out: Path, runs: Path, timings: _Timings) -> Path:
 def _sample(opts: DemoOptions, root: Path, checkpoint: Path, timings: _Timings) -> tuple[Path, dict, dict]:
     """Hanks' portrait speaking, then the measures of it and of the carphone man: (video, record, measures)."""
     import numpy as np
-    import soundfile as sf
 
     from model.sample import SampleOptions, read_portrait, read_speech, sample
     from model.video_measures import measure_video
 
     timings.start("sample")
-    wav, rate = sf.read(root / "speech.wav", dtype="float32")
-    speech = root / "sample_speech.wav"
-    start = int(SPEECH_FROM_S * rate)  # the file's first 6.7 s are silence
-    sf.write(speech, wav[start: start + int(opts.sample_seconds * rate)], rate)
+    speech = write_voiced_speech(root, root / "sample_speech.wav", opts.sample_seconds)
     hanks, video = root / "portraits" / "hanks.png", root / "video.mp4"
     record = sample(SampleOptions(checkpoint=checkpoint, image=hanks, audio=speech, out=video,
                                   steps=opts.sample_steps))
