@@ -2,8 +2,10 @@
 
 `Location` is the one place that knows the difference. Paths inside it are always relative,
 '/'-separated names ("manifests/sources/abc.parquet"). A write is whole or absent: a local file
-is written to a hidden temporary name and renamed; an object is one PUT, which S3-compatible
-stores make visible all at once.
+is written to a hidden temporary name and renamed; an object is first written whole to a local
+temporary file and then uploaded in one native call, which S3-compatible stores make visible
+all at once. (Writing straight into the store's output stream committed a partial or empty
+object when an exception, such as a worker's SIGTERM, left the `with` block half way.)
 
 S3 settings come from the standard environment: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
 AWS_SESSION_TOKEN, AWS_PROFILE, AWS_DEFAULT_REGION (or AWS_REGION), instance roles, and
@@ -17,6 +19,7 @@ import functools
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -139,8 +142,17 @@ class Location:
             finally:
                 tmp.unlink(missing_ok=True)
             return
-        with self.fs.open_output_stream(self.full(rel)) as fh:
-            fill(fh)
+        with tempfile.TemporaryDirectory(prefix="emo-put-") as tmp:
+            staged = Path(tmp) / "object"
+            with open(staged, "wb") as fh:
+                fill(fh)
+            self._upload(staged, rel)
+
+    def _upload(self, local: Path, rel: str) -> None:
+        """One native call opens, writes and closes the object: a Python signal handler cannot raise
+        between its open and its last byte, and a killed process completes no PUT."""
+        pafs.copy_files(Path(local).as_posix(), self.full(rel), source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=self.fs, use_threads=False)
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         self.write(rel, lambda fh: fh.write(data))
@@ -149,6 +161,9 @@ class Location:
         self.write_bytes(rel, text.encode())
 
     def put_file(self, local: Path, rel: str) -> None:
+        if not self.local:
+            self._upload(local, rel)
+            return
         with open(local, "rb") as src:
             self.write(rel, lambda fh: shutil.copyfileobj(src, fh, 1 << 20))
 

@@ -66,6 +66,27 @@ def test_store_on_s3_reads_like_local_and_compaction_keeps_every_answer(s3, tmp_
     assert not [k for k in list_keys(s3, uri.split("/")[2]) if k.endswith(".tmp") or "/." in k]
 
 
+def test_a_write_interrupted_half_way_leaves_no_object_on_the_bucket(s3):
+    """A Ray worker's SIGTERM arrives as an exception inside a write. Writing straight into the
+    store's output stream committed what was written so far when the `with` block closed it: a
+    0-byte or truncated Parquet shard under its final name, which the rerun could not read."""
+    bucket = new_bucket(s3)
+    loc = Location(f"s3://{bucket}/run")
+    loc.write_bytes("manifests/stage_runs/done.parquet", b"whole")
+
+    def killed_half_way(fh):
+        fh.write(b"PAR1 half a footer")
+        raise SystemExit("SIGTERM")
+
+    with pytest.raises(SystemExit):
+        loc.write("manifests/stage_runs/download-s0001.parquet", killed_half_way)
+    assert list_keys(s3, bucket) == ["run/manifests/stage_runs/done.parquet"]
+    assert loc.read_bytes("manifests/stage_runs/done.parquet") == b"whole"
+    big = bytes(range(256)) * 40_000  # 10 MB: more than one multipart part
+    loc.write_bytes("clips/big.bin", big)
+    assert loc.read_bytes("clips/big.bin") == big
+
+
 @pytest.fixture(scope="module")
 def demo_on_s3(s3, ray_local, demo_corpus, tmp_path_factory):
     """The demo corpus curated with every stage into a folder and into a bucket, from the same sources file."""
