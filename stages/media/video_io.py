@@ -198,8 +198,17 @@ def feed_ranges(path: Path, rotation: int, consumers: list, anchor: tuple[int, f
     return active + pending
 
 
+# How far before an anchor to seek again when a seek lands after it (MPEG-TS and other formats
+# without an index seek by byte position and may land past the keyframe asked for), in seconds.
+SEEK_BACKOFF_S = (0.0, 1.0, 4.0, 16.0, 64.0)
+
+
 def _from_anchor(vs, frames: SkipCorrupt, origin: float | None, index: int, clock_s: float) -> Iterator[av.VideoFrame]:
-    """Frames from the anchor on; `origin`: container seconds of the first frame (the clock's t = 0)."""
+    """Frames from the anchor on; `origin`: container seconds of the first frame (the clock's t = 0).
+
+    A seek that lands after the anchor (no frame at or before it, or none at all) is retried from
+    further back (SEEK_BACKOFF_S), then from the file's start, so a file whose seeks are imprecise
+    still starts near the anchor."""
     c = frames.container
     tb = float(vs.time_base or 0)
     rate = float(vs.average_rate or vs.guessed_rate or 25.0)
@@ -208,22 +217,34 @@ def _from_anchor(vs, frames: SkipCorrupt, origin: float | None, index: int, cloc
     if origin is None:
         raise AnchorNotFound("the first frame has no timestamp")
     pts_s = clock_s + origin
-    c.seek(int(round(pts_s / tb)), stream=vs, backward=True, any_frame=False)
     tol = 0.25 / rate
-    it = iter(frames)
-    for frame in it:
-        if frame.pts is None:
-            raise AnchorNotFound("frames without timestamps")
-        t = float(frame.pts * tb)  # as stages/media/decode.py computes a shot's start_s
-        if t < pts_s - tol:
-            continue
-        if t > pts_s + tol:
-            raise AnchorNotFound(f"frame {index} at {pts_s:.3f} s not found after seeking (next: {t:.3f} s)")
-        yield frame
-        break
-    else:
-        raise AnchorNotFound(f"the stream ended before frame {index} at {pts_s:.3f} s")
-    yield from it
+    targets = [pts_s - back for back in SEEK_BACKOFF_S if pts_s - back > origin] + [None]  # None: the file's start
+    for target in targets:
+        if target is None:
+            c.seek(0)
+        else:
+            c.seek(int(round(target / tb)), stream=vs, backward=True, any_frame=False)
+        it = iter(frames)
+        landed = False  # a frame at or before the anchor came first
+        for frame in it:
+            if frame.pts is None:
+                raise AnchorNotFound("frames without timestamps")
+            t = float(frame.pts * tb)  # as stages/media/decode.py computes a shot's start_s
+            if t < pts_s - tol:
+                landed = True
+                continue
+            if t > pts_s + tol:
+                if not landed:
+                    break  # landed past the anchor: seek again from further back
+                raise AnchorNotFound(f"frame {index} at {pts_s:.3f} s not found after seeking (next: {t:.3f} s)")
+            yield frame
+            yield from it
+            return
+        else:
+            if landed:
+                raise AnchorNotFound(f"the stream ended before frame {index} at {pts_s:.3f} s")
+        it.close()
+    raise AnchorNotFound(f"no seek reached frame {index} at {pts_s:.3f} s")
 
 
 def to_rgb(frame: av.VideoFrame, rotation: int) -> np.ndarray:

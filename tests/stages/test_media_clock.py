@@ -72,12 +72,12 @@ def test_sound_alone_starts_at_its_first_sample(corpus, tmp_path):
     assert np.abs(wav[: SR // 10]).max() > 0.0
 
 
-@pytest.mark.parametrize("name", ["video_late.mp4", "mp4_aac.mp4", "matroska.mkv"])
+@pytest.mark.parametrize("name", ["video_late.mp4", "mp4_aac.mp4", "matroska.mkv", "broadcast.ts"])
 def test_frame_times_start_at_zero_and_seek_anchors_use_them(corpus, name):
     """Shots' times (decode_small) are on the clock, and a seek to a shot start given in clock seconds
-    lands on that very frame (quality's crop writer seeks by them). MPEG-TS is left out: FFmpeg's
-    seek there lands past the frame, which raises AnchorNotFound and the crop writer decodes from
-    the start instead, as it always has."""
+    lands on that very frame (quality's crop writer seeks by them). MPEG-TS included: FFmpeg seeks it
+    by byte position and lands past the frame asked for; the seek is retried from further back
+    (it raised AnchorNotFound, and every crop segment of a TS file decoded from the start)."""
     from stages.media.decode import decode_small
     from stages.media.video_io import iter_frames
 
@@ -140,3 +140,38 @@ def test_the_nominal_rate_of_equal_steps_is_one_over_the_step_as_before():
 
     tl = Timeline(np.array([float(Fraction(512 * i, 12800)) for i in range(750)]), 30.0)
     assert tl.fps == 1.0 / float(np.median(tl.steps[tl.steps > 0]))
+
+
+def test_a_seek_into_mpegts_starts_near_its_anchor_not_at_the_file_start(tmp_path, monkeypatch):
+    """FFmpeg seeks MPEG-TS by byte position and lands past the keyframe asked for; the crop writer
+    then decoded every segment of a long broadcast recording from the file's start. The seek is
+    retried from further back, so reaching frame 1000 of 1200 decodes about a GOP, not 1000 frames."""
+    import av
+
+    from stages.media import video_io
+
+    path = tmp_path / "gop.ts"
+    with av.open(str(path), "w", format="mpegts") as c:
+        vs = c.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt, vs.options = 128, 96, "yuv420p", {"g": "25", "bf": "2"}
+        for i in range(1200):
+            img = np.full((96, 128, 3), (i * 7) % 256, np.uint8)
+            img[40:56, (i * 3) % 112:(i * 3) % 112 + 16] = 255 - img[0, 0]
+            for pkt in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(pkt)
+        for pkt in vs.encode():
+            c.mux(pkt)
+    full = {i: f.to_ndarray(format="gray").astype(float) for i, f in video_io.iter_frames(path, 0) if i in (0, 1000)}
+    decoded = []
+    plain_iter = video_io.SkipCorrupt.__iter__
+
+    def counting(self):
+        for frame in plain_iter(self):
+            decoded.append(frame.pts)
+            yield frame
+
+    monkeypatch.setattr(video_io.SkipCorrupt, "__iter__", counting)
+    index, frame = next(video_io.iter_frames(path, 0, anchor=(1000, 1000 / 25.0)))  # clock 0 is frame 0
+    assert index == 1000
+    assert np.abs(frame.to_ndarray(format="gray") - full[1000]).mean() < 1.0
+    assert len(decoded) < 100, f"{len(decoded)} frames decoded to reach frame 1000"
