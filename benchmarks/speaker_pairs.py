@@ -93,7 +93,7 @@ def _level(wav: np.ndarray) -> np.ndarray:
 
 def compose(left: str, right: str, seconds: float, variant: str, seed: int, out_dir: Path) -> Path:
     """The split screen of `left` and `right` (names under ../shared/real-media/videos), built once."""
-    stem = f"{Path(left).stem[:6]}-{Path(right).stem[:6]}.{variant}.s{seed}"
+    stem = f"{Path(left).stem[:6]}-{Path(right).stem[:6]}.{seconds:g}s.{variant}.s{seed}"
     dst = out_dir / f"{stem}.mp4"
     if dst.is_file() and dst.with_suffix(".truth.json").is_file():
         return dst
