@@ -86,10 +86,13 @@ def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps:
     Each face is measured over the segment, pooled over all of its track (speech and the pauses
     between: a mouth that rests when the voice does is evidence too, and a short turn alone says
     little), and, where the track's pool is below keep_threshold, pooled over all the turns of the
-    segment's diarized speaker; "pooled" below is then the surer of the two. With two faces taking turns, half of each face's track is listening (its
-    mouth moving to words nobody hears), which dilutes the track's pool; the speaker's turns hold
-    only the voice the segment carries (bench_active_speaker: a split screen's right face over its
-    speaker's two turns 6.8, over its track 3.4, on each turn 1.7 and 2.7, keep threshold 4). A face takes a segment when its mouth follows the segment's voice with a
+    segment's diarized speaker; "pooled" below is then the surer of the two. With two faces taking
+    turns, half of each face's track is listening (its mouth moving to words nobody hears), which
+    dilutes the track's pool; the speaker's turns hold only the voice the segment carries
+    (bench_active_speaker: a split screen's right face over its speaker's two turns 6.8, over its
+    track 3.4, on each turn 1.7 and 2.7, keep threshold 4).
+
+    A face takes a segment when its mouth follows the segment's voice with a
     confidence at or above keep_threshold, or when the pooled measure is that sure and the segment's
     own best offset agrees with it within a frame and scores above its null mean; a segment too
     short to measure alone goes by the pooled measure alone. Among several, the best segment score
