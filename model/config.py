@@ -94,6 +94,10 @@ class EMOConfig:
     mouth_loss_weight: float = 0.0
     cond_drop_prob: float = 0.05  # per condition (reference, audio), for classifier-free guidance
     num_train_timesteps: int = 1000
+    # Training draws timesteps from [0, this) (default: all of them). Lower puts the steps where the
+    # mouth is neither drowned by the noise nor readable from the noisy input: the demo's stage 2 at
+    # 500 learned the audio's timing sooner (README, "The demo corpus"). Sampling is unchanged.
+    train_timestep_max: int | None = None
     prediction_type: str = "epsilon"  # epsilon (SD 1.5's) | v_prediction
     save_every: int = 500
     keep_checkpoints: int = 2
@@ -114,6 +118,9 @@ class EMOConfig:
     def __post_init__(self):
         if self.audio_region not in ("frame", "lips"):
             raise ValueError(f"audio_region must be 'frame' or 'lips', not {self.audio_region!r}")
+        if self.train_timestep_max is not None and not 0 < self.train_timestep_max <= self.num_train_timesteps:
+            raise ValueError(f"train_timestep_max must be in 1..{self.num_train_timesteps} "
+                             f"(num_train_timesteps), not {self.train_timestep_max}")
 
     @property
     def latent_size(self) -> int:

@@ -155,7 +155,8 @@ class ClipWindows(torch.utils.data.Dataset):
         b, lat = self.config.batch_size, self.config.latent_size
         channels = self.config.unet.get("in_channels", 4)
         batch["noise"] = torch.randn(b, self.frames, channels, lat, lat, generator=gen)
-        batch["timesteps"] = torch.randint(0, self.config.num_train_timesteps, (b,), generator=gen)
+        top = self.config.train_timestep_max or self.config.num_train_timesteps
+        batch["timesteps"] = torch.randint(0, top, (b,), generator=gen)
         p = self.config.cond_drop_prob
         batch["reference_keep"] = (torch.rand(b, generator=gen) >= p).float()
         batch["audio_keep"] = (torch.rand(b, generator=gen) >= p).float()

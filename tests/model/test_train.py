@@ -178,6 +178,21 @@ def test_training_windows_carry_the_voices_region_when_it_is_the_lips(clips_out)
     assert "audio_region" not in ClipWindows(clips_out, load_config("tiny", audio_region="lips"), stage=1, seed=0)[0]
 
 
+def test_train_timestep_max_bounds_the_drawn_timesteps_and_leaves_the_default_draws_alone(clips_out):
+    from model.config import load_config
+    from model.data import ClipWindows
+
+    def drawn(**kw):
+        windows = ClipWindows(clips_out, load_config("tiny", **kw), stage=2, seed=0, num_steps=40)
+        return torch.cat([windows[k]["timesteps"] for k in range(40)])
+
+    plain, full, low = drawn(), drawn(train_timestep_max=1000), drawn(train_timestep_max=300)
+    assert torch.equal(plain, full) and plain.max() >= 300  # unset = every timestep, drawn as before
+    assert low.max() < 300 and low.min() >= 0 and len(low.unique()) > 20
+    with pytest.raises(ValueError, match="train_timestep_max"):
+        load_config("tiny", train_timestep_max=0)
+
+
 def test_a_later_stage_says_which_config_keys_its_parent_fixes(stage_runs, clips_out, tmp_path, caplog):
     """--config of a stage started from a parent: training keys (and where the voice acts) apply; an
     architecture key is the parent's, and the run says it ignored it instead of dropping it silently."""
