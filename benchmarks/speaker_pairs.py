@@ -18,14 +18,13 @@ derived goes under a git-ignored cache (bench-out/active_speaker), the truth bes
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import av
 import cv2
 import numpy as np
 
-from benchmarks.sync_corpus import REAL, audio_on_video_clock, ingest
+from benchmarks.sync_corpus import REAL, audio_on_video_clock, picture_at
 from manifests import ManifestStore
 from stages.base import StageContext
 
@@ -136,23 +135,10 @@ def curated(path: Path, out: Path, diarize=None) -> tuple[dict, ManifestStore]:
     file into OUT; shots and tracks are kept between runs (picture.json), diarize and quality redone
     (diarize: a set-up DiarizeStage to reuse, else a default one)."""
     from stages.diarize.stage import DiarizeStage
-    from stages.faces.stage import FaceStage
     from stages.quality.stage import QualityStage
-    from stages.shots.stage import ShotStage
 
-    done = out / "picture.json"
-    store = ManifestStore(out)
-    if done.is_file():
-        src = json.loads(done.read_text())
-    else:
-        shutil.rmtree(out, ignore_errors=True)
-        src = ingest(path, out)
-        ctx = StageContext(out=out)
-        for table, rows in ShotStage().process(src, ctx).items():
-            store.write_shard(table, src["source_id"], rows)
-        store.write_shard("tracks", src["source_id"], FaceStage().process(src, ctx))
-        done.write_text(json.dumps(src, default=str))
-    ctx = StageContext(out=out)
+    src = picture_at(path, out)
+    store, ctx = ManifestStore(out), StageContext(out=out)
     store.write_shard("segments", src["source_id"], (diarize or DiarizeStage()).process(src, ctx))
     store.write_shard("clips", src["source_id"], QualityStage(write_media=False).process(src, ctx)["clips"])
     return src, store

@@ -168,21 +168,27 @@ def ingest(path: Path, out: Path) -> dict:
 
 def picture(name: str, cache: Path = CACHE) -> tuple[Path, dict]:
     """OUT folder holding the original's sources, shots and tracks rows (computed once by the real stages)."""
+    out = cache / "orig" / Path(name).stem
+    return out, picture_at(original(name, cache), out)
+
+
+def picture_at(path: Path, out: Path) -> dict:
+    """The sources row of `path` in OUT, with its shots and tracks rows: the real download, shot and
+    face stages, run once (OUT/picture.json marks them done; a folder without it is redone)."""
     from stages.faces.stage import FaceStage
     from stages.shots.stage import ShotStage
 
-    out = cache / "orig" / Path(name).stem
     done = out / "picture.json"
     if done.is_file():
-        return out, json.loads(done.read_text())
+        return json.loads(done.read_text())
     shutil.rmtree(out, ignore_errors=True)
-    src = ingest(original(name, cache), out)
+    src = ingest(path, out)
     store, ctx = ManifestStore(out), StageContext(out=out)
     for table, rows in ShotStage().process(src, ctx).items():
         store.write_shard(table, src["source_id"], rows)
     store.write_shard("tracks", src["source_id"], FaceStage().process(src, ctx))
     done.write_text(json.dumps(src, default=str))
-    return out, src
+    return src
 
 
 def copy_with_picture(name: str, kind: str, donor: str, cache: Path = CACHE) -> tuple[Path, dict]:
