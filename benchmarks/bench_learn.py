@@ -106,7 +106,6 @@ def measure(video: Path, portrait: Path, wav: np.ndarray, wrong: np.ndarray) -> 
 
 
 def run(args) -> list[dict]:
-
     from model import sample as sampler
     from model.checkpoint import read_meta
     from model.config import load_config

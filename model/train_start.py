@@ -93,7 +93,8 @@ TRAINING_KEYS = {"batch_size", "learning_rate", "weight_decay", "grad_clip", "em
                  "save_every", "gradient_checkpointing", "num_workers", "overfit_batch", "keep_checkpoints",
                  "num_frames", "num_motion_frames", "gradient_accumulation", "optimizer", "ema_device",
                  "frozen_dtype", "mixed_precision", "frame_cache_mb", "mouth_loss_weight",
-                 "audio_region", "train_timestep_max"}  # where audio attention writes: no weights of its own
+                 "audio_region",  # where audio attention writes: no weights of its own
+                 "train_timestep_max"}
 
 
 def _with_featurizer_dims(config: EMOConfig) -> EMOConfig:

@@ -57,6 +57,7 @@ def write_voiced_speech(root: Path, out: Path, seconds: float) -> Path:
     sf.write(out, wav[start: start + n], rate)
     return out
 
+
 # Took 199 + 277 + 106 s on a shared 2-core machine (load about 10), torch on one thread (README).
 DEMO_TRAIN_STEPS = (600, 150, 40)
 
