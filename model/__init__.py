@@ -4,7 +4,8 @@ One concept per file: config.py (EMOConfig, EMO_MODELS), unet.py (backbone), ref
 audio_features.py (featurizers), audio_attention.py, temporal.py, face_locator.py, speed.py, latents.py
 (VAE or tiny pixel codec), emo.py (the composed EMOModel), layer_groups.py (what each training stage
 trains), data.py (clips manifest -> batches), checkpoint.py, train.py (TrainOptions; train_start.py: the
-model a run starts from; train_loop.py: one step), sample.py (SampleOptions).
+model a run starts from; train_loop.py: one step; sync_expert.py: the lip-sync expert's loss), sample.py
+(SampleOptions).
 
 For a sampler:
     model, config, meta = checkpoint.load_checkpoint(CKPT)        # EMA weights, eval mode

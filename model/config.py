@@ -99,6 +99,9 @@ class EMOConfig:
     # 500 gave the audio's timing 0.07% inside the mouth after 150 steps, 0.02% at all timesteps
     # (benchmarks/audio_use.py; README, "The demo corpus"). Sampling is unchanged.
     train_timestep_max: int | None = None
+    # Stages 2 and 3 add this times a lip-sync expert's -log p(in sync) of the predicted mouths
+    # (model/sync_expert.py: fitted on the run's clips at its start); 0: none.
+    sync_loss_weight: float = 0.0
     prediction_type: str = "epsilon"  # epsilon (SD 1.5's) | v_prediction
     save_every: int = 500
     keep_checkpoints: int = 2

@@ -180,7 +180,8 @@ class ClipWindows(torch.utils.data.Dataset):
             "face_mask": _read_mask(self.files.local(clip["face_mask_path"]) if clip["face_mask_path"] else None,
                                     self.config.image_size),
         }
-        if self.config.mouth_loss_weight:  # where the loss weighs more; a clip without lips weighs evenly
+        if self.config.mouth_loss_weight or self.config.sync_loss_weight:  # where the loss weighs more (a clip
+            # without lips weighs evenly) and where the sync expert looks
             lips = clip.get("lip_mask_path")
             ex["lip_mask"] = _read_mask(self.files.local(lips), self.config.image_size) if lips else \
                 torch.zeros(1, self.config.image_size, self.config.image_size)

@@ -192,6 +192,10 @@ def train(opts: TrainOptions) -> Path:
                            {**assets, "face_fraction": data.face_fraction})  # how the sampler crops a portrait
     loss_fh, loss_log = open_loss_log(out / "loss.csv", start.start_step) if main_process else (None, None)
     run = TrainLoop(accelerator, model, optimizer, params, ema, codec, config, accumulation)
+    if config.sync_loss_weight and opts.stage > 1:
+        from model.sync_expert import expert_for_run
+
+        run.expert = expert_for_run(out, data, codec, config, opts.seed, keep=main_process)
     saved = start.resume_from
     bar = tqdm(total=opts.steps, initial=start.start_step, desc=f"stage {opts.stage}",
                disable=opts.quiet or not main_process)

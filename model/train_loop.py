@@ -78,6 +78,7 @@ class TrainLoop:
         self.acc, self.model, self.optimizer, self.params = accelerator, model, optimizer, params
         self.ema, self.codec, self.config, self.accumulation = ema, codec, config, accumulation
         self.scheduler = DDPMScheduler(**noise_schedule(config))
+        self.expert = None  # the lip-sync expert when config.sync_loss_weight (model/sync_expert.py)
         self.losses: list[torch.Tensor] = []
         self.windows: list[str] = []
 
@@ -101,6 +102,8 @@ class TrainLoop:
                                   audio_keep=batch["audio_keep"].to(device),
                                   audio_region=_get(batch, "audio_region", device))
             loss = diffusion_loss(pred.float(), target, batch.get("lip_mask"), self.config.mouth_loss_weight)
+            if self.expert is not None:
+                loss = loss + self.config.sync_loss_weight * self._sync_loss(batch, noisy, pred.float(), t)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}")
             acc.backward(loss / self.accumulation)
@@ -117,6 +120,23 @@ class TrainLoop:
         row = {"step": step, "loss": mean.item(), "windows": " ".join(self.windows)}
         self.losses, self.windows = [], []
         return row
+
+    def _sync_loss(self, batch: dict, noisy: torch.Tensor, pred: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The expert's loss on the clean latents the prediction implies, weighted per example by the
+        signal left at its timestep; examples whose audio was dropped do not count."""
+        from model.sync_expert import lip_centres, sync_loss
+
+        device = noisy.device
+        signal = self.scheduler.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1, 1)  # (B, 1, 1, 1, 1)
+        if self.scheduler.config.prediction_type == "epsilon":
+            clean = (noisy - (1 - signal).sqrt() * pred) / signal.sqrt()
+        else:  # v_prediction
+            clean = signal.sqrt() * noisy - (1 - signal).sqrt() * pred
+        audio = batch["audio"].to(device)  # (B, F, 2m+1, L*D): each frame's own features, the window's centre
+        audio = audio[:, :, audio.shape[2] // 2]
+        centres = lip_centres(batch["lip_mask"], clean.shape[-2:])
+        weight = signal.view(-1) * batch["audio_keep"].to(device)
+        return sync_loss(self.expert.to(device), clean, audio, centres, weight)
 
     def save(self, out: Path, step: int, names: list[str], meta: dict) -> Path:
         """Every process gathers the weights (FSDP and ZeRO need all); the main process writes them."""

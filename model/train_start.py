@@ -94,7 +94,7 @@ TRAINING_KEYS = {"batch_size", "learning_rate", "weight_decay", "grad_clip", "em
                  "num_frames", "num_motion_frames", "gradient_accumulation", "optimizer", "ema_device",
                  "frozen_dtype", "mixed_precision", "frame_cache_mb", "mouth_loss_weight",
                  "audio_region",  # where audio attention writes: no weights of its own
-                 "train_timestep_max"}
+                 "train_timestep_max", "sync_loss_weight"}
 
 
 def _with_featurizer_dims(config: EMOConfig) -> EMOConfig:
