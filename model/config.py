@@ -153,7 +153,10 @@ EMO_MODELS: dict[str, EMOConfig] = {
         reference_skip=True,
         residual_scale=4.0,
         audio_null_token=True,  # the voice can reach the mouth alone (model/audio_attention.py)
-        mouth_loss_weight=4.0,  # and the mouth's latents count (model/train_loop.py: diffusion_loss)
+        audio_context=0,  # one audio token per frame: five frames of audio averaged blur the timing
+        mouth_loss_weight=20.0,  # the mouth's latents count (model/train_loop.py: diffusion_loss)
+        train_timestep_max=500,  # where the mouth is neither drowned by noise nor read from the input
+        sync_loss_weight=0.2,  # and a lip-sync expert judges the predicted mouths (model/sync_expert.py)
         frame_cache_mb=1024,  # the demo's training clips, decoded once (about 200 MB at 128 px)
     ),
     "sd15": EMOConfig(
