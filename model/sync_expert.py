@@ -37,6 +37,7 @@ K = 5  # frames per judgement (SyncNet's 0.2 s at 25 fps)
 MOUTH_BOX = (0.25, 0.375)  # the box around the lips' centre, as shares of the latent grid (4 x 6 of 16 x 16)
 POOLED = (2, 3)  # the box averaged to this many cells: a few hundred windows do not overfit it
 FIT_STEPS, FIT_BATCH, HOLDOUT = 1500, 64, 0.2
+FIT_CLIPS = 64  # the most clips the expert is fitted on (each encoded whole once)
 
 
 def lip_centres(lip_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -104,22 +105,24 @@ def sync_loss(expert: SyncExpert, clean: torch.Tensor, audio: torch.Tensor, cent
     return (weight * per_example).sum() / weight.sum().clamp(min=1e-6)
 
 
-def _clip_tensors(dataset, codec, config) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(latents (n, C, h, w), audio (n, A), lip centre (2,)) of every training clip with a lip mask."""
+def _clip_tensors(dataset, codec, config, device, seed: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(latents (n, C, h, w), audio (n, A), lip centre (2,)) of up to FIT_CLIPS training clips with a
+    lip mask (drawn with `seed` when there are more: a large corpus is not encoded whole)."""
     from model.data import _read_mask
 
+    clips = [c for c in dataset.clips if c.get("lip_mask_path")]
+    if len(clips) > FIT_CLIPS:
+        pick = np.random.default_rng(seed).choice(len(clips), FIT_CLIPS, replace=False)
+        clips = [clips[i] for i in sorted(pick)]
     out = []
-    for clip in dataset.clips:
-        lips = clip.get("lip_mask_path")
-        if not lips:
-            continue
+    for clip in clips:
         n = int(clip["n_frames"])
         frames = dataset.frame_cache.read(dataset.files.local(clip["crop_path"]), list(range(n)))
         with torch.no_grad():
-            latents = torch.cat([codec.encode(frames[i:i + 64]) for i in range(0, n, 64)]).cpu()
+            latents = torch.cat([codec.encode(frames[i:i + 64].to(device)).float().cpu() for i in range(0, n, 64)])
         scale = config.residual_scale if config.reference_skip else 1.0  # the model's own units
         audio = dataset.audio(clip).flatten(1)[:n]  # (n, L*D)
-        mask = _read_mask(dataset.files.local(lips), config.image_size)[None]
+        mask = _read_mask(dataset.files.local(clip["lip_mask_path"]), config.image_size)[None]
         out.append((latents * scale, audio, lip_centres(mask, latents.shape[-2:])[0]))
     return out
 
@@ -155,9 +158,10 @@ def _draw(clips, rng: np.random.Generator, batch: int, part: str):
     return torch.stack(mouths), torch.stack(good), torch.stack(bad)
 
 
-def fit_expert(dataset, codec, config, seed: int = 0) -> tuple[SyncExpert, float]:
-    """The expert trained on the clips of `dataset` (a model.data.ClipWindows), in the model's latents."""
-    clips = _clip_tensors(dataset, codec, config)
+def fit_expert(dataset, codec, config, seed: int = 0, device="cpu") -> tuple[SyncExpert, float]:
+    """The expert trained on the clips of `dataset` (a model.data.ClipWindows), in the model's latents
+    (the codec on `device`; the expert itself trains on the CPU, in seconds)."""
+    clips = _clip_tensors(dataset, codec, config, device, seed)
     if not clips:
         raise ValueError("sync_loss_weight needs clips with lip masks (the faces stage writes them)")
     return fit(clips, seed)
@@ -185,7 +189,7 @@ def fit(clips: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], seed: int 
     return expert, accuracy
 
 
-def expert_for_run(out: Path, dataset, codec, config, seed: int, keep: bool = True) -> SyncExpert:
+def expert_for_run(out: Path, dataset, codec, config, seed: int, keep: bool = True, device="cpu") -> SyncExpert:
     """The run's expert: read from OUT/sync_expert.safetensors when a resumed run has one, else fitted
     (the same on every process: same clips, same seed) and, with `keep` (the main process), kept there."""
     from safetensors.torch import load_file, save_file
@@ -197,7 +201,7 @@ def expert_for_run(out: Path, dataset, codec, config, seed: int, keep: bool = Tr
                             state["audio.0.weight"].shape[0] // K)
         expert.load_state_dict(state)
         return expert.eval().requires_grad_(False)
-    expert, accuracy = fit_expert(dataset, codec, config, seed)
+    expert, accuracy = fit_expert(dataset, codec, config, seed, device)
     log.info("sync expert: held-out accuracy %.3f (in sync vs the same clip's audio >= %d frames away)", accuracy, K)
     if not keep:
         return expert

@@ -195,7 +195,8 @@ def train(opts: TrainOptions) -> Path:
     if config.sync_loss_weight and opts.stage > 1:
         from model.sync_expert import expert_for_run
 
-        run.expert = expert_for_run(out, data, codec, config, opts.seed, keep=main_process)
+        run.expert = expert_for_run(out, data, codec, config, opts.seed, keep=main_process,
+                                    device=accelerator.device)
     saved = start.resume_from
     bar = tqdm(total=opts.steps, initial=start.start_step, desc=f"stage {opts.stage}",
                disable=opts.quiet or not main_process)
