@@ -13,7 +13,7 @@ latents directly:
     audio    the same K frames' audio features
     score    scale * cos(mouth embedding, audio embedding) + bias: > 0 in sync, < 0 shifted
 
-`fit_expert` trains it at the start of stage 2 on the run's own training clips (in sync, against
+`fit_expert` trains it at the start of stages 2 and 3 on the run's own training clips (in sync, against
 the same clip's audio at least K frames away), in seconds, and keeps it beside the checkpoints
 (sync_expert.safetensors, reused on resume). In training (model/train_loop.py) the loss is the
 expert's -log p(in sync) of the mouths the model predicts (the clean latents implied by its

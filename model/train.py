@@ -196,7 +196,7 @@ def train(opts: TrainOptions) -> Path:
         from model.sync_expert import expert_for_run
 
         run.expert = expert_for_run(out, data, codec, config, opts.seed, keep=main_process,
-                                    device=accelerator.device)
+                                    device=accelerator.device).to(accelerator.device)
     saved = start.resume_from
     bar = tqdm(total=opts.steps, initial=start.start_step, desc=f"stage {opts.stage}",
                disable=opts.quiet or not main_process)

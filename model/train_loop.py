@@ -18,6 +18,7 @@ from model.checkpoint import save_checkpoint, step_dir
 from model.config import EMOConfig
 from model.emo import EMOModel
 from model.reference_skip import to_residual
+from model.sync_expert import lip_centres, sync_loss
 
 # Stable Diffusion 1.5's noise schedule; the sampler builds its scheduler from the same numbers.
 NOISE_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
@@ -78,7 +79,7 @@ class TrainLoop:
         self.acc, self.model, self.optimizer, self.params = accelerator, model, optimizer, params
         self.ema, self.codec, self.config, self.accumulation = ema, codec, config, accumulation
         self.scheduler = DDPMScheduler(**noise_schedule(config))
-        self.expert = None  # the lip-sync expert when config.sync_loss_weight (model/sync_expert.py)
+        self.expert = None  # the lip-sync expert, on the device, when config.sync_loss_weight (model/sync_expert.py)
         self.losses: list[torch.Tensor] = []
         self.windows: list[str] = []
 
@@ -124,8 +125,6 @@ class TrainLoop:
     def _sync_loss(self, batch: dict, noisy: torch.Tensor, pred: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The expert's loss on the clean latents the prediction implies, weighted per example by the
         signal left at its timestep; examples whose audio was dropped do not count."""
-        from model.sync_expert import lip_centres, sync_loss
-
         device = noisy.device
         signal = self.scheduler.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1, 1)  # (B, 1, 1, 1, 1)
         if self.scheduler.config.prediction_type == "epsilon":
@@ -136,7 +135,7 @@ class TrainLoop:
         audio = audio[:, :, audio.shape[2] // 2]
         centres = lip_centres(batch["lip_mask"], clean.shape[-2:])
         weight = signal.view(-1) * batch["audio_keep"].to(device)
-        return sync_loss(self.expert.to(device), clean, audio, centres, weight)
+        return sync_loss(self.expert, clean, audio, centres, weight)
 
     def save(self, out: Path, step: int, names: list[str], meta: dict) -> Path:
         """Every process gathers the weights (FSDP and ZeRO need all); the main process writes them."""

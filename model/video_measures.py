@@ -100,9 +100,11 @@ def _lip_darkness(rgb: np.ndarray, box: np.ndarray) -> float:
 
 
 def loudness(wav: np.ndarray, fps: float, n_frames: int, rate: int = 16000) -> np.ndarray:
-    """(n_frames,) dB of the 16 kHz speech over each video frame's span [i / fps, (i + 1) / fps)."""
+    """(n_frames,) dB of mono audio at `rate` over each video frame's span [i / fps, (i + 1) / fps);
+    -120 for a frame past the audio's end. (The demo puppet's jaw follows the same numbers:
+    pipeline/demo_mouth.py.)"""
     spans = [wav[int(round(i * rate / fps)): int(round((i + 1) * rate / fps))] for i in range(n_frames)]
-    return np.array([10 * np.log10(np.mean(np.square(s, dtype=np.float64)) + 1e-10) if len(s) else -100.0
+    return np.array([10 * np.log10(np.mean(np.square(s, dtype=np.float64)) + 1e-12) if len(s) else -120.0
                      for s in spans])
 
 

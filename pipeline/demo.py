@@ -14,9 +14,10 @@ The `demo` model is tiny's UNet on 16x16 latents of 128-px crops that denoises e
 from the reference (model/reference_skip.py): appearance comes through the skip, so minutes of CPU
 training give a face, and the network learns only what moves. The corpus's jaws follow its audio
 (pipeline/demo_mouth.py), so the mouth has something to learn, and a lip-sync expert fitted on the
-corpus's clips judges the mouths it predicts (model/sync_expert.py): in minutes on CPU the mouth
-darkens with the voice, at offset 0, but the lips do not part enough for the face mesh to see (README,
-"The demo corpus"); every measure is printed beside the same speech rolled by half. The demo proves
+corpus's clips judges the mouths it predicts (model/sync_expert.py): in minutes on CPU the
+carphone man's lips part with the voice, at offset 0, and the face mesh sees it; Hanks' held-out
+mouth does not follow (README, "The demo corpus"). Every measure is printed beside the same speech
+rolled by half. The demo proves
 the path and the provenance chain (video -> checkpoint -> manifest -> sources, with their licenses and consent).
 Every step's seconds go to DIR/demo.json. A rerun skips training stages that are finished.
 """

@@ -27,14 +27,12 @@ CAVITY_RGB = (45, 12, 18)
 def openness(audio: np.ndarray, rate: int, fps: float, n_frames: int) -> np.ndarray:
     """(n_frames,) in [0, 1]: how open the mouth is at each video frame, from the audio over that
     frame's span [i / fps, (i + 1) / fps), so the mouth and the sound are at the same time."""
+    from model.video_measures import loudness
+
     audio = np.asarray(audio, np.float64)
     if audio.ndim == 2:
         audio = audio.mean(1)
-    db = np.full(n_frames, -120.0)
-    for i in range(n_frames):
-        span = audio[int(round(i * rate / fps)): int(round((i + 1) * rate / fps))]
-        if len(span):
-            db[i] = 10 * np.log10(np.mean(span ** 2) + 1e-12)
+    db = loudness(audio, fps, n_frames, rate)
     loud = np.percentile(db, 95)
     return np.clip((db - (loud - CLOSED_DB)) / (CLOSED_DB - OPEN_DB), 0.0, 1.0)
 
