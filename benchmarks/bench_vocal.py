@@ -13,7 +13,9 @@ pyannote's sample.wav. Rap is the borderline: reported apart, counted in neither
 With --variants, each real clip is also typed in seven hard copies (`variants`: as is, noise, a real
 music bed, pitch +-3 semitones, 15 % faster, telephone band). The second held-note line
 (stages/diarize/vocal.py: NOTE_LINES) was chosen looking at these copies; speech copies count against it.
-Run: PYTHONPATH=. .venv/bin/python -m benchmarks.bench_vocal [--variants]
+With --portrait, each real audio clip (its first 20 s) is muxed as AAC under a still portrait and curated
+by `emo curate` as a subprocess, the way the issue measures singing.
+Run: PYTHONPATH=. .venv/bin/python -m benchmarks.bench_vocal [--variants] [--portrait]
 """
 
 from __future__ import annotations
@@ -172,6 +174,70 @@ def fit_threshold(clips: list[dict]) -> float:
     return float(np.median(best))
 
 
+def still_portrait_video(wav: np.ndarray, path: Path, fps: int = 25) -> Path:
+    """An mp4 of one still portrait (scikit-image's astronaut) for as long as wav, the sound as 44.1 kHz
+    AAC: how the issue plays a song to the pipeline (a real voice under a face that does not move)."""
+    import av
+    from skimage import data
+
+    img = np.ascontiguousarray(data.astronaut()[:, 64:448])
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = img.shape[1], img.shape[0], "yuv420p"
+        st = c.add_stream("aac", rate=44100)
+        st.layout = "mono"
+        for _ in range(int(len(wav) / SR * fps)):
+            c.mux(vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        c.mux(vs.encode())
+        frame = av.AudioFrame.from_ndarray(wav[None, :].astype(np.float32), format="fltp", layout="mono")
+        frame.sample_rate = SR
+        for f in av.AudioResampler(format="fltp", layout="mono", rate=44100).resample(frame):
+            c.mux(st.encode(f))
+        c.mux(st.encode(None))
+    return path
+
+
+def curated_types(out: Path) -> dict[str, dict[str, float]]:
+    """file stem -> seconds of each vocal type in an OUT's segments."""
+    from manifests import ManifestStore
+
+    store = ManifestStore(out)
+    stem = {r["source_id"]: Path(r["uri"]).stem for r in store.read("sources").to_pylist()}
+    got: dict[str, dict[str, float]] = {}
+    for r in store.read("segments").to_pylist():
+        d = got.setdefault(stem[r["source_id"]], {})
+        d[r["vocal_type"]] = d.get(r["vocal_type"], 0.0) + r["end_s"] - r["start_s"]
+    return got
+
+
+def under_portrait(max_s: float = 20.0) -> dict:
+    """Every real audio clip (at most max_s) under a still portrait, through `emo curate` as a user runs it:
+    label -> [called so, of]; prints each clip's seconds by vocal type."""
+    import subprocess
+    import sys
+
+    tally: dict = {}
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d) / "videos"
+        folder.mkdir()
+        labels = {}
+        for path in sorted((REAL / "audio").glob("*")):
+            labels[path.stem] = "rap" if "rap" in path.name else "singing" if "_sing_" in path.name else "speech"
+            still_portrait_video(load_audio(path)[: int(max_s * SR)], folder / f"{path.stem}.mp4")
+        subprocess.run([sys.executable, "-m", "pipeline.cli", "curate", str(folder), "--out", str(Path(d) / "out")],
+                       check=True, capture_output=True)
+        for stem, secs in sorted(curated_types(Path(d) / "out").items()):
+            called = "singing" if secs.get("singing", 0) > secs.get("speech", 0) else "speech" if secs.get("speech") else "other"
+            if labels[stem] != "rap":
+                t = tally.setdefault(labels[stem], [0, 0])
+                t[0] += called == labels[stem]
+                t[1] += 1
+            print(f"portrait {labels[stem]:7s} {stem[:40]:40s} {called:8s} " + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(secs.items())))
+    for label, (right, of) in sorted(tally.items()):
+        print(f"under a still portrait, {label} called {label}: {right}/{of}")
+    return tally
+
+
 def hard_copies() -> dict:
     """Every real clip's variants through the stage: (split, label) -> [right, of]; prints each clip's row."""
     tally: dict = {}
@@ -197,6 +263,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--variants", action="store_true", help="also each real clip's hard copies (benchmarks.bench_vocal.variants)")
+    p.add_argument("--portrait", action="store_true", help="also each real audio clip under a still portrait, through emo curate")
     args = p.parse_args(argv)
     default = VocalTyper().min_held_share
     results = {}
@@ -232,6 +299,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.variants:
         rows += [{"name": f"{split} {label} copies", "right": right, "of": of}
                  for (split, label), (right, of) in sorted(hard_copies().items())]
+    if args.portrait:
+        rows += [{"name": f"{label} under a still portrait", "right": right, "of": of}
+                 for label, (right, of) in sorted(under_portrait().items())]
     return rows
 
 

@@ -9,6 +9,7 @@ chords alone are music; real speech (pyannote's sample.wav) is speech. The real-
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -29,8 +30,6 @@ def test_synthetic_sung_line_is_singing_and_chords_are_music(name):
 
 
 def test_real_speech_stays_speech():
-    from pathlib import Path
-
     import pyannote.audio
     import soundfile as sf
 
@@ -70,3 +69,30 @@ def test_real_song_stays_singing_faster_and_higher_and_speech_stays_speech():
         for kind in ("tempo x1.15", "pitch +3"):
             rows = bench_vocal.run_stage(copies[kind], "src")
             assert bench_vocal.verdict(rows, [r["vocal_type"] for r in rows]) == label, (kind, label, rows)
+
+
+@pytest.mark.skipif(not bench_vocal.REAL.is_dir(), reason="../shared/real-media is absent (a clone outside the workspace)")
+def test_a_song_under_a_still_portrait_is_singing_through_emo_curate(tmp_path):
+    """As the issue plays it: a real song and real speech, each as AAC under a still portrait, curated by
+    `emo curate` in a subprocess. Exit 0; the song's segments are singing, the speech's speech; the
+    portrait never moves its mouth, so neither keeps a clip."""
+    import os
+    import subprocess
+    import sys
+
+    from manifests import ManifestStore
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name in ("r2_a01_sing_imagine.wav", "r2_a10_speech_zh_news_sadtalker.wav"):
+        bench_vocal.still_portrait_video(bench_vocal.load_audio(bench_vocal.REAL / "audio" / name), folder / f"{name[:-4]}.mp4")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "curate", str(folder), "--out", str(tmp_path / "out"),
+                           "--num-cpus", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = bench_vocal.curated_types(tmp_path / "out")
+    song, speech = got["r2_a01_sing_imagine"], got["r2_a10_speech_zh_news_sadtalker"]
+    assert song.get("singing", 0) > 4.0 and song.get("speech", 0) < 1.0, song
+    assert speech.get("speech", 0) > 6.0 and "singing" not in speech, speech
+    assert ManifestStore(tmp_path / "out").read("clips").num_rows == 0
