@@ -119,11 +119,21 @@ def _hist(values: list[float], title: str, xlabel: str) -> str:
 
     fig, ax = plt.subplots(figsize=(4.6, 3))
     vals = [v for v in values if v is not None]
-    ax.hist(vals or [0], bins=20, color="#3b7dd8", alpha=0.85 if vals else 0.0)
+    if vals:
+        ax.hist(vals, bins=20, color="#3b7dd8", alpha=0.85)
+    else:
+        _nothing(ax)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count")
     return _plot(fig)
+
+
+def _nothing(ax) -> None:
+    """An empty chart says so, instead of drawing made-up axes around no data."""
+    ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes, color="#888")
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def _bars(counter: dict[str, float], title: str, xlabel: str) -> str:
@@ -134,7 +144,10 @@ def _bars(counter: dict[str, float], title: str, xlabel: str) -> str:
 
     items = sorted(counter.items(), key=lambda kv: kv[1])
     fig, ax = plt.subplots(figsize=(4.6, 0.4 + 0.32 * max(1, len(items))))
-    ax.barh([k for k, _ in items] or ["(none)"], [v for _, v in items] or [0], color="#e07b39")
+    if items:
+        ax.barh([k for k, _ in items], [v for _, v in items], color="#e07b39")
+    else:
+        _nothing(ax)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     return _plot(fig)
@@ -161,6 +174,17 @@ def _model_warning(m: dict[str, Any]) -> str:
     return "no record of what an ancestor learned from" if m["unrecorded_ancestors"] else ""
 
 
+def vocal_minutes(store: ManifestStore, clips: list[dict]) -> tuple[Counter, Counter]:
+    """Minutes of audio heard (all segments) and of kept clips, by vocal type (stages/diarize/vocal.py):
+    what a singing corpus is built from, and what of it survived curation."""
+    heard, kept = Counter(), Counter()
+    for seg in store.read("segments", columns=["vocal_type", "start_s", "end_s"]).to_pylist():
+        heard[seg["vocal_type"] or "unknown"] += (seg["end_s"] - seg["start_s"]) / 60
+    for c in clips:
+        kept[c["vocal_type"] or "unknown"] += (c["end_s"] - c["start_s"]) / 60
+    return heard, kept
+
+
 def report(out: str | Path) -> Path:
     """Write OUT/audit/report.html: self-contained (images inlined), opens with no server."""
     store = ManifestStore(out)
@@ -173,6 +197,7 @@ def report(out: str | Path) -> Path:
         minutes_license[c["license"] or "unknown"] += (c["end_s"] - c["start_s"]) / 60
         minutes_cat[c["category"] or "unknown"] += (c["end_s"] - c["start_s"]) / 60
     status = Counter(f"{r['status']}: {(r['error'] or '').split(':')[0]}".rstrip(": ") for r in sources)
+    heard, kept_by_type = vocal_minutes(store, clips)
     yaws = [abs(y) for t in tracks for y in (t["yaw"] or []) if y is not None]
     figures = [
         _bars(dict(status), "Sources by outcome", "sources"),
@@ -183,6 +208,8 @@ def report(out: str | Path) -> Path:
         _bars(dict(Counter(r["rule"] for r in rej)), "Rejections by rule", "failed candidates"),
         _bars(dict(minutes_license), "Minutes by license", "minutes"),
         _bars(dict(minutes_cat), "Minutes by category", "minutes"),
+        _bars(dict(heard), "Audio heard, by vocal type", "minutes"),
+        _bars(dict(kept_by_type), "Kept clips, by vocal type", "minutes"),
     ]
     card_path = Path(out) / "export" / "dataset_card.json"
     card = json.loads(card_path.read_text()) if card_path.exists() else {}

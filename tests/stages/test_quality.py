@@ -228,8 +228,23 @@ def test_verify_catches_a_changed_file_and_trace_reaches_the_source(curated):
 def test_audit_report_is_self_contained_html(curated):
     out, _, _ = curated
     page = report(out).read_text()
-    assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") == 8
+    assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") == 10
     assert "http://" not in page and "src=\"/" not in page
+
+
+def test_audit_counts_audio_heard_and_kept_by_vocal_type(curated):
+    from manifests.splits import exported_clips
+    from pipeline.audit import vocal_minutes
+
+    out, _, _ = curated
+    store = ManifestStore(out)
+    clips = exported_clips(store)
+    heard, kept = vocal_minutes(store, clips)
+    segs = store.read("segments").to_pylist()
+    assert sum(heard.values()) == pytest.approx(sum(s["end_s"] - s["start_s"] for s in segs) / 60)
+    assert heard["speech"] > 0 and clips and set(kept) <= {"speech", "singing"}
+    assert sum(kept.values()) == pytest.approx(sum(c["end_s"] - c["start_s"] for c in clips) / 60)
+    assert sum(kept.values()) <= heard["speech"] + heard.get("singing", 0) + 1e-9
 
 
 def test_optout_removes_everything_and_a_rerun_never_brings_it_back(ray_local, curated, demo_corpus, tmp_path):
