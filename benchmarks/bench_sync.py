@@ -9,7 +9,9 @@ face tracks come from the real shots and faces stages, once per original. Prints
 - offset: share of in-sync and shifted copies whose measured offset (longest voiced segment, best
   face; the face's pooled measure where that is the evidence recorded, sync_pooled) is within +-1
   frame of the truth (goal >= 90 %). The truth is "in sync as published": a source's own lag
-  (measured, pooled, 25 fps: -1.7..+2.2 frames over the 13 sources) counts as error here
+  (measured, pooled, 25 fps: -1.7..+2.2 frames over the 13 sources) counts as error here. Beside it,
+  the same for the re-muxed and shifted copies against the file's own lag (its as-published copy's
+  offset): whether the measure follows a remux or a shift, whatever the file's own offset
 - false accept: share of swapped / rotated copies with more than half of the voiced time called
   `synced` (goal <= 5 %)
 - bad kept: clips kept from shifted copies without the right recorded correction, or from swapped /
@@ -84,13 +86,20 @@ def summarise(label: str, rows: list[dict]) -> dict:
     timed = [r for r in rows if r["expected"] is not None]
     wrong_voice = [r for r in rows if r["expected"] is None]
     ok = [r for r in timed if r["offset"] is not None and abs(r["offset"] - r["expected"]) <= 1]
+    # The same against each file's own lag (its as-published copy's offset): does the measure follow a shift?
+    own = {r["name"]: r["offset"] for r in rows if r["kind"] == "orig"}
+    rel = [r for r in timed if r["kind"] != "orig" and r["offset"] is not None and own.get(r["name"]) is not None
+           and abs(r["offset"] - own[r["name"]] - r["expected"]) <= 1]
+    n_rel = sum(1 for r in timed if r["kind"] != "orig")
     fa = [r for r in wrong_voice if r["synced"] > 0.5]
     s = {"set": label, "offset_within_1": len(ok) / max(len(timed), 1), "n_timed": len(timed),
+         "shift_followed_within_1": len(rel) / max(n_rel, 1), "n_shifted": n_rel,
          "false_accept": len(fa) / max(len(wrong_voice), 1), "n_wrong_voice": len(wrong_voice),
          "bad_kept": sum(r["bad_kept"] for r in rows),
          "kept_in_sync": sum(r["kept"] for r in rows if r["kind"] in ("orig", "remux")),
          "kept_realigned": sum(r["kept"] for r in rows if r["kind"] in ("late5", "early8"))}
-    print(f"{label}: offset within +-1 frame {s['offset_within_1']:.0%} of {s['n_timed']} | swapped/rotated voice "
+    print(f"{label}: offset within +-1 frame {s['offset_within_1']:.0%} of {s['n_timed']} (relative to the file's own "
+          f"lag, remux and shifted copies: {s['shift_followed_within_1']:.0%} of {s['n_shifted']}) | swapped/rotated voice "
           f"called synced {s['false_accept']:.0%} of {s['n_wrong_voice']} | clips kept from bad copies without the "
           f"right correction {s['bad_kept']} | kept from in-sync copies {s['kept_in_sync']}, from shifted copies "
           f"(realigned) {s['kept_realigned']}")

@@ -135,7 +135,7 @@ def test_trace_reaches_the_source(demo_run):
 def test_audit_report_of_the_demo(demo_run):
     out, *_ = demo_run
     page = report(out).read_text()
-    assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") == 8
+    assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") == 10
     assert "low_speech_ratio" in page
 
 
