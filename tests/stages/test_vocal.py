@@ -76,21 +76,14 @@ def test_a_song_under_a_still_portrait_is_singing_through_emo_curate(tmp_path):
     """As the issue plays it: a real song and real speech, each as AAC under a still portrait, curated by
     `emo curate` in a subprocess. Exit 0; the song's segments are singing, the speech's speech; the
     portrait never moves its mouth, so neither keeps a clip."""
-    import os
-    import subprocess
-    import sys
-
     from manifests import ManifestStore
+    from tests.pipeline.test_cli_exit import assert_ok, emo
 
     folder = tmp_path / "videos"
     folder.mkdir()
     for name in ("r2_a01_sing_imagine.wav", "r2_a10_speech_zh_news_sadtalker.wav"):
         bench_vocal.still_portrait_video(bench_vocal.load_audio(bench_vocal.REAL / "audio" / name), folder / f"{name[:-4]}.mp4")
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "curate", str(folder), "--out", str(tmp_path / "out"),
-                           "--num-cpus", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert_ok(emo("curate", str(folder), "--out", str(tmp_path / "out"), "--num-cpus", "1", cwd=tmp_path))
     got = bench_vocal.curated_types(tmp_path / "out")
     song, speech = got["r2_a01_sing_imagine"], got["r2_a10_speech_zh_news_sadtalker"]
     assert song.get("singing", 0) > 4.0 and song.get("speech", 0) < 1.0, song
