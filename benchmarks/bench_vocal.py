@@ -15,7 +15,9 @@ music bed, pitch +-3 semitones, 15 % faster, telephone band). The second held-no
 (stages/diarize/vocal.py: NOTE_LINES) was chosen looking at these copies; speech copies count against it.
 With --portrait, each real audio clip (its first 20 s) is muxed as AAC under a still portrait and curated
 by `emo curate` as a subprocess, the way the issue measures singing.
-Run: PYTHONPATH=. .venv/bin/python -m benchmarks.bench_vocal [--variants] [--portrait]
+With --vibrato, only a sweep of synthetic sung lines (vibrato +-35..130 cents at 4.5-7.5 Hz, notes of
+0.5 and 0.3 s, with a breath between or legato): where held notes stop being found.
+Run: PYTHONPATH=. .venv/bin/python -m benchmarks.bench_vocal [--variants] [--portrait] [--vibrato]
 """
 
 from __future__ import annotations
@@ -57,15 +59,41 @@ def real_clips() -> list[tuple[str, str, str]]:
     return out
 
 
-def sung_line(vibrato_cents: float = 35.0, vibrato_hz: float = 5.5, seconds: float = 8.0) -> np.ndarray:
-    """A sung-vowel-like line: harmonics under a vowel-ish envelope, half-second notes, vibrato."""
+def sung_line(vibrato_cents: float = 35.0, vibrato_hz: float = 5.5, seconds: float = 8.0, note_s: float = 0.5,
+              legato: bool = False) -> np.ndarray:
+    """A sung-vowel-like line: harmonics under a vowel-ish envelope, notes of note_s (each ending in a
+    short breath, or running into the next when legato), vibrato of +-vibrato_cents."""
     rng = np.random.default_rng(0)
     t = np.arange(int(seconds * SR)) / SR
     notes = 196 * 2 ** (np.array([0, 4, 7, 5, 4, 2, 0, 2, 4, 7, 9, 7, 5, 4, 2, 0]) / 12)
-    f0 = np.resize(np.repeat(notes, SR // 2), len(t)) * 2 ** (vibrato_cents / 1200 * np.sin(2 * np.pi * vibrato_hz * t))
+    f0 = np.resize(np.repeat(notes, int(SR * note_s)), len(t)) * 2 ** (vibrato_cents / 1200 * np.sin(2 * np.pi * vibrato_hz * t))
     phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.003 * rng.standard_normal(len(t)))) / SR
     formant = [1.0, 0.9, 0.7, 0.5, 0.35, 0.25, 0.15, 0.1]
-    return ((t % 0.5) < 0.44) * sum(a * np.sin((h + 1) * phase) for h, a in enumerate(formant))
+    voice = sum(a * np.sin((h + 1) * phase) for h, a in enumerate(formant))
+    return voice if legato else ((t % note_s) < 0.88 * note_s) * voice
+
+
+def vibrato_sweep() -> list[dict]:
+    """Held share (stages/diarize/vocal.py) of synthetic sung lines over vibrato width and rate, note
+    length and legato: where held notes stop being found. Prints a grid per note kind."""
+    from stages.diarize.vocal import VocalTyper, vocal_features
+
+    th, rows = VocalTyper().min_held_share, []
+    widths, rates = (35, 70, 100, 130), (4.5, 5.5, 6.5, 7.5)
+    for note_s in (0.5, 0.3):
+        for legato in (False, True):
+            print(f"vibrato sweep: notes of {note_s} s, {'legato' if legato else 'a breath between'}; "
+                  f"held share by +-cents (rows) and Hz (columns), singing needs >= {th}")
+            for w in widths:
+                line = []
+                for hz in rates:
+                    wav = sung_line(w, hz, 6.0, note_s, legato)
+                    share = vocal_features((0.2 * wav / np.abs(wav).max()).astype(np.float32)).held_share
+                    rows.append({"name": f"vibrato {w}c {hz}Hz {note_s}s{' legato' if legato else ''}", "held_share": share})
+                    line.append(f"{share:5.2f}")
+                print(f"  +-{w:3d} c: " + " ".join(line))
+    print(f"vibrato sweep: {sum(r['held_share'] < th for r in rows)} of {len(rows)} lines under {th}")
+    return rows
 
 
 def synthetic_clips() -> dict[str, tuple[np.ndarray, str]]:
@@ -277,7 +305,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--variants", action="store_true", help="also each real clip's hard copies (benchmarks.bench_vocal.variants)")
     p.add_argument("--portrait", action="store_true", help="also each real audio clip under a still portrait, through emo curate")
+    p.add_argument("--vibrato", action="store_true", help="only the synthetic vibrato sweep (vibrato_sweep)")
     args = p.parse_args(argv)
+    if args.vibrato:
+        return vibrato_sweep()
     default = VocalTyper().min_held_share
     results = {}
     for name, (wav, label) in synthetic_clips().items():
