@@ -1,12 +1,19 @@
 """SyncMeasure: does this face's mouth follow this voice, at which offset, and how sure is that?
 
-Offline, no learned weights: a face's per-frame mouth features (stages/diarize/sync_features.py: lip gaps,
-widths, jaw, their speed, mouth-region motion) against the voice's per-frame band energies,
-loudness and onsets. At each lag the score is how strongly any combination of mouth features
-follows any combination of audio features: the top singular value of their cross-correlation
-matrix (both sides high-passed, so slow drifts in loudness or pose do not count). The offset is the
-lag of the highest score within +-max_offset frames, over the whole segment, placed between whole
-frames by the parabola through its neighbours, less the mouth's lead (visual_lead_s, 0 by default), rounded.
+Offline, without a network: a face's per-frame mouth features (stages/diarize/sync_features.py: lip
+gaps, widths, jaw, their speed, mouth-region motion) against the voice's per-frame band energies,
+loudness and onsets, both sides high-passed (slow drifts in loudness or pose do not count). At each
+lag the score is, by default ("projection"), the correlation of the two along one fixed direction in
+each, the pair of directions in which a face and its own voice follow each other most closely on the
+dev files (stages/diarize/sync_projection.py: 20 weights, benchmarks/fit_sync_projection.py). The
+other score ("singular", no fitted weights) is how strongly any combination of mouth features follows
+any combination of audio features: the top singular value of their cross-correlation matrix. A few
+seconds of two faces and a voice let that maximum fit chance, where one fixed direction cannot
+(bench_active_speaker, dev turns of 2-5 s: the speaking face at or above 4 null standard deviations
+on 14 % of turns with "singular", 27-32 % with the projection refitted without the pair's files).
+The offset is the lag of the highest score within +-max_offset frames, over the whole segment,
+placed between whole frames by the parabola through its neighbours, less the mouth's lead
+(visual_lead_s, 0 by default), rounded.
 
 The score alone means little (short segments and many features correlate by chance), so it is
 calibrated on the same source: the same face against the source's audio rotated far away, and
@@ -24,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stages.diarize import sync_projection
 from stages.diarize.sync_features import audio_features
 
 SR = 16000
@@ -64,6 +72,14 @@ def _scores(v: np.ndarray, a: np.ndarray) -> np.ndarray:
     return np.linalg.svd(c, compute_uv=False)[:, 0]
 
 
+def _projected_scores(v: np.ndarray, a: np.ndarray, pv: np.ndarray, pa: np.ndarray) -> np.ndarray:
+    """v: (T, Dv) z-scored; a: (L, T, Da) -> (L,) correlation of v's projection on pv with each audio
+    window's projection on pa (stages/diarize/sync_projection.py)."""
+    mouth = _zscore(v @ pv, 0)
+    voice = _zscore(_zscore(a, 1) @ pa, 1)
+    return np.einsum("t,lt->l", mouth, voice) / v.shape[0]
+
+
 def _vertex(curve: np.ndarray, i: int) -> float:
     """Where between its neighbours the peak at i lies (-0.5..0.5 frames), by the parabola through the
     three; 0 at an edge. The lead the offset is corrected by is a fraction of a frame: rounding the
@@ -80,8 +96,13 @@ class SyncMeasure:
 
     def __init__(self, max_offset: int = 15, min_frames: int = 20, highpass_frames: int = 13,
                  null_gap: int = 10, min_null: int = 8, min_null_spread: float = 0.1,
-                 visual_lead_s: float = 0.0):
+                 visual_lead_s: float = 0.0, score: str = "projection"):
         """
+        score: what is measured at each lag. "projection": the correlation of the mouth features and the
+            voice's, each along the fixed direction of stages/diarize/sync_projection.py (fitted on the dev
+            files); "singular": the top singular value of their whole cross-correlation matrix (no fitted
+            weights; what the measure was before the projection). Tracks with only a mouth opening
+            (written before the mouth-shape columns) are always scored "singular".
         max_offset: lags searched either way, in video frames.
         min_frames: fewer visible frames in the segment than this: not measured.
         highpass_frames: moving-average window removed from both sides (slow drifts).
@@ -100,6 +121,17 @@ class SyncMeasure:
         self.max_offset, self.min_frames = max_offset, min_frames
         self.highpass_frames, self.null_gap, self.min_null = highpass_frames, null_gap, min_null
         self.min_null_spread, self.visual_lead_s = min_null_spread, visual_lead_s
+        if score not in ("projection", "singular"):
+            raise ValueError(f"unknown sync score {score!r}; known: ('projection', 'singular')")
+        self.score_kind = score
+        self._pv = np.asarray(sync_projection.VISUAL, np.float64)
+        self._pa = np.asarray(sync_projection.AUDIO, np.float64)
+
+    def _scores(self, v: np.ndarray, a: np.ndarray) -> np.ndarray:
+        """(L,) score of the mouth features v (T, Dv) against each audio window a (L, T, Da)."""
+        if self.score_kind == "projection" and v.shape[1] == len(self._pv) and a.shape[-1] == len(self._pa):
+            return _projected_scores(v, a, self._pv, self._pa)
+        return _scores(v, a)
 
     def audio(self, wav: np.ndarray, fps: float, n_frames: int | None = None,
               times: np.ndarray | None = None) -> np.ndarray:
@@ -124,9 +156,9 @@ class SyncMeasure:
         n = len(audio)
         lags, real = self._lag_curve(v, frames, audio)
         rot = (frames[None, :] + np.arange(n)[:, None]) % n  # every circular rotation
-        null = self._null_peaks(_scores(v, audio[rot]), n, far=True)
+        null = self._null_peaks(self._scores(v, audio[rot]), n, far=True)
         if len(null) < self.min_null:
-            null = np.concatenate([null, self._null_peaks(_scores(v, audio[::-1][rot]), n, far=False)])
+            null = np.concatenate([null, self._null_peaks(self._scores(v, audio[::-1][rot]), n, far=False)])
         best = int(np.argmax(real))
         offset = int(np.round(lags[best] + _vertex(real, best) - self.visual_lead_s * fps))
         if len(null) < 3:
@@ -156,7 +188,7 @@ class SyncMeasure:
         k = self.max_offset
         lags = np.arange(-k, k + 1)
         padded = np.pad(audio, ((k, k), (0, 0)))
-        return lags, _scores(v, padded[frames[None, :] + lags[:, None] + k])
+        return lags, self._scores(v, padded[frames[None, :] + lags[:, None] + k])
 
     def _null_peaks(self, curve: np.ndarray, n: int, far: bool) -> np.ndarray:
         """Peak of a circular score curve over windows of 2*max_offset+1 rotations, half a window
