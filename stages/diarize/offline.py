@@ -32,6 +32,18 @@ class Turn:
     speaker: int
 
 
+@dataclass
+class Voices:
+    """One waveform's speech as the diarizer sees it: VAD regions, mel frames, d-vectors."""
+    regions: list[tuple]
+    mel: np.ndarray  # (F, 40), 10 ms frames
+    speech: np.ndarray  # (F,) bool
+    coarse: np.ndarray  # mel frames the clustering windows are centred on
+    e_coarse: np.ndarray  # their d-vectors
+    dense: np.ndarray | None = None  # the resegmentation grid
+    e_dense: np.ndarray | None = None  # its d-vectors
+
+
 def speech_regions(wav: np.ndarray, vad_model, threshold: float = 0.5, min_silence_ms: int = 100) -> list[tuple]:
     """(start_s, end_s) of speech according to silero-vad."""
     import torch
@@ -147,11 +159,16 @@ class ResemblyzerDiarizer:
 
     def __call__(self, wav: np.ndarray) -> tuple[list[Turn], list[tuple]]:
         """Speaker turns and the VAD speech regions of a 16 kHz mono waveform."""
+        voices = self.embed(wav)
+        return (self.label(voices), voices.regions) if voices else ([], [])
+
+    def embed(self, wav: np.ndarray) -> Voices | None:
+        """The waveform's speech and d-vectors, ready to be labelled (None without speech)."""
         from resemblyzer.audio import normalize_volume, wav_to_mel_spectrogram
 
         regions = speech_regions(wav, self.vad, self.vad_threshold)
         if not regions:
-            return [], []
+            return None
         mel = wav_to_mel_spectrogram(normalize_volume(wav, -30))  # (F, 40), one frame per 10 ms
         speech = np.zeros(len(mel), bool)
         for s, e in regions:
@@ -159,20 +176,25 @@ class ResemblyzerDiarizer:
         speech_idx = np.flatnonzero(speech)
         # clustering is O(n^3) in windows: thin the coarse grid on long sources (~10 min of speech at 0.2 s)
         coarse = speech_idx[:: max(self.coarse_hop, len(speech_idx) // self.max_windows + 1)]
-        dense = speech_idx[:: self.dense_hop]
         e_coarse = window_embeddings(self.encoder, mel, coarse, self.win)
-        mean = e_coarse.mean(0)
-        x = _unit(e_coarse - mean)
-        labels = spectral_clusters(x, self.max_speakers, self.gap_ratio, self.prune, self.num_speakers)
+        return Voices(regions, mel, speech, coarse, e_coarse)
+
+    def label(self, voices: Voices, num_speakers: int | None = None) -> list[Turn]:
+        """Speaker turns of embedded speech; num_speakers fixes the count (else the diarizer's own
+        setting, else the eigengap). The dense grid is embedded once per Voices, on first need."""
+        mean = voices.e_coarse.mean(0)
+        x = _unit(voices.e_coarse - mean)
+        labels = spectral_clusters(x, self.max_speakers, self.gap_ratio, self.prune, num_speakers or self.num_speakers)
         k = labels.max() + 1
         if k == 1:
-            frame_labels = np.zeros(len(mel), int)
+            frame_labels = np.zeros(len(voices.mel), int)
         else:
+            if voices.e_dense is None:
+                voices.dense = np.flatnonzero(voices.speech)[:: self.dense_hop]
+                voices.e_dense = self._dense_embeddings(voices.mel, voices.dense, voices.coarse, voices.e_coarse)
             centroids = _unit(np.stack([x[labels == j].mean(0) for j in range(k)]))
-            scores = _unit(self._dense_embeddings(mel, dense, coarse, e_coarse) - mean) @ centroids.T
-            frame_labels = self._resegment(scores, dense, speech)
-        turns = [Turn(round(s * HOP_S, 3), round(e * HOP_S, 3), lab) for s, e, lab in runs(frame_labels, speech)]
-        return turns, regions
+            frame_labels = self._resegment(_unit(voices.e_dense - mean) @ centroids.T, voices.dense, voices.speech)
+        return [Turn(round(s * HOP_S, 3), round(e * HOP_S, 3), lab) for s, e, lab in runs(frame_labels, voices.speech)]
 
     def _dense_embeddings(self, mel: np.ndarray, dense: np.ndarray, coarse: np.ndarray, e_coarse: np.ndarray) -> np.ndarray:
         """d-vectors on the dense grid, reusing the coarse grid's where the centres coincide (a third of the LSTM)."""

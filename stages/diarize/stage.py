@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from stages.base import Resources, Stage, StageContext, StageError
-from stages.diarize.speaking_face import assign_faces
+from stages.diarize.speaking_face import assign_faces, faces_together
 from stages.diarize.sync_measure import SyncMeasure
 from stages.diarize.vocal import VocalTyper, is_silent, vocal_features, warm_compile_caches
 from stages.media.clock import source_timeline
@@ -58,6 +59,7 @@ class DiarizeStage(Stage):
         hf_token: str | None = None,
         sync_max_offset: int = 15,
         sync_keep_threshold: float = 4.0,
+        sync_score: str = "projection",
         sync_backend: str = "offline",
         sync_weights: str | None = None,
         min_gap_s: float = 1.0,
@@ -77,6 +79,9 @@ class DiarizeStage(Stage):
         sync_max_offset: audio-visual offsets searched, in video frames either way.
         sync_keep_threshold: sync confidence (null standard deviations above the same source's null,
             stages/diarize/sync_measure.py) at or above which a face is taken as the speaker.
+        sync_score: the offline measure's score per lag: "projection" (the mouth and the voice along the
+            direction fitted on the dev files, stages/diarize/sync_projection.py) or "singular" (the top
+            singular value of their cross-correlation, no fitted weights).
         sync_backend: "offline" (stages/diarize/sync_measure.py, no weights) or "syncnet" (stages/diarize/syncnet.py, the
             published SyncNet weights at sync_weights; setup fails with syncnet_unavailable without them).
         min_gap_s: shortest non-speech stretch that gets its own music/silence row.
@@ -95,6 +100,9 @@ class DiarizeStage(Stage):
         self._hf_token = hf_token
         self.sync_max_offset = sync_max_offset
         self.sync_keep_threshold = sync_keep_threshold
+        if sync_score not in ("projection", "singular"):
+            raise ValueError(f"unknown sync score {sync_score!r}; known: ('projection', 'singular')")
+        self.sync_score = sync_score
         if sync_backend not in ("offline", "syncnet"):
             raise ValueError(f"unknown sync backend {sync_backend!r}; known: ('offline', 'syncnet')")
         self.sync_backend, self.sync_weights, self._syncnet = sync_backend, sync_weights, None
@@ -149,7 +157,9 @@ class DiarizeStage(Stage):
             raise StageError("audio_missing", f"{source['audio_path']} is not under {ctx.out}")
         wav = load_audio(path)
         duration = len(wav) / SR
-        turns, regions = self._diarizer(wav) if len(wav) >= SR // 2 else ([], [])
+        tracks = ctx.upstream("tracks", sid).to_pylist()
+        match = self._face_matcher(source, tracks, wav, ctx)
+        turns, regions = self._turns(wav, tracks, match, ctx) if len(wav) >= SR // 2 else ([], [])
         voiced = self._voiced_rows(sid, wav, self._merge(turns), source.get("category"))
         gaps = self._gap_rows(sid, wav, regions, duration)
         rows = sorted(voiced + gaps, key=lambda r: r["start_s"])
@@ -157,9 +167,41 @@ class DiarizeStage(Stage):
             row["segment_id"] = f"{sid}-g{i:04d}"
         sung = [r for r in gaps if r["vocal_type"] == "singing"]  # a voice the VAD missed: whose face sings it?
         if voiced or sung:
-            self._sync(source, voiced + sung, wav, ctx)
+            match(voiced + sung)
         self._count(rows, ctx)
         return rows
+
+    def _turns(self, wav: np.ndarray, tracks: list[dict], match, ctx: StageContext) -> tuple[list, list]:
+        """Speaker turns and speech regions. With two or more faces on screen together and a voice count
+        from the audio alone that differs from theirs, the source is also split into that many voices,
+        and that split is kept when more of the visible faces are heard speaking under it (then more
+        voiced seconds taken; counted as `speakers_from_faces`). A few seconds of two voices give the
+        eigengap little to go on (bench_active_speaker: split screens called one voice, or three),
+        and a segment that holds both voices goes to one face whole. A silent listener adds a face
+        but no voice: splitting one voice in two lets no second face speak, and the audio's own
+        count stays."""
+        if self.num_speakers or not hasattr(self._diarizer, "label"):
+            return self._diarizer(wav)
+        voices = self._diarizer.embed(wav)
+        if voices is None:
+            return [], []
+        turns = self._diarizer.label(voices)
+        together = faces_together(tracks)
+        if together >= 2 and len({t.speaker for t in turns}) != together:
+            alt = self._diarizer.label(voices, together)
+            if self._heard_faces(alt, match) > self._heard_faces(turns, match):
+                ctx.count("speakers_from_faces")
+                turns = alt
+        return turns, voices.regions
+
+    def _heard_faces(self, turns: list, match) -> tuple[int, float]:
+        """(how many visible faces take a segment, voiced seconds they take) when the source is split
+        into these turns."""
+        rows = [{"start_s": t.start_s, "end_s": t.end_s, "speaker": f"spk{t.speaker}"}
+                for t in self._merge([replace(t) for t in turns])]
+        match(rows)
+        synced = [r for r in rows if r["on_screen"] == "synced"]
+        return len({r["track_id"] for r in synced}), sum(r["end_s"] - r["start_s"] for r in synced)
 
     def _row(self, sid: str, i: int, start: float, end: float, speaker: int | None, vocal: str) -> dict[str, Any]:
         return {"source_id": sid, "segment_id": f"{sid}-g{i:04d}", "start_s": round(start, 3), "end_s": round(end, 3),
@@ -221,19 +263,26 @@ class DiarizeStage(Stage):
             t = max(t, e)
         return rows
 
-    def _sync(self, source: dict[str, Any], rows: list[dict], wav: np.ndarray, ctx: StageContext) -> None:
-        tracks = ctx.upstream("tracks", source["source_id"]).to_pylist()
+    def _face_matcher(self, source: dict[str, Any], tracks: list[dict], wav: np.ndarray, ctx: StageContext):
+        """rows -> None: sets each voiced row's speaking face and sync columns (speaking_face.assign_faces).
+        The source's timeline and SyncNet crops are read on the first call only."""
+        measure = SyncMeasure(self.sync_max_offset, score=self.sync_score)
         if not tracks:  # nothing to match: no timeline needed (a demux pass, without the shot stage)
-            assign_faces(rows, tracks, wav, 25.0, 0, SyncMeasure(self.sync_max_offset), self.sync_keep_threshold)
-            return
-        tl = source_timeline(source, ctx)
-        measure = SyncMeasure(self.sync_max_offset)
-        if self._syncnet is not None:
-            from stages.diarize.syncnet import SyncNetMeasure, track_crops
+            return lambda rows: assign_faces(rows, tracks, wav, 25.0, 0, measure, self.sync_keep_threshold)
+        ready: dict[str, Any] = {}
 
-            crops = track_crops(ctx.out / source["media_path"], int(source.get("rotation") or 0), tracks)
-            measure = SyncNetMeasure(self._syncnet, crops, self.sync_max_offset)
-        assign_faces(rows, tracks, wav, tl.fps, len(tl), measure, self.sync_keep_threshold, tl)
+        def match(rows: list[dict]) -> None:
+            if not ready:
+                ready["tl"], ready["measure"] = source_timeline(source, ctx), measure
+                if self._syncnet is not None:
+                    from stages.diarize.syncnet import SyncNetMeasure, track_crops
+
+                    crops = track_crops(ctx.out / source["media_path"], int(source.get("rotation") or 0), tracks)
+                    ready["measure"] = SyncNetMeasure(self._syncnet, crops, self.sync_max_offset)
+            tl = ready["tl"]
+            assign_faces(rows, tracks, wav, tl.fps, len(tl), ready["measure"], self.sync_keep_threshold, tl)
+
+        return match
 
     def _count(self, rows: list[dict], ctx: StageContext) -> None:
         voiced = [r for r in rows if r["vocal_type"] in ("speech", "singing")]

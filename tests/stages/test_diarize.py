@@ -172,6 +172,43 @@ def test_process_assigns_the_speaking_face(stage, sample_wav, mouth, tmp_path):
     assert {r["on_screen"] for r in rows if r["speaker"] and r["end_s"] < 19.5} == {"off_screen"}
 
 
+def test_two_faces_on_screen_split_what_the_audio_called_one_voice(sample_wav, mouth, tmp_path):
+    """sample.wav's two speakers, each with a face whose mouth moves only in that speaker's reference
+    turns, both on screen throughout. With a speaker-count threshold the audio alone never meets
+    (gap_ratio), the diarizer hears one voice; the two faces make the stage also try two, and keep
+    that split because the faces then follow more of the voice (`speakers_from_faces`)."""
+    from pyannote.database.util import load_rttm
+
+    ref = load_rttm(SAMPLE / "sample.rttm")["sample"]
+    n = len(mouth)
+    quiet = np.random.default_rng(3).normal(0, 0.05, n).clip(0)
+    tracks = []
+    for i, label in enumerate(sorted(ref.labels())):
+        own = np.zeros(n, bool)
+        for seg in ref.label_timeline(label):
+            own[int(seg.start * FPS):int(seg.end * FPS)] = True
+        lips = np.where(own, mouth, quiet)
+        tracks.append({"source_id": "two", "shot_id": "two-s0", "track_id": f"two-s0-t0{i}", "start_frame": 0,
+                       "end_frame": n, "frames": list(range(n)), "mouth_open": lips.tolist(), "backend": "test"})
+    ManifestStore(tmp_path).write_shard("tracks", "two", tracks)
+    one_voice = DiarizeStage(gap_ratio=1e9)
+    one_voice.setup()
+    ctx = StageContext(out=tmp_path)
+    rows = one_voice.process(make_source(tmp_path, "two", sample_wav), ctx)
+    assert ctx.counters["speakers_from_faces"] == 1 and ctx.counters["speakers"] == 2, dict(ctx.counters)
+    face_of = {}
+    for r in rows:
+        if r["on_screen"] == "synced":
+            face_of.setdefault(r["speaker"], set()).add(r["track_id"])
+    assert len(face_of) == 2 and all(len(v) == 1 for v in face_of.values()), face_of  # one face per voice
+    alone = DiarizeStage(gap_ratio=1e9, num_speakers=None)
+    alone.setup()
+    ManifestStore(tmp_path).write_shard("tracks", "two", tracks[:1])
+    ctx = StageContext(out=tmp_path)
+    alone.process(make_source(tmp_path, "two", sample_wav), ctx)
+    assert "speakers_from_faces" not in ctx.counters and ctx.counters["speakers"] == 1  # one face: the audio's count
+
+
 # -- sources without speech -----------------------------------------------------------------------------
 
 
