@@ -1,5 +1,7 @@
 """Each real source's own audio-visual lag, pooled over its longest face track, under feature variants.
 
+The fitted projection (stages/diarize/sync_projection.py, the default score) and the top singular
+value of the cross-correlation over four feature subsets ("all": every mouth and voice feature).
 A lag that stays put (within a fraction of a frame) whichever features measure it is a property of the file,
 not of the measure: this is how stages/diarize/sync_measure.py's visual_lead_s was chosen (on the
 dev sources whose sync is known apart from "as published") and why some sources count as late.
@@ -22,7 +24,8 @@ from stages.diarize.sync_features import visual_features
 from stages.diarize.sync_measure import SyncMeasure
 from stages.media.clock import source_timeline
 
-MEASURE = SyncMeasure()  # the default measure: +-15 frames, high-passed over 13
+MEASURE = SyncMeasure()  # the default measure: +-15 frames, high-passed over 13, the fitted projection
+SINGULAR = SyncMeasure(score="singular")  # the same without fitted weights (the feature subsets below use it)
 
 
 def source_features(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -56,7 +59,8 @@ def main() -> None:
     for label, names in (("dev", DEV), ("held", HELD_OUT)):
         for name in names:
             frames, v, a = source_features(name)
-            lags = {k: MEASURE.raw_lag(frames, vv, aa) for k, (vv, aa) in variants(v, a).items()}
+            lags = {"projection": MEASURE.raw_lag(frames, v, a)}
+            lags.update({k: SINGULAR.raw_lag(frames, vv, aa) for k, (vv, aa) in variants(v, a).items()})
             print(f"{label:4s} {name[:34]:34s} " + " ".join(f"{k} {x:+.2f}" for k, x in lags.items()), flush=True)
 
 

@@ -112,11 +112,13 @@ class SyncMeasure:
         visual_lead_s: how far the mouth's features lead the sound they make, subtracted from the best
             (sub-frame) lag. 0: calibrated on the dev sources whose sync is known apart from "as
             published" (GRID brbk7n, a lab recording; VoxCeleb2 Christie, from a SyncNet-filtered
-            corpus): pooled lags -0.16 and +0.29 frames at 25 fps. The other dev sources sit at +1.15..+2.21
-            frames under every feature variant tried (per source within 0.65 frames of each other:
+            corpus): pooled lags -0.16 and +0.29 frames at 25 fps with the singular score, -0.61 and
+            +0.04 with the projection. The other dev sources sat at +1.15..+2.21 frames under every
+            singular feature variant (per source within 0.65 frames of each other:
             benchmarks/sync_lags.py), which says those files are late as published, not that mouths
-            lead by a frame or two. An earlier 0.04 s, fitted to put every dev source
-            within a frame, moved the held-out sources (-1.94..+0.76) out of it.
+            lead by a frame or two; the projection puts them at +0.84..+2.25. An earlier 0.04 s,
+            fitted to put every dev source within a frame, moved the held-out sources (-1.94..+0.76)
+            out of it.
         """
         self.max_offset, self.min_frames = max_offset, min_frames
         self.highpass_frames, self.null_gap, self.min_null = highpass_frames, null_gap, min_null
