@@ -19,7 +19,7 @@ import numpy as np
 
 from stages.base import Resources, Stage, StageContext, StageError
 from stages.diarize.speaking_face import assign_faces, faces_together
-from stages.diarize.sync_measure import SyncMeasure
+from stages.diarize.sync_measure import SCORES, SyncMeasure
 from stages.diarize.vocal import VocalTyper, is_silent, vocal_features, warm_compile_caches
 from stages.media.clock import source_timeline
 from stages.media.probe import read_audio
@@ -59,7 +59,7 @@ class DiarizeStage(Stage):
         hf_token: str | None = None,
         sync_max_offset: int = 15,
         sync_keep_threshold: float = 4.0,
-        sync_score: str = "projection",
+        sync_score: str = "best",
         sync_backend: str = "offline",
         sync_weights: str | None = None,
         min_gap_s: float = 1.0,
@@ -80,8 +80,10 @@ class DiarizeStage(Stage):
         sync_keep_threshold: sync confidence (null standard deviations above the same source's null,
             stages/diarize/sync_measure.py) at or above which a face is taken as the speaker.
         sync_score: the offline measure's score per lag: "projection" (the mouth and the voice along the
-            direction fitted on the dev files, stages/diarize/sync_projection.py) or "singular" (the top
-            singular value of their cross-correlation, no fitted weights).
+            direction fitted on the dev files, stages/diarize/sync_projection.py), "singular" (the top
+            singular value of their cross-correlation, no fitted weights), or "best" (both, each against
+            its own null, the surer one kept: the projection is surer on short turns of real faces, the
+            singular score on mouths unlike the dev files', e.g. the demo's animated jaw).
         sync_backend: "offline" (stages/diarize/sync_measure.py, no weights) or "syncnet" (stages/diarize/syncnet.py, the
             published SyncNet weights at sync_weights; setup fails with syncnet_unavailable without them).
         min_gap_s: shortest non-speech stretch that gets its own music/silence row.
@@ -100,8 +102,8 @@ class DiarizeStage(Stage):
         self._hf_token = hf_token
         self.sync_max_offset = sync_max_offset
         self.sync_keep_threshold = sync_keep_threshold
-        if sync_score not in ("projection", "singular"):
-            raise ValueError(f"unknown sync score {sync_score!r}; known: ('projection', 'singular')")
+        if sync_score not in SCORES:
+            raise ValueError(f"unknown sync score {sync_score!r}; known: {SCORES}")
         self.sync_score = sync_score
         if sync_backend not in ("offline", "syncnet"):
             raise ValueError(f"unknown sync backend {sync_backend!r}; known: ('offline', 'syncnet')")

@@ -2,15 +2,17 @@
 
 Offline, without a network: a face's per-frame mouth features (stages/diarize/sync_features.py: lip
 gaps, widths, jaw, their speed, mouth-region motion) against the voice's per-frame band energies,
-loudness and onsets, both sides high-passed (slow drifts in loudness or pose do not count). At each
-lag the score is, by default ("projection"), the correlation of the two along one fixed direction in
-each, the pair of directions in which a face and its own voice follow each other most closely on the
-dev files (stages/diarize/sync_projection.py: 20 weights, benchmarks/fit_sync_projection.py). The
-other score ("singular", no fitted weights) is how strongly any combination of mouth features follows
-any combination of audio features: the top singular value of their cross-correlation matrix. A few
-seconds of two faces and a voice let that maximum fit chance, where one fixed direction cannot
-(bench_active_speaker, dev turns of 2-5 s: the speaking face at or above 4 null standard deviations
-on 14 % of turns with "singular", 27-32 % with the projection refitted without the pair's files).
+loudness and onsets, both sides high-passed (slow drifts in loudness or pose do not count). Two
+scores per lag: "projection", the correlation of the two along one fixed direction in each, the pair
+of directions in which a face and its own voice follow each other most closely on the dev files
+(stages/diarize/sync_projection.py: 20 weights, benchmarks/fit_sync_projection.py); and "singular"
+(no fitted weights), how strongly any combination of mouth features follows any combination of
+audio features: the top singular value of their cross-correlation matrix. A few seconds of two
+faces and a voice let that maximum fit chance, where one fixed direction cannot (bench_active_speaker,
+dev turns of 2-5 s: the speaking face at or above 4 null standard deviations on 14 % of turns with
+"singular", 27-32 % with the projection refitted without the pair's files); a mouth unlike the dev
+files' (the demo's animated jaw) follows no fixed direction, and only "singular" finds it. By
+default ("best") each is calibrated against its own null and the surer result is kept.
 The offset is the lag of the highest score within +-max_offset frames, over the whole segment,
 placed between whole frames by the parabola through its neighbours, less the mouth's lead
 (visual_lead_s, 0 by default), rounded.
@@ -35,6 +37,7 @@ from stages.diarize import sync_projection
 from stages.diarize.sync_features import audio_features
 
 SR = 16000
+SCORES = ("best", "projection", "singular")
 
 
 @dataclass
@@ -96,7 +99,7 @@ class SyncMeasure:
 
     def __init__(self, max_offset: int = 15, min_frames: int = 20, highpass_frames: int = 13,
                  null_gap: int = 10, min_null: int = 8, min_null_spread: float = 0.1,
-                 visual_lead_s: float = 0.0, score: str = "projection"):
+                 visual_lead_s: float = 0.0, score: str = "best"):
         """
         score: what is measured at each lag. "projection": the correlation of the mouth features and the
             voice's, each along the fixed direction of stages/diarize/sync_projection.py (fitted on the dev
@@ -123,17 +126,15 @@ class SyncMeasure:
         self.max_offset, self.min_frames = max_offset, min_frames
         self.highpass_frames, self.null_gap, self.min_null = highpass_frames, null_gap, min_null
         self.min_null_spread, self.visual_lead_s = min_null_spread, visual_lead_s
-        if score not in ("projection", "singular"):
-            raise ValueError(f"unknown sync score {score!r}; known: ('projection', 'singular')")
+        if score not in SCORES:
+            raise ValueError(f"unknown sync score {score!r}; known: {SCORES}")
         self.score_kind = score
         self._pv = np.asarray(sync_projection.VISUAL, np.float64)
         self._pa = np.asarray(sync_projection.AUDIO, np.float64)
 
-    def _scores(self, v: np.ndarray, a: np.ndarray) -> np.ndarray:
+    def _scores(self, v: np.ndarray, a: np.ndarray, kind: str) -> np.ndarray:
         """(L,) score of the mouth features v (T, Dv) against each audio window a (L, T, Da)."""
-        if self.score_kind == "projection" and v.shape[1] == len(self._pv) and a.shape[-1] == len(self._pa):
-            return _projected_scores(v, a, self._pv, self._pa)
-        return _scores(v, a)
+        return _projected_scores(v, a, self._pv, self._pa) if kind == "projection" else _scores(v, a)
 
     def audio(self, wav: np.ndarray, fps: float, n_frames: int | None = None,
               times: np.ndarray | None = None) -> np.ndarray:
@@ -146,7 +147,8 @@ class SyncMeasure:
     def score(self, frames, visual: np.ndarray, audio: np.ndarray, start: int | None = None,
               end: int | None = None, fps: float = 25.0) -> SyncResult | None:
         """visual[i] (D,) belongs to source frame frames[i]; audio[f] to source frame f (SyncMeasure.audio).
-        Only frames in [start, end) count. None when too few frames, or the mouth never moves."""
+        Only frames in [start, end) count. None when too few frames, or the mouth never moves. With
+        score="best", the surer of the two scores' results, each against its own null."""
         frames, visual = np.asarray(frames, int), np.asarray(visual, np.float64)
         keep = np.isfinite(visual).all(1) & (frames >= 0) & (frames < len(audio))
         if start is not None:
@@ -155,12 +157,24 @@ class SyncMeasure:
         if len(frames) < self.min_frames or np.ptp(visual, 0).max() < 1e-9:
             return None
         v = _zscore(_highpass(visual, self.highpass_frames), 0)
+        results = [self._score_as(kind, v, frames, audio, fps) for kind in self._kinds(v, audio)]
+        return max(results, key=lambda r: r.confidence)
+
+    def _kinds(self, v: np.ndarray, audio: np.ndarray) -> tuple[str, ...]:
+        """The scores this measure takes: the projection only where the features are the ones it was
+        fitted on (a track with a lip gap alone is scored "singular")."""
+        fits = v.shape[1] == len(self._pv) and audio.shape[-1] == len(self._pa)
+        if not fits or self.score_kind == "singular":
+            return ("singular",)
+        return ("projection", "singular") if self.score_kind == "best" else ("projection",)
+
+    def _score_as(self, kind: str, v: np.ndarray, frames: np.ndarray, audio: np.ndarray, fps: float) -> SyncResult:
         n = len(audio)
-        lags, real = self._lag_curve(v, frames, audio)
+        lags, real = self._lag_curve(v, frames, audio, kind)
         rot = (frames[None, :] + np.arange(n)[:, None]) % n  # every circular rotation
-        null = self._null_peaks(self._scores(v, audio[rot]), n, far=True)
+        null = self._null_peaks(self._scores(v, audio[rot], kind), n, far=True)
         if len(null) < self.min_null:
-            null = np.concatenate([null, self._null_peaks(self._scores(v, audio[::-1][rot]), n, far=False)])
+            null = np.concatenate([null, self._null_peaks(self._scores(v, audio[::-1][rot], kind), n, far=False)])
         best = int(np.argmax(real))
         offset = int(np.round(lags[best] + _vertex(real, best) - self.visual_lead_s * fps))
         if len(null) < 3:
@@ -178,19 +192,21 @@ class SyncMeasure:
 
     def raw_lag(self, frames, visual: np.ndarray, audio: np.ndarray) -> float:
         """The sub-frame lag of the highest score over all the given frames, before the lead is
-        subtracted (benchmarks/sync_lags.py: a file's own lag). Frames as in `score`, all valid."""
+        subtracted (benchmarks/sync_lags.py: a file's own lag), by the first of the measure's scores
+        (the projection where it applies). Frames as in `score`, all valid."""
         v = _zscore(_highpass(np.asarray(visual, np.float64), self.highpass_frames), 0)
-        lags, real = self._lag_curve(v, np.asarray(frames, int), audio)
+        lags, real = self._lag_curve(v, np.asarray(frames, int), audio, self._kinds(v, audio)[0])
         best = int(np.argmax(real))
         return float(lags[best] + _vertex(real, best))
 
-    def _lag_curve(self, v: np.ndarray, frames: np.ndarray, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _lag_curve(self, v: np.ndarray, frames: np.ndarray, audio: np.ndarray,
+                   kind: str) -> tuple[np.ndarray, np.ndarray]:
         """(lags, score at each): v, the standardised visual features of `frames`, against the audio
         shifted by every lag within +-max_offset (no audio before the start or past the end)."""
         k = self.max_offset
         lags = np.arange(-k, k + 1)
         padded = np.pad(audio, ((k, k), (0, 0)))
-        return lags, self._scores(v, padded[frames[None, :] + lags[:, None] + k])
+        return lags, self._scores(v, padded[frames[None, :] + lags[:, None] + k], kind)
 
     def _null_peaks(self, curve: np.ndarray, n: int, far: bool) -> np.ndarray:
         """Peak of a circular score curve over windows of 2*max_offset+1 rotations, half a window

@@ -152,6 +152,25 @@ def test_two_faces_that_follow_the_voice_equally_well_get_nothing():
         assert segs[0]["sync_confidence"] >= KEEP and segs[0]["on_screen"] == ("synced" if want else "voice_over")
 
 
+def test_best_keeps_the_surer_of_the_two_scores():
+    """score="best" measures with the projection and with the singular score, each against its own
+    null, and keeps the surer result: never less sure than either alone."""
+    wav, mouth = babble(10, seed=15)
+    n = len(mouth)
+    rng = np.random.default_rng(7)
+    # the ten mouth features of a real track: the lip gap carries the syllables, the rest is noise
+    track = {"mouth_shape": np.column_stack([mouth] + [rng.normal(0, 0.1, n) for _ in range(5)]).tolist(),
+             "mouth_motion": rng.normal(0, 0.1, n).clip(0).tolist()}
+    v = visual_features(track)
+    assert v.shape[1] == 10
+    res = {}
+    for k in ("best", "projection", "singular"):
+        m = SyncMeasure(score=k)
+        res[k] = m.score(np.arange(n), v, m.audio(wav, FPS, n), fps=FPS)
+    assert res["projection"] != res["singular"]  # the projection was used: its own null, its own peak
+    assert res["best"] == max(res["projection"], res["singular"], key=lambda r: r.confidence)
+
+
 def test_faces_together_counts_faces_seen_at_once_for_a_second():
     from stages.diarize.speaking_face import faces_together
 
@@ -166,10 +185,10 @@ def test_a_mouth_opening_alone_is_scored_without_the_projection():
     """Tracks written before the mouth-shape columns (a lip gap alone) have no features to project:
     both scores give the same result; an unknown score is refused."""
     wav, mouth = babble(10, seed=14)
-    m = {k: SyncMeasure(score=k) for k in ("projection", "singular")}
+    m = {k: SyncMeasure(score=k) for k in ("best", "projection", "singular")}
     res = {k: v.score(np.arange(len(mouth)), visual_features({"mouth_open": mouth}), v.audio(wav, FPS, len(mouth)), fps=FPS)
            for k, v in m.items()}
-    assert res["projection"] == res["singular"] and res["singular"].confidence >= KEEP
+    assert res["best"] == res["projection"] == res["singular"] and res["singular"].confidence >= KEEP
     with pytest.raises(ValueError, match="unknown sync score"):
         SyncMeasure(score="learned")
 
