@@ -110,8 +110,8 @@ def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps:
     short to measure alone goes by the pooled measure alone. Among several, the best segment score
     wins (pooled alone ranks as 0), unless another face that would take it scores within
     contest_margin of it: then neither is known to speak it, and nobody takes it (bench_active_speaker,
-    dev pairs, a still listener: the listener's share of the voiced time 15 % with no margin, 11 % at 1,
-    8 % at 2; the speaking face's unchanged at 64-65 %). Most of what is left are segments that run
+    dev pairs, a still listener, set with the projection score: the listener's share of the voiced
+    time 15 % with no margin, 11 % at 1, 8 % at 2; the speaking face's unchanged at 64-65 %). Most of what is left are segments that run
     across a change of voice, which go to one face whole.
 
     The evidence recorded is the pooled measure when it decided, when the segment agrees with it, or
