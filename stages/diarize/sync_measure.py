@@ -69,17 +69,17 @@ def _zscore(x: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _scores(v: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """v: (T, Dv) z-scored; a: (L, T, Da), one audio window per lag -> (L,) top singular values of corr."""
-    a = _zscore(a, 1)
+    """v: (T, Dv) z-scored; a: (L, T, Da), one audio window per lag, each z-scored over T (_windows)
+    -> (L,) top singular values of corr."""
     c = np.einsum("td,ltk->ldk", v, a) / v.shape[0]  # (L, Dv, Da) cross-correlations
     return np.linalg.svd(c, compute_uv=False)[:, 0]
 
 
 def _projected_scores(v: np.ndarray, a: np.ndarray, pv: np.ndarray, pa: np.ndarray) -> np.ndarray:
-    """v: (T, Dv) z-scored; a: (L, T, Da) -> (L,) correlation of v's projection on pv with each audio
-    window's projection on pa (stages/diarize/sync_projection.py)."""
+    """v: (T, Dv) z-scored; a: (L, T, Da) as in _scores -> (L,) correlation of v's projection on pv
+    with each audio window's projection on pa (stages/diarize/sync_projection.py)."""
     mouth = _zscore(v @ pv, 0)
-    voice = _zscore(_zscore(a, 1) @ pa, 1)
+    voice = _zscore(a @ pa, 1)
     return np.einsum("t,lt->l", mouth, voice) / v.shape[0]
 
 
@@ -157,7 +157,20 @@ class SyncMeasure:
         if len(frames) < self.min_frames or np.ptp(visual, 0).max() < 1e-9:
             return None
         v = _zscore(_highpass(visual, self.highpass_frames), 0)
-        results = [self._score_as(kind, v, frames, audio, fps) for kind in self._kinds(v, audio)]
+        n = len(audio)
+        lags, real_windows = self._lag_windows(frames, audio)
+        rot = (frames[None, :] + np.arange(n)[:, None]) % n  # every circular rotation
+        # The windows are gathered and standardised once, whichever scores read them.
+        rotated, reversed_ = _zscore(audio[rot], 1), None
+        results = []
+        for kind in self._kinds(v, audio):
+            real = self._scores(v, real_windows, kind)
+            null = self._null_peaks(self._scores(v, rotated, kind), n, far=True)
+            if len(null) < self.min_null:
+                if reversed_ is None:
+                    reversed_ = _zscore(audio[::-1][rot], 1)
+                null = np.concatenate([null, self._null_peaks(self._scores(v, reversed_, kind), n, far=False)])
+            results.append(self._result(lags, real, null, fps))
         return max(results, key=lambda r: r.confidence)
 
     def _kinds(self, v: np.ndarray, audio: np.ndarray) -> tuple[str, ...]:
@@ -168,13 +181,8 @@ class SyncMeasure:
             return ("singular",)
         return ("projection", "singular") if self.score_kind == "best" else ("projection",)
 
-    def _score_as(self, kind: str, v: np.ndarray, frames: np.ndarray, audio: np.ndarray, fps: float) -> SyncResult:
-        n = len(audio)
-        lags, real = self._lag_curve(v, frames, audio, kind)
-        rot = (frames[None, :] + np.arange(n)[:, None]) % n  # every circular rotation
-        null = self._null_peaks(self._scores(v, audio[rot], kind), n, far=True)
-        if len(null) < self.min_null:
-            null = np.concatenate([null, self._null_peaks(self._scores(v, audio[::-1][rot], kind), n, far=False)])
+    def _result(self, lags: np.ndarray, real: np.ndarray, null: np.ndarray, fps: float) -> SyncResult:
+        """The offset at the real curve's peak and its confidence against the null's peaks."""
         best = int(np.argmax(real))
         offset = int(np.round(lags[best] + _vertex(real, best) - self.visual_lead_s * fps))
         if len(null) < 3:
@@ -195,18 +203,18 @@ class SyncMeasure:
         subtracted (benchmarks/sync_lags.py: a file's own lag), by the first of the measure's scores
         (the projection where it applies). Frames as in `score`, all valid."""
         v = _zscore(_highpass(np.asarray(visual, np.float64), self.highpass_frames), 0)
-        lags, real = self._lag_curve(v, np.asarray(frames, int), audio, self._kinds(v, audio)[0])
+        lags, windows = self._lag_windows(np.asarray(frames, int), audio)
+        real = self._scores(v, windows, self._kinds(v, audio)[0])
         best = int(np.argmax(real))
         return float(lags[best] + _vertex(real, best))
 
-    def _lag_curve(self, v: np.ndarray, frames: np.ndarray, audio: np.ndarray,
-                   kind: str) -> tuple[np.ndarray, np.ndarray]:
-        """(lags, score at each): v, the standardised visual features of `frames`, against the audio
-        shifted by every lag within +-max_offset (no audio before the start or past the end)."""
+    def _lag_windows(self, frames: np.ndarray, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(lags, audio windows): the audio under `frames` shifted by every lag within +-max_offset
+        (no audio before the start or past the end), each window standardised over its frames."""
         k = self.max_offset
         lags = np.arange(-k, k + 1)
         padded = np.pad(audio, ((k, k), (0, 0)))
-        return lags, self._scores(v, padded[frames[None, :] + lags[:, None] + k], kind)
+        return lags, _zscore(padded[frames[None, :] + lags[:, None] + k], 1)
 
     def _null_peaks(self, curve: np.ndarray, n: int, far: bool) -> np.ndarray:
         """Peak of a circular score curve over windows of 2*max_offset+1 rotations, half a window
