@@ -43,6 +43,7 @@ from benchmarks.sync_corpus import (
     copy_with_picture,
 )
 from stages.base import StageContext
+from stages.diarize import sync_projection
 from stages.diarize.stage import DiarizeStage
 from stages.media.clock import source_timeline
 from stages.quality.stage import QualityStage
@@ -63,17 +64,17 @@ def run_copy(stage: DiarizeStage, name: str, kind: str, donor: str) -> tuple[lis
     return segs, clips, source_timeline(src, ctx).fps / rate
 
 
+SHIPPED_PROJECTION = (sync_projection.VISUAL, sync_projection.AUDIO)
+
+
 def _project_without(name: str | None) -> None:
     """Score with the sync projection (stages/diarize/sync_projection.py) fitted on the dev files other
     than `name`; None puts the shipped one back. The stage builds its measure per source, so the next
     copy uses it."""
     from benchmarks.fit_sync_projection import fit
-    from stages.diarize import sync_projection
 
-    if not hasattr(sync_projection, "_shipped"):
-        sync_projection._shipped = (sync_projection.VISUAL, sync_projection.AUDIO)
     if name is None:
-        sync_projection.VISUAL, sync_projection.AUDIO = sync_projection._shipped
+        sync_projection.VISUAL, sync_projection.AUDIO = SHIPPED_PROJECTION
         return
     pv, pa, _, _ = fit(tuple(n for n in DEV if n != name))
     sync_projection.VISUAL, sync_projection.AUDIO = tuple(pv), tuple(pa)
