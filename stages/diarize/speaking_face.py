@@ -90,9 +90,31 @@ def _surer(a: SyncResult | None, b: SyncResult | None) -> SyncResult | None:
     return max((r for r in (a, b) if r is not None), key=lambda r: r.confidence, default=None)
 
 
+def _faces(tracks: list[dict], wav: np.ndarray, fps: float, n_frames: int, measure: SyncMeasure,
+           timeline: Timeline | None) -> dict:
+    """What assign_faces reads of the sound and the tracks whatever the segments: the rate lags are
+    counted at, the audio features, and (track_id, frames, features, whole-track result) per face."""
+    on_grid = timeline is not None and not timeline.constant_rate
+    if timeline is not None and timeline.constant_rate:  # the source's own frame times (stages/media/clock.py)
+        fps = timeline.fps
+        audio = measure.audio(wav, fps, times=timeline.frame_s)
+    else:  # frames i / fps apart: no timeline, or a variable-rate source on its nominal rate's grid
+        if on_grid:
+            fps, n_frames = timeline.fps, int(round(timeline.end_s * timeline.fps))
+        audio = measure.audio(wav, fps, n_frames)
+    faces = []
+    for tr in tracks:
+        frames, v = np.asarray(tr.get("frames") or [], int), getattr(measure, "features", visual_features)(tr)
+        if v is not None and len(v) == len(frames):
+            if on_grid:
+                frames, v = _to_grid(timeline, frames, v)
+            faces.append((tr["track_id"], frames, v, measure.score(frames, v, audio, fps=fps)))
+    return {"fps": fps, "audio": audio, "faces": faces}
+
+
 def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps: float, n_frames: int,
                  measure: SyncMeasure, keep_threshold: float, timeline: Timeline | None = None,
-                 contest_margin: float = 2.0) -> None:
+                 contest_margin: float = 2.0, cache: dict | None = None) -> None:
     """Set the SYNC_COLUMNS and on_screen of each voiced segment, in place.
 
     Each face is measured over the segment, pooled over all of its track (speech and the pauses
@@ -125,24 +147,19 @@ def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps:
     timeline: the source's frame times (stages/media/clock.py); without one, frame i is at i / fps
     (n_frames of them). On a variable-rate source the offsets are in slots of its nominal rate
     (timeline.fps), so offset / fps is the lag in seconds on every source.
+
+    cache: a dict the caller keeps while it matches other segmentations of the same sound against the
+    same tracks and measure (stage.DiarizeStage tries two voice counts): the audio features and each
+    face's whole-track measure are computed on the first call only.
     """
-    on_grid = timeline is not None and not timeline.constant_rate
-    if timeline is not None and timeline.constant_rate:  # the source's own frame times (stages/media/clock.py)
-        fps = timeline.fps
-        audio = measure.audio(wav, fps, times=timeline.frame_s)
+    cache = {} if cache is None else cache
+    if not cache:
+        cache.update(_faces(tracks, wav, fps, n_frames, measure, timeline))
+    fps, audio, faces = cache["fps"], cache["audio"], cache["faces"]
+    if timeline is not None and timeline.constant_rate:
         spans = [(timeline.index_near(s["start_s"]), timeline.index_near(s["end_s"])) for s in segments]
-    else:  # frames i / fps apart: no timeline, or a variable-rate source on its nominal rate's grid
-        if on_grid:
-            fps, n_frames = timeline.fps, int(round(timeline.end_s * timeline.fps))
-        audio = measure.audio(wav, fps, n_frames)
+    else:
         spans = [(int(round(s["start_s"] * fps)), int(round(s["end_s"] * fps))) for s in segments]
-    faces = []  # (track_id, frames, features, pooled result)
-    for tr in tracks:
-        frames, v = np.asarray(tr.get("frames") or [], int), getattr(measure, "features", visual_features)(tr)
-        if v is not None and len(v) == len(frames):
-            if on_grid:
-                frames, v = _to_grid(timeline, frames, v)
-            faces.append((tr["track_id"], frames, v, measure.score(frames, v, audio, fps=fps)))
     turns = _speaker_turns(segments, spans)
     by_speaker: dict[tuple[str, str], SyncResult | None] = {}
     for seg, (a, b) in zip(segments, spans, strict=True):

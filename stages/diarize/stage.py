@@ -267,7 +267,8 @@ class DiarizeStage(Stage):
 
     def _face_matcher(self, source: dict[str, Any], tracks: list[dict], wav: np.ndarray, ctx: StageContext):
         """rows -> None: sets each voiced row's speaking face and sync columns (speaking_face.assign_faces).
-        The source's timeline and SyncNet crops are read on the first call only."""
+        The source's timeline, SyncNet crops, audio features and whole-track measures are read on the
+        first call only."""
         measure = SyncMeasure(self.sync_max_offset, score=self.sync_score)
         if not tracks:  # nothing to match: no timeline needed (a demux pass, without the shot stage)
             return lambda rows: assign_faces(rows, tracks, wav, 25.0, 0, measure, self.sync_keep_threshold)
@@ -282,7 +283,8 @@ class DiarizeStage(Stage):
                     crops = track_crops(ctx.out / source["media_path"], int(source.get("rotation") or 0), tracks)
                     ready["measure"] = SyncNetMeasure(self._syncnet, crops, self.sync_max_offset)
             tl = ready["tl"]
-            assign_faces(rows, tracks, wav, tl.fps, len(tl), ready["measure"], self.sync_keep_threshold, tl)
+            assign_faces(rows, tracks, wav, tl.fps, len(tl), ready["measure"], self.sync_keep_threshold, tl,
+                         cache=ready.setdefault("faces", {}))
 
         return match
 
