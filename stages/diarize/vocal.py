@@ -7,10 +7,14 @@ steady: the pitch of a held note wobbles by several cents (vibrato, jitter), whe
 synthesiser does not. The features, from pyin's pitch track and MFCCs, all at 20 ms:
 
 - held_share: share of voiced time inside held notes (the smoothed pitch moving less than 3
-  semitones a second for >= 0.25 s on a 180 ms line, or >= 0.2 s on a 140 ms one); notes: how
-  many; notes_per_s per second of audio. Two lines because a moving average cancels a vibrato
-  only near the rate whose cycle it spans: 180 ms is a 5.5 Hz cycle, 140 ms a 7 Hz one; the shorter
-  line also keeps the shorter notes of a faster song.
+  semitones a second for >= 0.25 s on a 180 ms line, or >= 0.2 s on a 140 ms one; or half a
+  second of regular vibrato, below); notes: how many; notes_per_s per second of audio. Two lines
+  because a moving average cancels a vibrato only near the rate whose cycle it spans: 180 ms is a
+  5.5 Hz cycle, 140 ms a 7 Hz one; the shorter line also keeps the shorter notes of a faster song.
+  A wide or slow vibrato (an opera singer's +-100 cents at 4.5 Hz, +-130 at 6.5 Hz) survives both
+  lines, so a note is also found where half a second of pitch is a steady line plus one sinusoid
+  of 4.5-8 Hz and +-40-160 cents that explains at least 85 % of what the line leaves
+  (`vibrato_held`): speech's pitch does not swing that regularly for two cycles and more.
 - mfcc_flux: median frame-to-frame change of MFCC 1..12 (speech ~4-6, singing ~2-4).
 - jitter_cents: median wobble of the pitch around its smoothed line inside held notes.
 
@@ -35,6 +39,16 @@ MAX_NOTE_SLOPE = 300.0  # cents per second of the smoothed pitch inside a held n
 # (frames of the moving average the pitch is smoothed by, shortest held note on that line in seconds)
 NOTE_LINES = ((9, 0.25), (7, 0.2))
 MIN_NOTE_S = min(s for _, s in NOTE_LINES)
+# A vibrato note: VIBRATO_FRAMES of pitch (0.5 s, 2.25 cycles at the slowest rate) that are a line
+# (moving less than MAX_NOTE_SLOPE) plus a sinusoid of one of VIBRATO_HZ, of +-VIBRATO_CENTS, which
+# explains at least VIBRATO_FIT of the variance around the line. Singers' vibrato runs 4.5-8 Hz and
+# opera's reaches +-1.5 semitones (a narrower one is held on NOTE_LINES already). The floor of the
+# rate is where no copy of the real speech clips (benchmarks/bench_vocal.py --variants) holds such a
+# note: one clip's pitch accents swing at 4 Hz, +-118 cents, for half a second.
+VIBRATO_FRAMES = 25
+VIBRATO_HZ = np.arange(4.5, 8.01, 0.25)
+VIBRATO_CENTS = (40.0, 160.0)
+VIBRATO_FIT = 0.85
 MUSIC_DILUTION = 0.6
 
 
@@ -61,8 +75,8 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 def held_notes(cents: np.ndarray, voiced: np.ndarray) -> list[tuple[int, int, float]]:
     """(first, end, jitter) of each held note: voiced frames whose smoothed pitch barely moves on any
-    of NOTE_LINES (a note found on both is one note); jitter is the pitch's wobble around the
-    180 ms line, about one vibrato cycle."""
+    of NOTE_LINES, or that lie in a vibrato note (vibrato_held); a note found more than one way is
+    one note. jitter is the pitch's wobble around the 180 ms line, about one vibrato cycle."""
     from scipy.ndimage import median_filter, uniform_filter1d
 
     notes = []
@@ -77,9 +91,39 @@ def held_notes(cents: np.ndarray, voiced: np.ndarray) -> list[tuple[int, int, fl
             for x, y in _runs(slope < MAX_NOTE_SLOPE):
                 if (y - x) * DT >= min_s:
                     held[x:y] = True
+        held |= vibrato_held(c)
         wobble = c - uniform_filter1d(c, NOTE_LINES[0][0], mode="nearest")
         notes.extend((a + x, a + y, float(wobble[x:y].std())) for x, y in _runs(held))
     return notes
+
+
+def vibrato_held(cents: np.ndarray) -> np.ndarray:
+    """Frames of one voiced run inside a vibrato note (see VIBRATO_FRAMES): every window of
+    VIBRATO_FRAMES, two frames apart (and the last), is fitted with a line, and with a line plus a sinusoid at each
+    of VIBRATO_HZ; a window is a note when the line is flat enough and the best sinusoid is regular
+    and wide enough."""
+    n, w = len(cents), VIBRATO_FRAMES
+    held = np.zeros(n, bool)
+    if n < w:
+        return held
+    starts = np.unique(np.r_[np.arange(0, n - w + 1, 2), n - w])  # the last window reaches the run's end
+    y = np.lib.stride_tricks.sliding_window_view(cents.astype(np.float64), w)[starts]  # (windows, w)
+    t = np.arange(w) * DT
+    line = np.stack([np.ones(w), t - t.mean()], 1)
+    coef = y @ np.linalg.pinv(line).T
+    left = ((y - coef @ line.T) ** 2).sum(1)  # variance around the line
+    best, extent = np.zeros(len(starts)), np.zeros(len(starts))
+    for hz in VIBRATO_HZ:
+        x = np.concatenate([line, np.stack([np.sin(2 * np.pi * hz * t), np.cos(2 * np.pi * hz * t)], 1)], 1)
+        b = y @ np.linalg.pinv(x).T
+        fit = 1 - ((y - b @ x.T) ** 2).sum(1) / np.maximum(left, 1e-9)
+        better = fit > best
+        best[better], extent[better] = fit[better], np.hypot(b[better, 2], b[better, 3])
+    ok = ((np.abs(coef[:, 1]) < MAX_NOTE_SLOPE) & (best >= VIBRATO_FIT)
+          & (extent >= VIBRATO_CENTS[0]) & (extent <= VIBRATO_CENTS[1]))
+    for i in starts[ok]:
+        held[i:i + w] = True
+    return held
 
 
 def warm_compile_caches() -> None:

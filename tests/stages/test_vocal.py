@@ -1,7 +1,8 @@
 """Singing vs speech (stages/diarize/vocal.py) through the diarize stage.
 
 Synthetic checks run everywhere: a sung-vowel-like harmonic line with vibrato and held notes, alone,
-over chords the VAD hears no voice in, and with an operatic vibrato (70 cents at 7 Hz), is singing;
+over chords the VAD hears no voice in, and with an operatic vibrato (70 cents at 7 Hz, 100 at 4.5 Hz,
+130 at 6.5 Hz), is singing; a vibrato note is found only where the pitch swings regularly;
 chords alone are music; real speech (pyannote's sample.wav) is speech. The real-media checks need
 ../shared/real-media and skip without it.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks import bench_vocal
@@ -27,6 +29,27 @@ def test_synthetic_sung_line_is_singing_and_chords_are_music(name):
         if r["vocal_type"] != "silence":
             ev = json.loads(r["vocal_evidence"])
             assert ev["rule"] and {"held_share", "notes", "mfcc_flux", "jitter_cents"} <= set(ev)
+
+
+def test_a_vibrato_note_is_a_regular_swing_on_a_flat_line():
+    """vibrato_held: half a second and more of +-100 cents at 6 Hz on a steady pitch is a note; the
+    same swing at 3 Hz (slower than singers'), on a glide of 6 semitones a second, too narrow (+-20),
+    or a smooth random wander of the same size is not."""
+    from scipy.ndimage import gaussian_filter1d
+
+    from stages.diarize.vocal import DT, vibrato_held
+
+    t = np.arange(50) * DT
+    swing = lambda hz, cents: 2000 + cents * np.sin(2 * np.pi * hz * t)  # noqa: E731
+    assert vibrato_held(swing(6.0, 100)).all()
+    assert vibrato_held(swing(4.5, 130)).all()
+    assert not vibrato_held(swing(3.0, 100)).any()
+    assert not vibrato_held(swing(6.0, 100) + 600 * t).any()
+    assert not vibrato_held(swing(6.0, 20)).any()
+    wander = gaussian_filter1d(np.random.default_rng(0).standard_normal((20, 50)), 3, axis=1)
+    wander *= 100 / wander.std(1, keepdims=True)
+    assert sum(vibrato_held(2000 + w).any() for w in wander) <= 1
+    assert not vibrato_held(swing(6.0, 100)[:20]).any()  # shorter than a note's window
 
 
 def test_real_speech_stays_speech():
