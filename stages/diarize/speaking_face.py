@@ -17,6 +17,11 @@ from stages.diarize.sync_measure import SyncMeasure, SyncResult
 from stages.media.clock import Timeline
 
 SR = 16000
+# A face whose mouth moves at least this many times as much during one voice's turns as during the
+# other voices' is that voice's; see _voice_owners (bench_active_speaker's dev pairs, both seeds: a
+# face that speaks in turns and is still between them 1.9-7.7x, 13 of 14 at 2 or more; a listener
+# whose mouth keeps moving 0.6-1.4x).
+TURN_CONTRAST = 2.0
 SYNC_COLUMNS = ("track_id", "sync_offset_frames", "sync_confidence", "sync_peak", "sync_null_mean",
                 "sync_null_std", "sync_null_windows", "sync_pooled")
 
@@ -59,6 +64,58 @@ def _to_grid(timeline: Timeline, frames: np.ndarray, v: np.ndarray) -> tuple[np.
     slots = np.round(np.asarray(timeline.time_of(frames), np.float64) * timeline.fps).astype(int)
     slots, first = np.unique(slots, return_index=True)
     return slots, v[first]
+
+
+def mouth_activity(track: dict) -> np.ndarray | None:
+    """Per frame of a track, how much its mouth moved since the frame before: the summed change of the
+    lip gaps and the jaw drop over face height (the speed columns of visual_features); None without
+    a mouth measure."""
+    v = visual_features(track)
+    if v is None:
+        return None
+    return v[:, 6:9].sum(1) if v.shape[1] >= 9 else v[:, 1]
+
+
+def _voice_owners(faces: list, segments: list[dict], spans: list[tuple[int, int]],
+                  min_frames: int = 25) -> dict[str, tuple[str, set[str]]]:
+    """speaker -> (the face whose mouth is that voice's, the faces whose mouths are not), by how much
+    each mouth moves in the speaker's turns against the other speakers' turns: the owner's moves
+    TURN_CONTRAST times as much or more, the others' less. A face seen for fewer than min_frames in
+    either is not judged, and only faces seen beside the owner for min_frames are barred. A listener whose mouth keeps moving (nodding, chewing, mouthing along)
+    can follow the voice by chance over a few seconds; the speaker, whose mouth rests while the
+    other talks, shows whose voice it is. Only with two faces or more and one owner."""
+    if len(faces) < 2:
+        return {}
+    turns = _speaker_turns(segments, spans)
+    if len(turns) < 2:
+        return {}
+    out = {}
+    for speaker, own in turns.items():
+        other = [span for k, spans_k in turns.items() if k != speaker for span in spans_k]
+        owners, not_owners = [], set()
+        for track_id, frames, act in ((f[0], f[1], f[4]) for f in faces if f[4] is not None):
+            inside = np.zeros(len(frames), bool)
+            for a, b in own:
+                inside |= (frames >= a) & (frames < b)
+            outside = np.zeros(len(frames), bool)
+            for a, b in other:
+                outside |= (frames >= a) & (frames < b)
+            if inside.sum() < min_frames or outside.sum() < min_frames:
+                continue
+            moved_in, moved_out = np.nanmean(act[inside]), np.nanmean(act[outside])
+            if not (np.isfinite(moved_in) and np.isfinite(moved_out)):
+                continue
+            if moved_in >= TURN_CONTRAST * max(moved_out, 1e-9):
+                owners.append(track_id)
+            else:
+                not_owners.add(track_id)
+        if len(owners) == 1:
+            # only faces on screen beside the owner: a later track of the same person is not barred
+            seen = next(f[1] for f in faces if f[0] == owners[0])
+            beside = {f[0] for f in faces if f[0] in not_owners and np.isin(f[1], seen).sum() >= min_frames}
+            if beside:
+                out[speaker] = (owners[0], beside)
+    return out
 
 
 def _speaker_turns(segments: list[dict], spans: list[tuple[int, int]]) -> dict[str, list[tuple[int, int]]]:
@@ -104,18 +161,26 @@ def _faces(tracks: list[dict], wav: np.ndarray, fps: float, n_frames: int, measu
         audio = measure.audio(wav, fps, n_frames)
     faces = []
     for tr in tracks:
-        frames, v = np.asarray(tr.get("frames") or [], int), getattr(measure, "features", visual_features)(tr)
-        if v is not None and len(v) == len(frames):
+        raw, v = np.asarray(tr.get("frames") or [], int), getattr(measure, "features", visual_features)(tr)
+        act = mouth_activity(tr)
+        if v is not None and len(v) == len(raw):
+            frames = raw
             if on_grid:
-                frames, v = _to_grid(timeline, frames, v)
-            faces.append((tr["track_id"], frames, v, measure.score(frames, v, audio, fps=fps)))
+                frames, v = _to_grid(timeline, raw, v)
+            if act is not None and len(act) == len(raw):
+                act = _to_grid(timeline, raw, act)[1] if on_grid else act
+            else:
+                act = None
+            faces.append((tr["track_id"], frames, v, measure.score(frames, v, audio, fps=fps), act))
     return {"fps": fps, "audio": audio, "faces": faces}
 
 
 def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps: float, n_frames: int,
                  measure: SyncMeasure, keep_threshold: float, timeline: Timeline | None = None,
-                 contest_margin: float = 2.0, cache: dict | None = None) -> None:
-    """Set the SYNC_COLUMNS and on_screen of each voiced segment, in place.
+                 contest_margin: float = 2.0, cache: dict | None = None) -> int:
+    """Set the SYNC_COLUMNS and on_screen of each voiced segment, in place; returns how many segments
+    a face would have taken but was barred from (_voice_owners: another face's mouth keeps that
+    voice's turns; the row's evidence is then the best of the faces not barred).
 
     Each face is measured over the segment, pooled over all of its track (speech and the pauses
     between: a mouth that rests when the voice does is evidence too, and a short turn alone says
@@ -134,7 +199,11 @@ def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps:
     contest_margin of it: then neither is known to speak it, and nobody takes it (bench_active_speaker,
     dev pairs, a still listener, set with the projection score: the listener's share of the voiced
     time 15 % with no margin, 11 % at 1, 8 % at 2; the speaking face's unchanged at 64-65 %). Most of what is left are segments that run
-    across a change of voice, which go to one face whole.
+    across a change of voice, which go to one face whole. And a face never takes a voice whose turns
+    another face's mouth moves in and rests out of while its own does not (_voice_owners): on the
+    real split-screen interview (r3_v01) the guest, whose mouth moves all along, followed the anchor's
+    voice at 5.4 over 8 s; the anchor's mouth moves 2.9 times as much in that voice's turns as in
+    the guest's.
 
     The evidence recorded is the pooled measure when it decided, when the segment agrees with it, or
     when nobody took the segment and it is surer than the segment's own: one offset over a face's
@@ -161,7 +230,9 @@ def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps:
     else:
         spans = [(int(round(s["start_s"] * fps)), int(round(s["end_s"] * fps))) for s in segments]
     turns = _speaker_turns(segments, spans)
+    owners = _voice_owners(faces, segments, spans)
     by_speaker: dict[tuple[str, str], SyncResult | None] = {}
+    barred_taking = 0
     for seg, (a, b) in zip(segments, spans, strict=True):
         _record(seg, None, None)
         if not tracks:
@@ -170,7 +241,8 @@ def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps:
         visible = any(np.any((np.asarray(t.get("frames") or [], int) >= a) & (np.asarray(t.get("frames") or [], int) < b))
                       for t in tracks)
         cands = []  # (taken, rank, track id, evidence, pooled?)
-        for track_id, frames, v, pooled in faces:
+        barred, stopped = owners.get(seg.get("speaker"), (None, set()))[1], 0
+        for track_id, frames, v, pooled, _ in faces:
             if not np.any((frames >= a) & (frames < b)):
                 continue
             res = measure.score(frames, v, audio, a, b, fps)
@@ -179,16 +251,24 @@ def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps:
             trusted = pooled is not None and pooled.confidence >= keep_threshold
             if res is None:  # too short to measure alone
                 if pooled is not None:
-                    cands.append((trusted, 0.0 if trusted else pooled.confidence, track_id, pooled, True))
+                    cand = (trusted, 0.0 if trusted else pooled.confidence, track_id, pooled, True)
+                else:
+                    continue
+            else:
+                agree = trusted and res.confidence > 0 and abs(res.offset_frames - pooled.offset_frames) <= 1
+                ok = res.confidence >= keep_threshold or agree
+                surer = not ok and pooled is not None and pooled.confidence > res.confidence
+                evidence = pooled if agree or surer else res
+                cand = (ok, res.confidence if ok else evidence.confidence, track_id, evidence, evidence is pooled)
+            if track_id in barred:  # another face's mouth keeps this voice's turns: not a candidate
+                stopped += cand[0]
                 continue
-            agree = trusted and res.confidence > 0 and abs(res.offset_frames - pooled.offset_frames) <= 1
-            ok = res.confidence >= keep_threshold or agree
-            surer = not ok and pooled is not None and pooled.confidence > res.confidence
-            evidence = pooled if agree or surer else res
-            cands.append((ok, res.confidence if ok else evidence.confidence, track_id, evidence, evidence is pooled))
+            cands.append(cand)
+        barred_taking += stopped > 0
         best = max(cands, key=lambda c: c[:2], default=(False, -np.inf, None, None, False))
         taken, rank, track_id, evidence, by_pool = best
         if taken and any(c[0] and c[2] != track_id and c[1] >= rank - contest_margin for c in cands):
             taken = False  # two faces follow the voice about as well: neither is known to speak it
         _record(seg, track_id if taken else None, evidence, pooled=by_pool)
         seg["on_screen"] = "synced" if taken else ("voice_over" if visible else "off_screen")
+    return barred_taking

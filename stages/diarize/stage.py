@@ -168,8 +168,8 @@ class DiarizeStage(Stage):
         for i, row in enumerate(rows):
             row["segment_id"] = f"{sid}-g{i:04d}"
         sung = [r for r in gaps if r["vocal_type"] == "singing"]  # a voice the VAD missed: whose face sings it?
-        if voiced or sung:
-            match(voiced + sung)
+        if (voiced or sung) and (barred := match(voiced + sung)):
+            ctx.count("voice_owner_barred", barred)  # another face's mouth keeps that voice (speaking_face)
         self._count(rows, ctx)
         return rows
 
@@ -266,7 +266,8 @@ class DiarizeStage(Stage):
         return rows
 
     def _face_matcher(self, source: dict[str, Any], tracks: list[dict], wav: np.ndarray, ctx: StageContext):
-        """rows -> None: sets each voiced row's speaking face and sync columns (speaking_face.assign_faces).
+        """rows -> int: sets each voiced row's speaking face and sync columns (speaking_face.assign_faces),
+        returns the segments a face was barred from.
         The source's timeline, SyncNet crops, audio features and whole-track measures are read on the
         first call only."""
         measure = SyncMeasure(self.sync_max_offset, score=self.sync_score)
@@ -274,7 +275,7 @@ class DiarizeStage(Stage):
             return lambda rows: assign_faces(rows, tracks, wav, 25.0, 0, measure, self.sync_keep_threshold)
         ready: dict[str, Any] = {}
 
-        def match(rows: list[dict]) -> None:
+        def match(rows: list[dict]) -> int:
             if not ready:
                 ready["tl"], ready["measure"] = source_timeline(source, ctx), measure
                 if self._syncnet is not None:
@@ -283,8 +284,8 @@ class DiarizeStage(Stage):
                     crops = track_crops(ctx.out / source["media_path"], int(source.get("rotation") or 0), tracks)
                     ready["measure"] = SyncNetMeasure(self._syncnet, crops, self.sync_max_offset)
             tl = ready["tl"]
-            assign_faces(rows, tracks, wav, tl.fps, len(tl), ready["measure"], self.sync_keep_threshold, tl,
-                         cache=ready.setdefault("faces", {}))
+            return assign_faces(rows, tracks, wav, tl.fps, len(tl), ready["measure"], self.sync_keep_threshold, tl,
+                                cache=ready.setdefault("faces", {}))
 
         return match
 

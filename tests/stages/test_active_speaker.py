@@ -42,3 +42,24 @@ def test_a_speaker_with_two_turns_gets_them_and_the_listener_gets_none(tmp_path)
     # the diarized turn runs on 0.46 s into the next one)
     assert r["wrong"] <= 1.0, r
     assert r["bad_clips"] == 0, r
+
+
+def test_the_real_interviews_guest_does_not_take_the_anchors_words(tmp_path):
+    """r3_v01, a real split-screen TV interview, as published. The left-hand anchor's mouth moves
+    from 0 to 8.2 s and after 15.9 s and is shut between; 8.17-15.86 s is the narrower-band sound of
+    the remote guest (right), whose mouth moves all along. The singular score finds the guest's mouth
+    following the anchor's first 8 s at 5.4; he must not take it (speaking_face._voice_owners: the
+    anchor's mouth keeps that voice's turns). This file is where the rule was found, so this checks
+    the case, not a held-out figure."""
+    from benchmarks.sync_corpus import TWO_SPEAKERS, original
+
+    src, store = curated(original(TWO_SPEAKERS), tmp_path / "out")
+    sid = src["source_id"]
+    tracks, segs = (store.read_shard(t, sid).to_pylist() for t in ("tracks", "segments"))
+    right = {t["track_id"] for t in tracks if sum(b[0] + b[2] for b in t["boxes"]) / 2 / len(t["boxes"]) > 640}
+    voiced = [s for s in segs if s["vocal_type"] in ("speech", "singing")]
+    assert voiced and right, (voiced, tracks)
+    guest_early = sum(min(s["end_s"], 8.0) - s["start_s"] for s in voiced
+                      if s["on_screen"] == "synced" and s["track_id"] in right and s["start_s"] < 8.0)
+    assert guest_early == 0, [(s["start_s"], s["end_s"], s["track_id"], s["sync_confidence"]) for s in voiced]
+    assert any(s["track_id"] in right and s["start_s"] >= 8.0 for s in voiced if s["on_screen"] == "synced"), voiced

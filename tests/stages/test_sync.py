@@ -117,14 +117,19 @@ def _track(tid, frames, mouth):
     return {"track_id": tid, "frames": list(frames), "mouth_open": list(mouth[list(frames)])}
 
 
-def test_each_segment_goes_to_the_face_that_speaks_it_and_a_listener_gets_none():
-    """Two faces, turn-taking: A speaks 0-8 s, B 8-16 s; C listens throughout (its mouth moves to a voice we never hear)."""
+def two_turns() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(wav, mouth of voice A, mouth of voice B, a resting mouth over both): A speaks 0-8 s, B 8-16 s."""
     wav_a, mouth_a = babble(8, seed=10)
     wav_b, mouth_b = babble(8, seed=11)
-    _, mouth_c = babble(16, seed=12)
-    wav = np.concatenate([wav_a, wav_b])
     n = len(mouth_a) + len(mouth_b)
-    quiet = np.random.default_rng(5).normal(0, 0.05, n).clip(0)
+    return np.concatenate([wav_a, wav_b]), mouth_a, mouth_b, np.random.default_rng(5).normal(0, 0.05, n).clip(0)
+
+
+def test_each_segment_goes_to_the_face_that_speaks_it_and_a_listener_gets_none():
+    """Two faces, turn-taking: A speaks 0-8 s, B 8-16 s; C listens throughout (its mouth moves to a voice we never hear)."""
+    wav, mouth_a, mouth_b, quiet = two_turns()
+    _, mouth_c = babble(16, seed=12)
+    n = len(quiet)
     tracks = [_track("A", range(n), np.concatenate([mouth_a, quiet[len(mouth_a):]])),
               _track("B", range(n), np.concatenate([quiet[:len(mouth_a)], mouth_b])),
               _track("C", range(n), mouth_c)]
@@ -136,6 +141,27 @@ def test_each_segment_goes_to_the_face_that_speaks_it_and_a_listener_gets_none()
     assign_faces(alone, [tracks[2]], wav, FPS, n, SyncMeasure(), KEEP)
     assert alone[0]["track_id"] is None and alone[0]["on_screen"] == "voice_over"
     assert alone[0]["sync_null_windows"] >= 8 and alone[0]["sync_null_std"] > 0
+
+
+def test_a_face_that_moves_all_along_never_takes_the_voice_whose_turns_another_mouth_keeps():
+    """The real split-screen interview's case (r3_v01): voice A speaks 0-8 s, voice B 8-16 s. Face A's
+    mouth moves in A's turns only, but not so that it follows the sound (a poorly measured mouth);
+    face B's moves all along and follows both voices. Without the diarized speakers B takes both
+    segments; with them, A's mouth moving 2x as much in A's turns as in B's marks A's voice as A's,
+    so B keeps only its own turn and A's goes to nobody."""
+    wav, mouth_a, mouth_b, quiet = two_turns()
+    _, unrelated = babble(8, seed=12)
+    n = len(quiet)
+    tracks = [_track("A", range(n), np.concatenate([unrelated, quiet[len(mouth_a):]])),
+              _track("B", range(n), np.concatenate([mouth_a, mouth_b]))]
+    segs = [{"start_s": 0.2, "end_s": 7.8}, {"start_s": 8.2, "end_s": 15.8}]
+    assert assign_faces(segs, tracks, wav, FPS, n, SyncMeasure(), KEEP) == 0
+    assert [s["track_id"] for s in segs] == ["B", "B"], segs
+    segs = [{"start_s": 0.2, "end_s": 7.8, "speaker": "spkA"}, {"start_s": 8.2, "end_s": 15.8, "speaker": "spkB"}]
+    assert assign_faces(segs, tracks, wav, FPS, n, SyncMeasure(), KEEP) == 1  # the stage counts it
+    assert [s["track_id"] for s in segs] == [None, "B"], segs
+    assert segs[0]["on_screen"] == "voice_over" and segs[1]["on_screen"] == "synced"
+    assert segs[0]["sync_confidence"] < KEEP  # the evidence recorded is A's, not the barred face's
 
 
 def test_two_faces_that_follow_the_voice_equally_well_get_nothing():
