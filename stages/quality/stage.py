@@ -59,7 +59,7 @@ class QualityStage(Stage):
     def __init__(self, min_clip_s: float | None = None, max_clip_s: float | None = None,
                  rules: dict[str, float] | None = None, write_media: bool = True,
                  realign_max_frames: int | None = None, clip_fps: float | None = None, vfr_fps: float | None = None,
-                 join_gap_s: float | None = None):
+                 join_gap_s: float | None = None, turn_margin_s: float | None = None):
         """
         min_clip_s / max_clip_s: candidate length bounds (defaults in quality.yaml).
         rules: thresholds overriding quality.yaml, by rule name.
@@ -72,6 +72,10 @@ class QualityStage(Stage):
             Resampled clips show, at each instant, the source frame nearest it (clips.resampled).
         join_gap_s: voiced segments this face speaks (each synced to it, offsets within a frame), no
             further apart than this, are one candidate (a clip's segment_id is the first of them).
+        turn_margin_s: a candidate stops this far short of a voice this face does not speak (another
+            speaker's turn, or a voice no face is synced to) that starts or ends within this of it:
+            the diarizer's turn edges land up to about half a second off, and a clip must not carry
+            the other voice's first or last words. 0 turns it off.
         """
         self.min_clip_s = float(min_clip_s if min_clip_s is not None else DEFAULTS["min_clip_s"])
         self.max_clip_s = float(max_clip_s if max_clip_s is not None else DEFAULTS["max_clip_s"])
@@ -86,6 +90,7 @@ class QualityStage(Stage):
         self.clip_fps = None if clip_fps is None else float(clip_fps)
         self.vfr_fps = float(vfr_fps if vfr_fps is not None else DEFAULTS["vfr_fps"])
         self.join_gap_s = float(join_gap_s if join_gap_s is not None else DEFAULTS["join_gap_s"])
+        self.turn_margin_s = float(turn_margin_s if turn_margin_s is not None else DEFAULTS["turn_margin_s"])
 
     def process(self, source: dict[str, Any], ctx: StageContext) -> dict[str, list[dict[str, Any]]]:
         sid = source["source_id"]
@@ -126,7 +131,8 @@ class QualityStage(Stage):
         spans = []
         if diarized:
             for seg in self._face_turns(segments, track["track_id"]):
-                a, b = max(t0, tl.index_near(seg["start_s"])), min(t1, tl.index_near(seg["end_s"]))
+                s0, s1 = self._clear_of_other_voices(seg, segments, track["track_id"])
+                a, b = max(t0, tl.index_near(s0)), min(t1, tl.index_near(s1))
                 if b > a:
                     spans.append((a, b, seg))
             if not spans:
@@ -162,6 +168,19 @@ class QualityStage(Stage):
             else:
                 out.append(seg)
         return out
+
+    def _clear_of_other_voices(self, seg: dict, segments: list[dict], track_id: str) -> tuple[float, float]:
+        """(start_s, end_s) of a face turn, moved turn_margin_s away from each voice it does not speak
+        that ends near its start or starts near its end."""
+        start, end, m = seg["start_s"], seg["end_s"], self.turn_margin_s
+        for other in segments:
+            if other["vocal_type"] not in ("speech", "singing") or self._speaks(other, track_id):
+                continue
+            if other["start_s"] < start and start - m < other["end_s"] <= start + m:  # ends near our start
+                start = max(start, other["end_s"] + m)
+            if other["end_s"] > end and end - m <= other["start_s"] < end + m:  # starts near our end
+                end = min(end, other["start_s"] - m)
+        return start, end
 
     @staticmethod
     def _speaks(seg: dict, track_id: str) -> bool:
