@@ -78,12 +78,14 @@ def mouth_activity(track: dict) -> np.ndarray | None:
 
 def _voice_owners(faces: list, segments: list[dict], spans: list[tuple[int, int]],
                   min_frames: int = 25) -> dict[str, tuple[str, set[str]]]:
-    """speaker -> (the face whose mouth is that voice's, the faces whose mouths are not), by how much
-    each mouth moves in the speaker's turns against the other speakers' turns: the owner's moves
-    TURN_CONTRAST times as much or more, the others' less. A face seen for fewer than min_frames in
-    either is not judged, and only faces seen beside the owner for min_frames are barred. A listener whose mouth keeps moving (nodding, chewing, mouthing along)
-    can follow the voice by chance over a few seconds; the speaker, whose mouth rests while the
-    other talks, shows whose voice it is. Only with two faces or more and one owner."""
+    """speaker -> (the face whose mouth is that voice's, the faces barred from it), by how much each
+    mouth moves in the speaker's turns against the other speakers' turns: the owner's moves
+    TURN_CONTRAST times as much or more, the barred faces' less. A face seen for fewer than
+    min_frames in either is not judged, and only faces seen beside the owner for min_frames are
+    barred (a later track of the owner's own face is not). A listener whose mouth keeps moving
+    (nodding, chewing, talking over) can follow the voice by chance over a few seconds; the
+    speaker, whose mouth rests while the other talks, shows whose voice it is. Only with two faces
+    or more, two voices or more, and one owner."""
     if len(faces) < 2:
         return {}
     turns = _speaker_turns(segments, spans)
@@ -110,7 +112,6 @@ def _voice_owners(faces: list, segments: list[dict], spans: list[tuple[int, int]
             else:
                 not_owners.add(track_id)
         if len(owners) == 1:
-            # only faces on screen beside the owner: a later track of the same person is not barred
             seen = next(f[1] for f in faces if f[0] == owners[0])
             beside = {f[0] for f in faces if f[0] in not_owners and np.isin(f[1], seen).sum() >= min_frames}
             if beside:
@@ -150,7 +151,8 @@ def _surer(a: SyncResult | None, b: SyncResult | None) -> SyncResult | None:
 def _faces(tracks: list[dict], wav: np.ndarray, fps: float, n_frames: int, measure: SyncMeasure,
            timeline: Timeline | None) -> dict:
     """What assign_faces reads of the sound and the tracks whatever the segments: the rate lags are
-    counted at, the audio features, and (track_id, frames, features, whole-track result) per face."""
+    counted at, the audio features, and per face (track_id, frames, features, whole-track result,
+    mouth_activity or None), frames on the nominal rate's grid for a variable-rate source."""
     on_grid = timeline is not None and not timeline.constant_rate
     if timeline is not None and timeline.constant_rate:  # the source's own frame times (stages/media/clock.py)
         fps = timeline.fps

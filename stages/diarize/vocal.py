@@ -98,10 +98,10 @@ def held_notes(cents: np.ndarray, voiced: np.ndarray) -> list[tuple[int, int, fl
 
 
 def vibrato_held(cents: np.ndarray) -> np.ndarray:
-    """Frames of one voiced run inside a vibrato note (see VIBRATO_FRAMES): every window of
-    VIBRATO_FRAMES, two frames apart (and the last), is fitted with a line, and with a line plus a sinusoid at each
-    of VIBRATO_HZ; a window is a note when the line is flat enough and the best sinusoid is regular
-    and wide enough."""
+    """Frames of one voiced run's pitch (cents) inside a vibrato note (see VIBRATO_FRAMES): every
+    window of VIBRATO_FRAMES, two frames apart (and the last), is fitted with a line, and with a line
+    plus a sinusoid at each of VIBRATO_HZ; a window is a note when the line is flat enough and the
+    best sinusoid explains enough of what the line leaves and is as wide as a singer's."""
     n, w = len(cents), VIBRATO_FRAMES
     held = np.zeros(n, bool)
     if n < w:
