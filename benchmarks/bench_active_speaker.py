@@ -14,8 +14,10 @@ the clips the assignment alone would let through.
 The split-screen interview (r3_v01, no turn truth) is a real row: its voiced seconds by side.
 
 About 9 minutes the first time on a shared 2-core machine (the shots and faces stages), 1-3 once the
-pictures are cached; dev pairs were used to find and set the change (stages/diarize/speaking_face.py,
-the speaker's pool), held-out pairs and r3_v01 are only reported (README, "Two faces taking turns").
+pictures are cached; dev pairs were used to find and set the changes (stages/diarize/speaking_face.py:
+the speaker's pool, contest_margin, TURN_CONTRAST), held-out pairs are only reported (README, "Two
+faces taking turns"). r3_v01 is where the bar on a voice another mouth keeps was found (stop 32), so
+its row checks that case and is no held-out figure.
 Run: PYTHONPATH=. .venv/bin/python -m benchmarks.bench_active_speaker [--only dev|held]
 """
 
