@@ -73,7 +73,7 @@ class QualityStage(Stage):
         join_gap_s: voiced segments this face speaks (each synced to it, offsets within a frame), no
             further apart than this, are one candidate (a clip's segment_id is the first of them).
         turn_margin_s: a candidate stops this far short of a voice this face does not speak (another
-            speaker's turn, or a voice no face is synced to) that starts or ends within this of it:
+            diarized speaker's turn, synced to another face or to none) that starts or ends within this of it:
             the diarizer's turn edges land up to about half a second off, and a clip must not carry
             the other voice's first or last words. 0 turns it off.
         """
@@ -171,11 +171,14 @@ class QualityStage(Stage):
 
     def _clear_of_other_voices(self, seg: dict, segments: list[dict], track_id: str) -> tuple[float, float]:
         """(start_s, end_s) of a face turn, moved turn_margin_s away from each voice it does not speak
-        that ends near its start or starts near its end."""
+        that ends near its start or starts near its end. A segment of the turn's own diarized speaker
+        is not another voice, synced or not."""
         start, end, m = seg["start_s"], seg["end_s"], self.turn_margin_s
         for other in segments:
             if other["vocal_type"] not in ("speech", "singing") or self._speaks(other, track_id):
                 continue
+            if other.get("speaker") is not None and other.get("speaker") == seg.get("speaker"):
+                continue  # the diarizer hears the same voice: this face's own words, only unconfirmed
             if other["start_s"] < start and start - m < other["end_s"] <= start + m:  # ends near our start
                 start = max(start, other["end_s"] + m)
             if other["end_s"] > end and end - m <= other["start_s"] < end + m:  # starts near our end

@@ -275,14 +275,17 @@ def test_one_faces_words_given_different_speakers_are_one_candidate():
 
 def test_a_candidate_stops_short_of_a_voice_its_face_does_not_speak():
     """Face A speaks 2-6 s; B's voice ends at 2.2 s (the diarizer's edge, a little late) and a voice
-    nobody is synced to starts at 5.8 s: A's candidate is 2.7-5.3 s. A's own other turn touching it, and
-    another voice a second away, move nothing; with turn_margin_s 0 nothing moves."""
+    nobody is synced to starts at 5.8 s: A's candidate is 2.7-5.3 s. A's own other turn touching it,
+    A's own diarized voice where no face was confirmed, and another voice a second away move nothing;
+    with turn_margin_s 0 nothing moves."""
     q = QualityStage(turn_margin_s=0.5)
     mine = _seg(2.0, 6.0)
     near = [_seg(0.0, 2.2, track="B", speaker="s1"), mine, _seg(5.8, 8.0, track=None, speaker="s2")]
     assert q._clear_of_other_voices(mine, near, "A") == (2.7, 5.3)
     far = [_seg(0.0, 1.0, track="B", speaker="s1"), _seg(1.0, 2.0), mine, _seg(7.0, 8.0, track="B", speaker="s1")]
     assert q._clear_of_other_voices(mine, far, "A") == (2.0, 6.0)
+    own_voice = [_seg(0.0, 2.2, track=None, speaker="s0"), mine]  # A's diarized voice, not confirmed there
+    assert q._clear_of_other_voices(mine, own_voice, "A") == (2.0, 6.0)
     assert QualityStage(turn_margin_s=0.0)._clear_of_other_voices(mine, near, "A") == (2.0, 6.0)
 
 # -- real faces, real voices (dev files; skipped without ../shared/real-media) ------------------------------
