@@ -66,17 +66,16 @@ def _to_grid(timeline: Timeline, frames: np.ndarray, v: np.ndarray) -> tuple[np.
     return slots, v[first]
 
 
-def mouth_activity(track: dict) -> np.ndarray | None:
-    """Per frame of a track, how much its mouth moved since the frame before: the summed change of the
-    lip gaps and the jaw drop over face height (the speed columns of visual_features); None without
-    a mouth measure."""
-    v = visual_features(track)
-    if v is None:
+def mouth_activity(visual: np.ndarray | None) -> np.ndarray | None:
+    """Per frame of a track, how much its mouth moved since the frame before, from its
+    visual_features: the summed change of the lip gaps and the jaw drop over face height (the speed
+    columns); None without a mouth measure."""
+    if visual is None:
         return None
-    return v[:, 6:9].sum(1) if v.shape[1] >= 9 else v[:, 1]
+    return visual[:, 6:9].sum(1) if visual.shape[1] >= 9 else visual[:, 1]
 
 
-def _voice_owners(faces: list, segments: list[dict], spans: list[tuple[int, int]],
+def _voice_owners(faces: list, turns: dict[str, list[tuple[int, int]]],
                   min_frames: int = 25) -> dict[str, tuple[str, set[str]]]:
     """speaker -> (the face whose mouth is that voice's, the faces barred from it), by how much each
     mouth moves in the speaker's turns against the other speakers' turns: the owner's moves
@@ -86,10 +85,7 @@ def _voice_owners(faces: list, segments: list[dict], spans: list[tuple[int, int]
     (nodding, chewing, talking over) can follow the voice by chance over a few seconds; the
     speaker, whose mouth rests while the other talks, shows whose voice it is. Only with two faces
     or more, two voices or more, and one owner."""
-    if len(faces) < 2:
-        return {}
-    turns = _speaker_turns(segments, spans)
-    if len(turns) < 2:
+    if len(faces) < 2 or len(turns) < 2:
         return {}
     out = {}
     for speaker, own in turns.items():
@@ -163,8 +159,9 @@ def _faces(tracks: list[dict], wav: np.ndarray, fps: float, n_frames: int, measu
         audio = measure.audio(wav, fps, n_frames)
     faces = []
     for tr in tracks:
-        raw, v = np.asarray(tr.get("frames") or [], int), getattr(measure, "features", visual_features)(tr)
-        act = mouth_activity(tr)
+        raw, mesh = np.asarray(tr.get("frames") or [], int), visual_features(tr)
+        v = measure.features(tr) if hasattr(measure, "features") else mesh  # SyncNet: its own crops
+        act = mouth_activity(mesh)
         if v is not None and len(v) == len(raw):
             frames = raw
             if on_grid:
@@ -232,7 +229,7 @@ def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps:
     else:
         spans = [(int(round(s["start_s"] * fps)), int(round(s["end_s"] * fps))) for s in segments]
     turns = _speaker_turns(segments, spans)
-    owners = _voice_owners(faces, segments, spans)
+    owners = _voice_owners(faces, turns)
     by_speaker: dict[tuple[str, str], SyncResult | None] = {}
     barred_taking = 0
     for seg, (a, b) in zip(segments, spans, strict=True):

@@ -26,6 +26,7 @@ changes timbre like speech: it is called speech unless it is sung.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 
@@ -97,6 +98,17 @@ def held_notes(cents: np.ndarray, voiced: np.ndarray) -> list[tuple[int, int, fl
     return notes
 
 
+@functools.cache
+def _vibrato_bases() -> list[tuple[np.ndarray, np.ndarray]]:
+    """(design, pseudo-inverse) over one window: the line, then the line plus a sinusoid at each of
+    VIBRATO_HZ. The same for every window, so built once."""
+    t = np.arange(VIBRATO_FRAMES) * DT
+    line = np.stack([np.ones(VIBRATO_FRAMES), t - t.mean()], 1)
+    designs = [line] + [np.concatenate([line, np.stack([np.sin(2 * np.pi * hz * t), np.cos(2 * np.pi * hz * t)], 1)], 1)
+                        for hz in VIBRATO_HZ]
+    return [(x, np.linalg.pinv(x)) for x in designs]
+
+
 def vibrato_held(cents: np.ndarray) -> np.ndarray:
     """Frames of one voiced run's pitch (cents) inside a vibrato note (see VIBRATO_FRAMES): every
     window of VIBRATO_FRAMES, two frames apart (and the last), is fitted with a line, and with a line
@@ -108,14 +120,12 @@ def vibrato_held(cents: np.ndarray) -> np.ndarray:
         return held
     starts = np.unique(np.r_[np.arange(0, n - w + 1, 2), n - w])  # the last window reaches the run's end
     y = np.lib.stride_tricks.sliding_window_view(cents.astype(np.float64), w)[starts]  # (windows, w)
-    t = np.arange(w) * DT
-    line = np.stack([np.ones(w), t - t.mean()], 1)
-    coef = y @ np.linalg.pinv(line).T
+    (line, line_pinv), *waves = _vibrato_bases()
+    coef = y @ line_pinv.T
     left = ((y - coef @ line.T) ** 2).sum(1)  # variance around the line
     best, extent = np.zeros(len(starts)), np.zeros(len(starts))
-    for hz in VIBRATO_HZ:
-        x = np.concatenate([line, np.stack([np.sin(2 * np.pi * hz * t), np.cos(2 * np.pi * hz * t)], 1)], 1)
-        b = y @ np.linalg.pinv(x).T
+    for x, x_pinv in waves:
+        b = y @ x_pinv.T
         fit = 1 - ((y - b @ x.T) ** 2).sum(1) / np.maximum(left, 1e-9)
         better = fit > best
         best[better], extent[better] = fit[better], np.hypot(b[better, 2], b[better, 3])
