@@ -181,16 +181,8 @@ def retype(rows: list[dict], min_held_share: float) -> list[str]:
             continue
         f = VocalFeatures(**{k: ev[k] for k in VocalFeatures.__dataclass_fields__})
         voiced = r["speaker"] is not None
-        out.append(typer.voice_from(f)[0] if voiced else _no_voice(typer, f))
+        out.append(typer.voice_from(f)[0] if voiced else typer.no_voice_of(f, ev.get("under_source_db"))[0])
     return out
-
-
-def _no_voice(typer, f) -> str:
-    from stages.diarize.vocal import MUSIC_DILUTION
-
-    ok = f.notes >= 2 and f.held_share >= MUSIC_DILUTION * typer.min_held_share
-    return "singing" if ok and f.notes_per_s >= typer.min_notes_per_s and f.jitter_cents >= typer.min_jitter_cents \
-        else "music"
 
 
 def verdict(rows: list[dict], types: list[str]) -> str:

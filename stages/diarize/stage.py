@@ -20,7 +20,7 @@ import numpy as np
 from stages.base import Resources, Stage, StageContext, StageError
 from stages.diarize.speaking_face import assign_faces, faces_together
 from stages.diarize.sync_measure import SCORES, SyncMeasure
-from stages.diarize.vocal import VocalTyper, is_silent, vocal_features, warm_compile_caches
+from stages.diarize.vocal import VocalTyper, is_silent, loud_db, vocal_features, warm_compile_caches
 from stages.media.clock import source_timeline
 from stages.media.probe import read_audio
 
@@ -254,13 +254,16 @@ class DiarizeStage(Stage):
         """Music, singing or silence rows for the stretches without speech that last at least min_gap_s
         (the VAD hears no voice in most singing over a band or a piano)."""
         typer, rows, t = VocalTyper(), [], 0.0
+        source_db = loud_db(wav)
         for s, e in [*regions, (duration, duration)]:
             if s - t >= self.min_gap_s:
                 clip = wav[int(t * SR):int(s * SR)]
+                under = round(source_db - loud_db(clip), 1)
                 f = None if is_silent(clip, typer.silence_dbfs) else vocal_features(clip)
-                vocal, rule = typer.no_voice_from(clip, f)
+                vocal, rule = typer.no_voice_from(clip, f, under)
                 row = self._row(sid, 0, t, s, None, vocal)
-                row["vocal_evidence"] = f.evidence(rule) if f else json.dumps({"rule": rule, "by": "segment"})
+                row["vocal_evidence"] = (f.evidence(rule, under_source_db=under) if f
+                                         else json.dumps({"rule": rule, "by": "segment"}))
                 rows.append(row)
             t = max(t, e)
         return rows

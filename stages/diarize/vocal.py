@@ -20,7 +20,10 @@ synthesiser does not. The features, from pyin's pitch track and MFCCs, all at 20
 
 Voiced stretches (the VAD heard a voice): singing when it holds notes and its timbre moves slowly.
 Stretches the VAD left out are silence when quiet, else singing when they hold notes that wobble
-like a voice (silero hears no voice under a band or a piano), else music. Rap holds few notes and
+like a voice (silero hears no voice under a band or a piano) and are about as loud as the source's
+loud parts, else music. A voice the VAD missed is the performance, not something far under it: a
+hum or a music bed in the pauses of a news report (r3_v12: a steady 112 Hz tone 25 dB under the
+speech, held "notes" with jitter from its low level) is not singing. Rap holds few notes and
 changes timbre like speech: it is called speech unless it is sung.
 """
 
@@ -51,6 +54,11 @@ VIBRATO_HZ = np.arange(4.5, 8.01, 0.25)
 VIBRATO_CENTS = (40.0, 160.0)
 VIBRATO_FIT = 0.85
 MUSIC_DILUTION = 0.6
+# How far under the source's loud parts (the 90th percentile of 32 ms frame levels: loud_db) a stretch
+# the VAD heard no voice in may stay and still be a missed voice. A tenth of the amplitude; the sung
+# stretches of the real songs and their copies (benchmarks/bench_vocal.py --variants) sit within 4 dB.
+MAX_UNDER_DB = 20.0
+LOUD_FRAME = 512
 
 
 @dataclass
@@ -63,10 +71,11 @@ class VocalFeatures:
     mfcc_flux: float
     jitter_cents: float
 
-    def evidence(self, rule: str, by: str = "segment") -> str:
-        """The row's record of how it was typed: the rule that fired, over what audio, the values."""
+    def evidence(self, rule: str, by: str = "segment", **more: float) -> str:
+        """The row's record of how it was typed: the rule that fired, over what audio, the values (and
+        `more` measures the rule read, e.g. under_source_db)."""
         values = {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
-        return json.dumps({"rule": rule, "by": by, **values}, sort_keys=True)
+        return json.dumps({"rule": rule, "by": by, **values, **more}, sort_keys=True)
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -166,6 +175,14 @@ def vocal_features(wav: np.ndarray) -> VocalFeatures:
         jitter_cents=float(np.median([j for _, _, j in notes])) if notes else 0.0)
 
 
+def loud_db(wav: np.ndarray) -> float:
+    """Level of a stretch's loud parts: the 90th percentile of its 32 ms frames' RMS, in dBFS."""
+    x = np.asarray(wav, np.float64)
+    n = max(len(x) // LOUD_FRAME, 1)
+    frames = np.resize(x, n * LOUD_FRAME).reshape(n, -1) if len(x) else np.zeros((1, 1))
+    return float(np.percentile(20 * np.log10(np.sqrt((frames ** 2).mean(1)) + 1e-12), 90))
+
+
 def is_silent(wav: np.ndarray, silence_dbfs: float) -> bool:
     rms = float(np.sqrt(np.mean(wav.astype(np.float64) ** 2))) if len(wav) else 0.0
     return 20 * np.log10(rms + 1e-12) < silence_dbfs
@@ -197,11 +214,18 @@ class VocalTyper:
             return "speech", "held notes, but timbre changes like speech"
         return "singing", "held notes, slow timbre"
 
-    def no_voice_from(self, wav: np.ndarray, f: VocalFeatures | None = None) -> tuple[str, str]:
-        """(vocal type, rule) for a stretch the VAD heard no voice in."""
+    def no_voice_from(self, wav: np.ndarray, f: VocalFeatures | None = None,
+                      under_db: float | None = None) -> tuple[str, str]:
+        """(vocal type, rule) for a stretch the VAD heard no voice in; under_db: how far its loud parts
+        sit under the whole source's (loud_db), None when not known."""
         if is_silent(wav, self.silence_dbfs):
             return "silence", f"rms below {self.silence_dbfs} dBFS"
-        f = f or vocal_features(wav)
+        return self.no_voice_of(f or vocal_features(wav), under_db)
+
+    def no_voice_of(self, f: VocalFeatures, under_db: float | None = None) -> tuple[str, str]:
+        """no_voice_from for a stretch that is not silent, from its features."""
+        if under_db is not None and under_db > MAX_UNDER_DB:
+            return "music", f"more than {MAX_UNDER_DB:.0f} dB under the source's loud parts: not its voice"
         # Under a band pyin also follows the instruments, so the voice's notes are a smaller share of
         # the pitched time: the share asked for is lowered by MUSIC_DILUTION.
         held = f.held_share >= MUSIC_DILUTION * self.min_held_share

@@ -3,7 +3,8 @@
 Synthetic checks run everywhere: a sung-vowel-like harmonic line with vibrato and held notes, alone,
 over chords the VAD hears no voice in, and with an operatic vibrato (70 cents at 7 Hz, 100 at 4.5 Hz,
 130 at 6.5 Hz), is singing; a vibrato note is found only where the pitch swings regularly;
-chords alone are music; real speech (pyannote's sample.wav) is speech. The real-media checks need
+chords alone are music; real speech (pyannote's sample.wav) is speech; a sung line in a pause of real
+speech is singing at the speech's level and music far under it. The real-media checks need
 ../shared/real-media and skip without it.
 """
 
@@ -60,6 +61,47 @@ def test_real_speech_stays_speech():
     rows = bench_vocal.run_stage(wav, "spk")
     assert bench_vocal.verdict(rows, [r["vocal_type"] for r in rows]) == "speech"
     assert all(r["vocal_type"] != "singing" for r in rows), [(r["start_s"], r["vocal_evidence"]) for r in rows]
+
+
+def _speech_with_a_sung_pause(under_db: float) -> np.ndarray:
+    """pyannote's real speech, with 4 s of a sung line over chords (which the VAD hears no voice in) put
+    into it, its loud parts `under_db` under the speech's."""
+    import pyannote.audio
+    import soundfile as sf
+
+    from stages.diarize.vocal import loud_db
+
+    speech, _ = sf.read(Path(pyannote.audio.__file__).parent / "sample" / "sample.wav", dtype="float32")
+    speech = speech[: 16000 * 20] * 10 ** ((-12.0 - loud_db(speech[: 16000 * 20])) / 20)  # loud parts at -12 dBFS
+    sung = bench_vocal.synthetic_clips()["sung line over chords"][0][: 16000 * 4]
+    sung = sung * 10 ** ((loud_db(speech) - under_db - loud_db(sung)) / 20)
+    return np.concatenate([speech[: 16000 * 10], np.zeros(8000, np.float32), sung, np.zeros(8000, np.float32),
+                           speech[16000 * 10:]]).astype(np.float32)
+
+
+@pytest.mark.parametrize("under_db, expected", [(0.0, "singing"), (26.0, "music")])
+def test_a_missed_voice_is_as_loud_as_the_source(under_db, expected):
+    """A stretch the VAD heard no voice in is singing only when it is about as loud as the source's loud
+    parts: the same sung line in a pause of real speech is singing at the speech's level and music 26 dB
+    under it (a hum or a bed under a news report's pauses is not a voice). Its evidence says how far under."""
+    rows = bench_vocal.run_stage(_speech_with_a_sung_pause(under_db), "pause")
+    (gap,) = [r for r in rows if r["speaker"] is None and r["start_s"] < 11.0 < r["end_s"]]
+    assert gap["vocal_type"] == expected, gap
+    ev = json.loads(gap["vocal_evidence"])
+    assert abs(ev["under_source_db"] - under_db) < 3.0, ev
+    assert ("dB under" in ev["rule"]) == (expected == "music"), ev
+
+
+@pytest.mark.skipif(not bench_vocal.REAL.is_dir(), reason="../shared/real-media is absent (a clone outside the workspace)")
+def test_a_hum_in_a_news_reports_pauses_is_not_singing():
+    """r3_v12 (a 71 s news report) holds a steady 112 Hz tone, 25 dB under the speech, in its pauses;
+    pyin's track of it jitters like a voice, and a 1.1 s pause of it was typed singing. Nothing in the
+    report is singing now."""
+    wav = bench_vocal.load_audio(bench_vocal.REAL / "videos" / "r3_v12_dfrf_cnn_jimacosta_71s.mp4")
+    rows = bench_vocal.run_stage(wav, "news")
+    assert [r for r in rows if r["vocal_type"] == "singing"] == []
+    hum = [r for r in rows if r["speaker"] is None and r["vocal_type"] == "music"]
+    assert hum and all(json.loads(r["vocal_evidence"])["under_source_db"] > 20 for r in hum), hum
 
 
 @pytest.mark.skipif(not bench_vocal.REAL.is_dir(), reason="../shared/real-media is absent (a clone outside the workspace)")
