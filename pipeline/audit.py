@@ -217,8 +217,9 @@ def report(out: str | Path) -> Path:
     models = "".join(
         f"<tr><td>{html.escape(m['checkpoint'])}</td><td>{m['stage']}</td><td>{m['step']}</td><td>{m['sources']}</td>"
         f"<td>{m['seconds']}</td><td>{_model_warning(m)}</td></tr>" for m in checkpoints_of(out))
-    rows = "".join(f"<tr><td>{html.escape(c['clip_id'])}</td><td>{html.escape(str(c['license']))}</td>"
-                   f"<td>{c['end_s'] - c['start_s']:.1f}</td><td>{html.escape(str(c['split']))}</td></tr>" for c in clips[:200])
+    rows = "".join(f"<tr><td>{html.escape(c['clip_id'])}</td><td>{html.escape(c['license'] or 'unknown')}</td>"
+                   f"<td>{html.escape(c['consent'] or 'unknown')}</td><td>{c['end_s'] - c['start_s']:.1f}</td>"
+                   f"<td>{html.escape(c['split'] or 'not exported')}</td></tr>" for c in clips[:200])
     body = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>emo-forge audit</title>
 <style>body{{font-family:system-ui,sans-serif;margin:24px;color:#222}} .grid{{display:flex;flex-wrap:wrap;gap:12px}}
 .card{{border:1px solid #ddd;border-radius:8px;padding:8px;background:#fafafa}} td,th{{padding:2px 10px;text-align:left}}
@@ -232,7 +233,7 @@ def report(out: str | Path) -> Path:
 <h2>Rejections by rule</h2><table><tr><th>rule</th><th>failed candidates</th><th>threshold</th><th>median measured</th></tr>{_rejection_rows(rej)}</table>
 {f'<h2>Build lineage (emo.lock)</h2><ul>{lineage}</ul>' if lineage else ''}
 {f'<h2>Checkpoints under this folder</h2><p>What each learned from, parents included (its meta.json).</p><table><tr><th>checkpoint</th><th>stage</th><th>step</th><th>sources</th><th>clip seconds</th><th>warning</th></tr>{models}</table>' if models else ''}
-<h2>Kept clips</h2><table><tr><th>clip</th><th>license</th><th>seconds</th><th>split</th></tr>{rows}</table>
+<h2>Kept clips</h2><table><tr><th>clip</th><th>license</th><th>consent</th><th>seconds</th><th>split</th></tr>{rows}</table>
 </body></html>"""
     dest = Path(out) / "audit" / "report.html"
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -137,6 +137,8 @@ def test_audit_report_of_the_demo(demo_run):
     page = report(out).read_text()
     assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") == 10
     assert "low_speech_ratio" in page
+    # each kept clip's license and consent, as the clips table has them (the demo exports every clip)
+    assert "<th>consent</th>" in page and "<td>None</td>" not in page and "not exported" not in page
 
 
 def test_the_demos_talking_faces_are_kept_in_sync_under_the_shipped_thresholds(demo_run):
