@@ -28,9 +28,8 @@ DEFAULT_OUT = Path("bench-out/real-folder")  # git-ignored
 def curate(out: Path) -> tuple[int, float, str]:
     """(exit status, seconds, stderr's tail) of `emo curate` on the videos folder into a fresh OUT."""
     shutil.rmtree(out, ignore_errors=True)
-    emo = Path(sys.executable).with_name("emo")
     t0 = time.perf_counter()
-    done = subprocess.run([str(emo), "curate", str(REAL / "videos"), "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "curate", str(REAL / "videos"), "--out", str(out)],
                           capture_output=True, text=True)
     return done.returncode, time.perf_counter() - t0, done.stderr[-2000:]
 

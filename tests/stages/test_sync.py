@@ -466,8 +466,7 @@ def test_a_real_single_speaker_is_one_speaker(real):
     three at one offset, so the segments name one speaker."""
     from benchmarks import sync_corpus
 
-    real("r3_v07_voxceleb2_chrischristie.mp4")  # the picture, once, in the module's cache
-    out, src = sync_corpus.picture("r3_v07_voxceleb2_chrischristie.mp4", real.cache)
+    out, src = sync_corpus.picture("r3_v07_voxceleb2_chrischristie.mp4", real.cache)  # once per module
     ctx = StageContext(out=out)
     rows = DiarizeStage().process(src, ctx)
     voiced = [r for r in rows if r["speaker"]]
