@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,14 +98,18 @@ def _map(ds: ray.data.Dataset, worker_cls: type, stages: list[Stage], out: str, 
         return ds.map_batches(worker_cls, fn_constructor_kwargs=kwargs, batch_size=1, batch_format="pyarrow",
                               compute=ray.data.ActorPoolStrategy(size=max(1, min(max_workers, n_items)),
                                                                  max_tasks_in_flight_per_actor=1),
-                              max_restarts=-1, max_task_retries=-1, **remote)
+                              **remote)  # max_restarts and max_task_retries: Ray Data's -1
 
     def fn(batch, _kwargs=kwargs, _cls=worker_cls):
         return _cls(**_kwargs)(batch)
 
     # A task holds one batch: its deaths are its own, at most max_worker_deaths per stage.
     retries = len(stages) * (settings.max_worker_deaths + 1)
-    return ds.map_batches(fn, batch_size=1, batch_format="pyarrow", max_retries=retries, **remote)
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates remote args without a named parameter, and max_retries has none yet;
+        # ray is pinned to 2.60.* (pyproject.toml), so a user's every curate need not say so.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ds.map_batches(fn, batch_size=1, batch_format="pyarrow", max_retries=retries, **remote)
 
 
 def operator_groups(stages: list[Stage], gpu_cluster: bool) -> list[list[Stage]]:
