@@ -43,6 +43,25 @@ def demo_corpus(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def demo_curated(ray_local, demo_corpus, tmp_path_factory):
+    """The demo corpus curated once with every stage and its config.yaml into a folder, as the demo
+    does: (out, sources file, CurateOptions, summary). Its server stays up for the session, so a test
+    may curate the same sources file again (into a bucket, say) and expect the same manifests.
+    Read only: a test that changes what it finds works on a copy (tests/pipeline/test_demo_e2e.py)."""
+    from pipeline.plan import load_config
+    from pipeline.runner import CurateOptions, curate
+    from pipeline.serve import LoopbackServer
+    from tests.pipeline.test_curate import served_demo_sources
+
+    tmp = tmp_path_factory.mktemp("demo_curated")
+    with LoopbackServer(demo_corpus) as srv:
+        sources = served_demo_sources(demo_corpus, srv, tmp)
+        opts = CurateOptions(sources=str(sources), out=str(tmp / "out"), config=load_config(demo_corpus / "config.yaml"))
+        summary = curate(opts)
+        yield tmp / "out", sources, opts, summary
+
+
 @pytest.fixture
 def server(demo_corpus):
     """A loopback HTTP server over the demo corpus, with /fault/... paths that misbehave."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from dataclasses import replace
 
 import pytest
 
@@ -17,7 +18,6 @@ from manifests.splits import exported_clips
 from pipeline.audit import report, trace, verify
 from pipeline.export import export
 from pipeline.optout import optout
-from pipeline.plan import load_config
 from pipeline.runner import CurateOptions, curate
 from pipeline.serve import LoopbackServer
 from stages.quality.stage import DEFAULTS
@@ -28,15 +28,15 @@ KNOWN_RULES = set(DEFAULTS["rules"]) | {"too_short", "no_crop"}
 
 
 @pytest.fixture(scope="module")
-def demo_run(ray_local, demo_corpus, tmp_path_factory):
-    """(out, sources file, curate summary, dataset card) of the demo corpus curated end to end."""
-    tmp = tmp_path_factory.mktemp("demo_e2e")
-    with LoopbackServer(demo_corpus) as srv:
-        sources = served_demo_sources(demo_corpus, srv, tmp)
-        opts = CurateOptions(sources=str(sources), out=str(tmp / "out"), config=load_config(demo_corpus / "config.yaml"))
-        summary = curate(opts)
-    card = export(tmp / "out", command="pytest tests/pipeline/test_demo_e2e.py")
-    return tmp / "out", sources, opts, summary, card
+def demo_run(demo_curated, tmp_path_factory):
+    """(out, sources file, curate options, curate summary, dataset card): a copy of the session's
+    curated demo (conftest.demo_curated, which other modules read as it is), exported; these tests
+    corrupt a file and opt a source out in it."""
+    curated, sources, opts, summary = demo_curated
+    out = tmp_path_factory.mktemp("demo_e2e") / "out"
+    shutil.copytree(curated, out)
+    card = export(out, command="pytest tests/pipeline/test_demo_e2e.py")
+    return out, sources, replace(opts, out=str(out)), summary, card
 
 
 def by_title(store: ManifestStore) -> dict[str, dict]:

@@ -19,10 +19,8 @@ from manifests import ManifestStore
 from manifests.compact import compact
 from manifests.fs import Location
 from pipeline.cli import main as emo
-from pipeline.plan import load_config
 from pipeline.runner import CurateOptions, curate
-from pipeline.serve import LoopbackServer
-from tests.pipeline.test_curate import served_demo_sources, write_sources
+from tests.pipeline.test_curate import write_sources
 from tests.s3_server import list_keys, moto_s3, new_bucket
 
 
@@ -88,16 +86,13 @@ def test_a_write_interrupted_half_way_leaves_no_object_on_the_bucket(s3):
 
 
 @pytest.fixture(scope="module")
-def demo_on_s3(s3, ray_local, demo_corpus, tmp_path_factory):
-    """The demo corpus curated with every stage into a folder and into a bucket, from the same sources file."""
-    tmp = tmp_path_factory.mktemp("s3demo")
+def demo_on_s3(s3, demo_curated):
+    """The demo corpus curated with every stage into a bucket, from the sources file the session's
+    folder run (conftest.demo_curated) read, its server still up: (that folder, the bucket, sources)."""
+    local, sources, opts, _ = demo_curated
     uri = f"s3://{new_bucket(s3)}/demo"
-    config = load_config(demo_corpus / "config.yaml")
-    with LoopbackServer(demo_corpus) as srv:
-        sources = served_demo_sources(demo_corpus, srv, tmp)
-        curate(CurateOptions(sources=str(sources), out=str(tmp / "local"), config=config))
-        curate(CurateOptions(sources=str(sources), out=uri, config=config))
-    return tmp / "local", uri, sources
+    curate(CurateOptions(sources=str(sources), out=uri, config=opts.config))
+    return local, uri, sources
 
 
 def test_demo_into_s3_gives_the_same_manifests_as_into_a_folder(demo_on_s3):
