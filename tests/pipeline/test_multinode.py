@@ -53,8 +53,8 @@ def start_node(args: list[str], env: dict, log: Path) -> subprocess.Popen:
 def stop_node(proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
+    try:  # the head's `ray start --block` outlived 30 s of SIGTERM; its group is SIGKILLed as surely after 5
+        proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
