@@ -19,9 +19,7 @@ from pipeline.audit import report, trace, verify
 from pipeline.export import export
 from pipeline.optout import optout
 from pipeline.runner import CurateOptions, curate
-from pipeline.serve import LoopbackServer
 from stages.quality.stage import DEFAULTS
-from tests.pipeline.test_curate import served_demo_sources
 
 # Every reason a candidate clip can be rejected for: the thresholded rules plus the structural ones.
 KNOWN_RULES = set(DEFAULTS["rules"]) | {"too_short", "no_crop"}
@@ -176,7 +174,7 @@ def test_a_portrait_is_cropped_as_the_training_clips_frame_their_faces(demo_run,
             assert got == pytest.approx(1 / 1.5, rel=0.2) and got > share * 1.2
 
 
-def test_optout_then_rerun_leaves_no_trace(demo_run, demo_corpus):
+def test_optout_then_rerun_leaves_no_trace(demo_run):
     out, sources, opts, _, _ = demo_run
     store = ManifestStore(out)
     victim = by_title(store)["a second person: astronaut portrait, moving camera"]
@@ -184,11 +182,8 @@ def test_optout_then_rerun_leaves_no_trace(demo_run, demo_corpus):
     before = store.content_hash()
     result = optout(out, uri)
     assert result["source_ids"] == [sid] and result["manifest_hash"] != before
-    with LoopbackServer(demo_corpus) as srv:
-        # The same sources file, served again on this server's port: the opted-out file is in it.
-        (out.parent / "rerun").mkdir(exist_ok=True)
-        sources = served_demo_sources(demo_corpus, srv, out.parent / "rerun")
-        summary = curate(CurateOptions(sources=str(sources), out=str(out), stages=opts.stages, config=opts.config))
+    # The same sources file on the session's server (conftest.demo_curated): the opted-out file is in it.
+    summary = curate(CurateOptions(sources=str(sources), out=str(out), stages=opts.stages, config=opts.config))
     export(out)
     for table in store.tables():
         text = store.read(table).to_pandas().to_string()
@@ -197,4 +192,3 @@ def test_optout_then_rerun_leaves_no_trace(demo_run, demo_corpus):
     leftovers = [p for p in out.rglob("*") if sid in p.name]
     assert leftovers == []
     assert store.read("clips").num_rows > 0 and summary.inputs == 11  # the others are still there
-    shutil.rmtree(out.parent / "rerun", ignore_errors=True)

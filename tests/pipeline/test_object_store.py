@@ -8,6 +8,7 @@ reader's answer. Nothing here mocks a boto or pyarrow call: the code speaks HTTP
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,10 +87,13 @@ def test_a_write_interrupted_half_way_leaves_no_object_on_the_bucket(s3):
 
 
 @pytest.fixture(scope="module")
-def demo_on_s3(s3, demo_curated):
+def demo_on_s3(s3, demo_curated, tmp_path_factory):
     """The demo corpus curated with every stage into a bucket, from the sources file the session's
-    folder run (conftest.demo_curated) read, its server still up: (that folder, the bucket, sources)."""
-    local, sources, opts, _ = demo_curated
+    folder run (conftest.demo_curated) read, its server still up: (a copy of that folder, which
+    these tests export, the bucket, sources)."""
+    curated, sources, opts, _ = demo_curated
+    local = tmp_path_factory.mktemp("s3demo") / "local"
+    shutil.copytree(curated, local)
     uri = f"s3://{new_bucket(s3)}/demo"
     curate(CurateOptions(sources=str(sources), out=uri, config=opts.config))
     return local, uri, sources
