@@ -175,3 +175,75 @@ def test_a_seek_into_mpegts_starts_near_its_anchor_not_at_the_file_start(tmp_pat
     assert index == 1000
     assert np.abs(frame.to_ndarray(format="gray") - full[1000]).mean() < 1.0
     assert len(decoded) < 100, f"{len(decoded)} frames decoded to reach frame 1000"
+
+
+# -- a real talking head's own sound through other containers (skipped without ../shared/real-media) --------
+#
+# The variants above are composed here. These take a real file's own video packets (H.264 with
+# B-frames, as published) and move its sound the way a user's tools do: re-encoded into another
+# container and codec, or left as it is with its timestamps moved (ffmpeg -itsoffset). The sound on
+# our clock must land exactly where the copy puts it. The reference is the benchmarks' independent
+# reading (benchmarks/sync_corpus.audio_on_video_clock: first audio sample against first frame).
+
+REAL_TALKER = "r3_v07_voxceleb2_chrischristie.mp4"
+
+
+@pytest.fixture(scope="module")
+def real_talker():
+    from benchmarks import sync_corpus
+
+    if not sync_corpus.available():
+        pytest.skip("../shared/real-media is absent (a clone without the shared development media)")
+    return sync_corpus.REAL / "videos" / REAL_TALKER
+
+
+def _lag_s(ref: np.ndarray, got: np.ndarray, max_s: float = 0.5) -> float:
+    """Seconds `got` trails `ref` by (negative: leads), by the peak of their cross-correlation."""
+    n = min(len(ref), len(got))
+    size = 1 << int(np.ceil(np.log2(2 * n)))
+    xc = np.fft.irfft(np.fft.rfft(got[:n], size) * np.conj(np.fft.rfft(ref[:n], size)), size)
+    m = int(max_s * SR)
+    lags = np.concatenate([np.arange(0, m + 1), np.arange(-m, 0)])
+    return float(lags[np.argmax(np.concatenate([xc[:m + 1], xc[-m:]]))]) / SR
+
+
+def _moved_by_timestamps(src: Path, dst: Path, shift_s: float) -> None:
+    """dst: src's packets as they are, every audio packet's timestamps moved by shift_s."""
+    with av.open(str(src)) as ic, av.open(str(dst), "w") as oc:
+        vs, aus = ic.streams.video[0], ic.streams.audio[0]
+        out = {vs.index: oc.add_stream_from_template(vs), aus.index: oc.add_stream_from_template(aus)}
+        d = int(round(shift_s / aus.time_base))
+        for p in ic.demux(vs, aus):
+            if p.pts is None and p.dts is None:
+                continue
+            if p.stream.index == aus.index:
+                p.pts = None if p.pts is None else p.pts + d
+                p.dts = None if p.dts is None else p.dts + d
+            p.stream = out[p.stream.index]
+            oc.mux(p)
+
+
+@pytest.mark.parametrize("suffix,codec,rate", [("mp4", "aac", 48000), ("mov", "aac", 44100), ("mp4", "libmp3lame", 44100),
+                                              ("flv", "aac", 44100), ("mkv", "libopus", 48000), ("ts", "ac3", 48000)])
+def test_a_real_talkers_sound_reencoded_into_another_container_stays_in_place(real_talker, tmp_path, suffix, codec, rate):
+    from benchmarks.sync_corpus import audio_on_video_clock, remux
+
+    ref, _ = audio_on_video_clock(real_talker, SR)
+    wav, _ = audio_on_video_clock(real_talker, rate)
+    copy = tmp_path / f"copy.{suffix}"
+    remux(real_talker, copy, wav, codec, rate)
+    got, _ = decode_audio(copy, SR, on_clock=True)
+    assert abs(_lag_s(ref, got)) <= 0.001, f"{suffix}/{codec}: the sound moved by {_lag_s(ref, got) * 1000:+.1f} ms"
+
+
+@pytest.mark.parametrize("suffix,frames", [("mp4", 5), ("mp4", -8), ("mkv", -8), ("ts", 5), ("mov", -8)])
+def test_a_real_talkers_sound_moved_by_its_timestamps_moves_by_exactly_that(real_talker, tmp_path, suffix, frames):
+    """+5: the sound starts 5 frames after the picture (silence before it); -8: its first 8 frames'
+    worth play before the first picture and are cut (an mp4 keeps them behind an edit list)."""
+    from benchmarks.sync_corpus import audio_on_video_clock
+
+    ref, fps = audio_on_video_clock(real_talker, SR)
+    copy = tmp_path / f"moved.{suffix}"
+    _moved_by_timestamps(real_talker, copy, frames / fps)
+    got, _ = decode_audio(copy, SR, on_clock=True)
+    assert abs(_lag_s(ref, got) - frames / fps) <= 0.001, f"{suffix} {frames:+d}: moved by {_lag_s(ref, got) * fps:+.2f} frames"
