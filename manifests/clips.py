@@ -44,7 +44,9 @@ CLIPS = table_schema(
         pa.field("head_speed", pa.list_(pa.float32())),  # degrees per frame, one per clip frame
         pa.field("face_size_px", pa.float32()),
         pa.field("sync_confidence", pa.float32()),
-        pa.field("audio_shift_frames", pa.int32()),  # the wav was moved by this many frames into step (0: none)
+        # The wav was moved by this many frames into step (0: none): frames of the source's nominal rate
+        # (timeline.fps, what the sync measure counts), not of the crop's fps when the clip was resampled.
+        pa.field("audio_shift_frames", pa.int32()),
         pa.field("vocal_type", pa.string()),
         pa.field("category", pa.string()),
         pa.field("language", pa.string()),

@@ -17,7 +17,7 @@ SEGMENTS = table_schema(
         pa.field("end_s", pa.float64(), nullable=False),
         pa.field("speaker", pa.string()),  # unique within the corpus: f"{source_id}-spk{k}"
         pa.field("track_id", pa.string()),  # the face that is speaking, when one is
-        pa.field("sync_offset_frames", pa.int32()),  # > 0: the sound comes after the picture
+        pa.field("sync_offset_frames", pa.int32()),  # > 0: the sound comes after the picture; frames of timeline.fps
         pa.field("sync_confidence", pa.float32()),  # (sync_peak - sync_null_mean) / sync_null_std
         pa.field("sync_peak", pa.float32()),  # the measure's score at the offset
         pa.field("sync_null_mean", pa.float32()),  # the same face against the source's audio far out of time
