@@ -46,6 +46,11 @@ def available() -> bool:
     return (REAL / "videos").is_dir()
 
 
+def video(name: str) -> Path:
+    """A video of the shared folder by its name, or any video by its absolute path (bench_sync --videos)."""
+    return Path(name) if Path(name).is_absolute() else REAL / "videos" / name
+
+
 def audio_on_video_clock(path: Path, rate: int = RATE) -> tuple[np.ndarray, float]:
     """(mono float32 samples, fps) with sample 0 at the first video frame's time, by the streams' pts.
 
@@ -107,7 +112,7 @@ def remux(src: Path, dst: Path, wav: np.ndarray, codec: str, rate: int = RATE) -
 def original(name: str, cache: Path = CACHE) -> Path:
     """The real file; for MPEG program streams (.mpg), which the download stage's sniffer refuses
     (reported), its packets copied unchanged into mkv."""
-    src = REAL / "videos" / name
+    src = video(name)
     if src.suffix != ".mpg":
         return src
     dst = cache / "copies" / f"{src.stem}.orig.mkv"
@@ -128,7 +133,7 @@ def original(name: str, cache: Path = CACHE) -> Path:
 
 def make_copy(name: str, kind: str, donor: str, cache: Path = CACHE) -> Path:
     """The `kind` copy of video `name` (see COPIES), built once; `donor` gives the swapped-in voice."""
-    src = REAL / "videos" / name
+    src = video(name)
     container, codec, _ = COPIES[kind]
     if container is None:
         return original(name, cache)
@@ -147,7 +152,7 @@ def make_copy(name: str, kind: str, donor: str, cache: Path = CACHE) -> Path:
     elif kind == "rotate":
         wav = np.roll(wav, len(wav) // 2)
     elif kind == "swap":
-        other, _ = audio_on_video_clock(REAL / "videos" / donor)
+        other, _ = audio_on_video_clock(video(donor))
         wav = np.resize(other, len(wav))  # repeated when the donor is shorter
     tmp = dst.with_name(dst.name + ".part" + dst.suffix)
     remux(src, tmp, wav, codec)
