@@ -18,7 +18,11 @@ With --portrait, each real audio clip (its first 20 s) is muxed as AAC under a s
 by `emo curate` as a subprocess, the way the issue measures singing.
 With --vibrato, only a sweep of synthetic sung lines (vibrato +-35..130 cents at 4.5-7.5 Hz, notes of
 0.8, 0.5 and 0.3 s, with a breath between or legato): where held notes stop being found.
+With --folder DIR --label singing|speech, only the audio or video files in DIR, all of that label
+(your own songs, or a held-out set): each typed by the stage with default settings, and with
+--portrait under a still portrait through `emo curate`; nothing is fitted on them.
 Run: PYTHONPATH=. .venv/bin/python -m benchmarks.bench_vocal [--variants] [--portrait] [--vibrato]
+     [--folder DIR --label singing|speech]
 """
 
 from __future__ import annotations
@@ -247,9 +251,23 @@ def curated_types(out: Path) -> dict[str, dict[str, float]]:
     return got
 
 
-def under_portrait(max_s: float = 20.0) -> dict:
-    """Every real audio clip (at most max_s) under a still portrait, through `emo curate` as a user runs it:
-    label -> [called so, of]; prints each clip's seconds by vocal type."""
+def shared_audio_labels() -> list[tuple[Path, str]]:
+    """The shared folder's audio clips with their labels (from their names)."""
+    return [(p, "rap" if "rap" in p.name else "singing" if "_sing_" in p.name else "speech")
+            for p in sorted((REAL / "audio").glob("*"))]
+
+
+MEDIA_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a", ".aac", ".mp4", ".mov", ".mkv", ".webm", ".avi"}
+
+
+def folder_clips(folder: Path, label: str) -> list[tuple[Path, str]]:
+    """Every audio or video file in `folder`, each labelled `label`."""
+    return [(p, label) for p in sorted(folder.iterdir()) if p.suffix.lower() in MEDIA_SUFFIXES]
+
+
+def under_portrait(max_s: float = 20.0, clips: list[tuple[Path, str]] | None = None) -> dict:
+    """Every clip (the shared audio clips by default; at most max_s of each) under a still portrait,
+    through `emo curate` as a user runs it: label -> [called so, of]; prints each clip's seconds by vocal type."""
     import subprocess
     import sys
 
@@ -258,8 +276,8 @@ def under_portrait(max_s: float = 20.0) -> dict:
         folder = Path(d) / "videos"
         folder.mkdir()
         labels = {}
-        for path in sorted((REAL / "audio").glob("*")):
-            labels[path.stem] = "rap" if "rap" in path.name else "singing" if "_sing_" in path.name else "speech"
+        for path, label in clips if clips is not None else shared_audio_labels():
+            labels[path.stem] = label
             still_portrait_video(load_audio(path)[: int(max_s * SR)], folder / f"{path.stem}.mp4")
         subprocess.run([sys.executable, "-m", "pipeline.cli", "curate", str(folder), "--out", str(Path(d) / "out")],
                        check=True, capture_output=True)
@@ -273,6 +291,22 @@ def under_portrait(max_s: float = 20.0) -> dict:
     for label, (right, of) in sorted(tally.items()):
         print(f"under a still portrait, {label} called {label}: {right}/{of}")
     return tally
+
+
+def folder_figures(clips: list[tuple[Path, str]], label: str, portrait: bool) -> list[dict]:
+    """Each file of a folder typed by the stage (and under a still portrait): how many are called `label`."""
+    right = 0
+    for path, _ in clips:
+        rows = run_stage(load_audio(path), "src")
+        called = verdict(rows, [r["vocal_type"] for r in rows])
+        right += called == label
+        print(f"folder {label:7s} {path.name[:44]:44s} {called}", flush=True)
+    print(f"folder: {label} called {label}: {right}/{len(clips)}")
+    rows = [{"name": f"folder {label}", "right": right, "of": len(clips)}]
+    if portrait:
+        rows += [{"name": f"folder {lab} under a still portrait", "right": r, "of": of}
+                 for lab, (r, of) in sorted(under_portrait(clips=clips).items())]
+    return rows
 
 
 def hard_copies() -> dict:
@@ -302,9 +336,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--variants", action="store_true", help="also each real clip's hard copies (benchmarks.bench_vocal.variants)")
     p.add_argument("--portrait", action="store_true", help="also each real audio clip under a still portrait, through emo curate")
     p.add_argument("--vibrato", action="store_true", help="only the synthetic vibrato sweep (vibrato_sweep)")
+    p.add_argument("--folder", type=Path, default=None, help="only the audio or video files in this folder")
+    p.add_argument("--label", choices=("singing", "speech"), default=None, help="what every file in --folder is")
     args = p.parse_args(argv)
     if args.vibrato:
         return vibrato_sweep()
+    if args.folder is not None:
+        if args.label is None:
+            p.error("--folder needs --label singing or speech")
+        return folder_figures(folder_clips(args.folder, args.label), args.label, args.portrait)
     default = VocalTyper().min_held_share
     results = {}
     for name, (wav, label) in synthetic_clips().items():
