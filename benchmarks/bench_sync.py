@@ -150,6 +150,19 @@ def listeners(stage: DiarizeStage) -> None:
           f"{sorted({c['track_id'].rsplit('-', 1)[-1] for c in clips})} ({len(clips)})")
 
 
+def _has_picture_and_sound(path: str) -> bool:
+    """Whether a file of --videos opens with a video and an audio stream (else it is named and left out)."""
+    try:
+        with av.open(path) as c:
+            if c.streams.video and c.streams.audio:
+                return True
+            why = "no audio stream" if c.streams.video else "no video stream"
+    except (av.error.FFmpegError, OSError) as e:
+        why = str(e)
+    print(f"  {Path(path).name[:34]:34s} not measured: {why}", flush=True)
+    return False
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--only", choices=("dev", "held"), default=None)
@@ -159,7 +172,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="measure every video in this folder (one face, its own voice, in sync) instead")
     args = p.parse_args(argv)
     if args.videos is not None:
-        names = sorted(str(f.resolve()) for f in args.videos.iterdir() if f.suffix.lower() in VIDEO_SUFFIXES)
+        names = [n for n in sorted(str(f.resolve()) for f in args.videos.iterdir() if f.suffix.lower() in VIDEO_SUFFIXES)
+                 if _has_picture_and_sound(n)]
         if len(names) < 2:
             p.error(f"{args.videos}: at least two videos are needed (one's voice is swapped under the next's face)")
         sets = [(f"folder {args.videos}", names)]
