@@ -217,8 +217,11 @@ def report(out: str | Path) -> Path:
     models = "".join(
         f"<tr><td>{html.escape(m['checkpoint'])}</td><td>{m['stage']}</td><td>{m['step']}</td><td>{m['sources']}</td>"
         f"<td>{m['seconds']}</td><td>{_model_warning(m)}</td></tr>" for m in checkpoints_of(out))
+    source_fps = {r["source_id"]: r["fps"] for r in store.read("timeline", columns=["source_id", "fps"]).to_pylist()}
+    moved = [c for c in clips if c.get("audio_shift_frames")]
     rows = "".join(f"<tr><td>{html.escape(c['clip_id'])}</td><td>{html.escape(c['license'] or 'unknown')}</td>"
                    f"<td>{html.escape(c['consent'] or 'unknown')}</td><td>{c['end_s'] - c['start_s']:.1f}</td>"
+                   f"<td>{_sync_cell(c['sync_confidence'])}</td><td>{_moved_cell(c, source_fps.get(c['source_id']))}</td>"
                    f"<td>{html.escape(c['split'] or 'not exported')}</td></tr>" for c in clips[:200])
     body = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>emo-forge audit</title>
 <style>body{{font-family:system-ui,sans-serif;margin:24px;color:#222}} .grid{{display:flex;flex-wrap:wrap;gap:12px}}
@@ -228,17 +231,35 @@ def report(out: str | Path) -> Path:
 <p>{html.escape(str(Path(out).resolve()))} &middot; manifest hash <code>{html.escape(card.get('manifest_hash', store.content_hash(['sources', *TRAINING_TABLES])))}</code></p>
 <div><span class="kpi"><b>{len(sources)}</b>sources</span><span class="kpi"><b>{len(clips)}</b>clips kept</span>
 <span class="kpi"><b>{sum(c['end_s'] - c['start_s'] for c in clips) / 60:.1f}</b>minutes</span>
-<span class="kpi"><b>{len({r['candidate_id'] for r in rej})}</b>candidates rejected</span></div>
+<span class="kpi"><b>{len({r['candidate_id'] for r in rej})}</b>candidates rejected</span>
+<span class="kpi"><b>{len(moved)}</b>clips with their sound moved into step</span></div>
 <div class="grid">{''.join(f'<div class="card"><img src="{f}"></div>' for f in figures)}</div>
 <h2>Rejections by rule</h2><table><tr><th>rule</th><th>failed candidates</th><th>threshold</th><th>median measured</th></tr>{_rejection_rows(rej)}</table>
 {f'<h2>Build lineage (emo.lock)</h2><ul>{lineage}</ul>' if lineage else ''}
 {f'<h2>Checkpoints under this folder</h2><p>What each learned from, parents included (its meta.json).</p><table><tr><th>checkpoint</th><th>stage</th><th>step</th><th>sources</th><th>clip seconds</th><th>warning</th></tr>{models}</table>' if models else ''}
-<h2>Kept clips</h2><table><tr><th>clip</th><th>license</th><th>consent</th><th>seconds</th><th>split</th></tr>{rows}</table>
+<h2>Kept clips</h2><p>sync: the face's sync confidence on the clip, in null standard deviations; sound moved: how far
+the clip's wav was moved into step with the face (a source whose audio is late or early as published), in frames of the
+source and milliseconds.</p>
+<table><tr><th>clip</th><th>license</th><th>consent</th><th>seconds</th><th>sync</th><th>sound moved</th><th>split</th></tr>{rows}</table>
 </body></html>"""
     dest = Path(out) / "audit" / "report.html"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(body, encoding="utf-8")
     return dest
+
+
+def _sync_cell(confidence: float | None) -> str:
+    return "not measured" if confidence is None else f"{confidence:.1f}"
+
+
+def _moved_cell(clip: dict[str, Any], fps: float | None) -> str:
+    """'5 frames (200 ms), the source's sound late' for a clip whose wav was moved into step (taken
+    from 5 frames further on in the source), '' for one taken in place."""
+    k = clip.get("audio_shift_frames") or 0
+    if not k:
+        return ""
+    ms = f" ({1000 * abs(k) / fps:.0f} ms)" if fps else ""
+    return f"{abs(k)} frames{ms}, the source's sound {'late' if k > 0 else 'early'}"
 
 
 def _redacted(src: dict[str, Any]) -> dict[str, Any]:
