@@ -135,6 +135,7 @@ def test_audit_report_of_the_demo(demo_run):
     page = report(out).read_text()
     assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") == 10
     assert "low_speech_ratio" in page
+    assert "<b>0</b>clips with their sound moved into step" in page  # every demo clip is in step as published
     # each kept clip's license and consent, as the clips table has them (the demo exports every clip)
     assert "<th>consent</th>" in page and "<td>None</td>" not in page and "not exported" not in page
 

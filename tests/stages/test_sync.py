@@ -256,18 +256,18 @@ def test_an_offset_is_realigned_or_rejected_by_setting(offset_source, offset, re
 
 
 def test_the_audit_says_which_clips_had_their_sound_moved(offset_source):
-    """A clip whose wav was moved 5 frames into step is counted and described in the audit report;
-    one taken in place (offset 1, within the av_offset rule) is not."""
+    """A clip whose wav was moved 5 frames into step is counted and described in the audit report
+    (the demo's report counts none: test_demo_e2e)."""
     from pipeline.audit import report
 
-    for offset, moved in ((1, 0), (5, 1)):
-        out, src = offset_source(offset)
-        tl = Timeline.from_demux(out / src["media_path"])  # the shots stage's table: the source's 25 fps
-        ManifestStore(out).write_shard("timeline", src["source_id"], [tl.row(src["source_id"])])
-        ManifestStore(out).write_shard("clips", src["source_id"], QualityStage().process(src, StageContext(out=out))["clips"])
-        page = report(out).read_text()
-        assert f"<b>{moved}</b>clips with their sound moved into step" in page
-        assert ("5 frames (200 ms), the source's sound late" in page) == bool(moved)
+    out, src = offset_source(5)
+    store = ManifestStore(out)
+    tl = Timeline.from_demux(out / src["media_path"])  # the shots stage's table: the source's 25 fps
+    store.write_shard("timeline", src["source_id"], [tl.row(src["source_id"])])
+    store.write_shard("clips", src["source_id"], QualityStage().process(src, StageContext(out=out))["clips"])
+    page = report(out).read_text()
+    assert "<b>1</b>clips with their sound moved into step" in page
+    assert "5 frames (200 ms), the source's sound late" in page
 
 
 def _seg(start, end, track="A", offset=0, conf=6.0, speaker="s0"):
