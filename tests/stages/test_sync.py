@@ -515,8 +515,9 @@ def test_a_real_shifted_copys_kept_clips_are_in_step_in_their_own_files(real, ki
     """The loop closed on what a user gets: a copy of a real speaker (r2_v09, 20 s) with its audio 5
     frames late or 8 early, through the real diarize and quality stages with media written. Each kept
     clip's own wav, read back from its file, measured against the face over the clip's frames, is in
-    step (0 +-1 frame; measured 0 on every clip of both copies, and on r3_v12's 27). A realignment with
-    the wrong sign, or the wav cut from the wrong place, would put it 10-16 frames out."""
+    step (0 +-1 frame; measured 0 on all four clips of the two copies; r3_v12's 27 realigned clips read
+    0 or +-1 but one of 2.6 s at confidence 3.3). A realignment with the wrong sign, or the wav cut from
+    the wrong place, would put it 10-16 frames out (measured +12 and -14)."""
     from benchmarks.sync_corpus import copy_with_picture
     from stages.media.probe import read_audio
 
