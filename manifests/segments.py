@@ -9,7 +9,7 @@ ON_SCREEN = ("synced", "voice_over", "off_screen", "no_faces")
 
 SEGMENTS = table_schema(
     "segments",
-    2,  # 2: sync_peak and the null's statistics (stages/diarize/sync_measure.py)
+    3,  # 2: sync_peak and the null's statistics (stages/diarize/sync_measure.py). 3: sync_track_id
     [
         pa.field("source_id", pa.string(), nullable=False),
         pa.field("segment_id", pa.string(), nullable=False),  # f"{source_id}-g{index:04d}"
@@ -17,6 +17,9 @@ SEGMENTS = table_schema(
         pa.field("end_s", pa.float64(), nullable=False),
         pa.field("speaker", pa.string()),  # unique within the corpus: f"{source_id}-spk{k}"
         pa.field("track_id", pa.string()),  # the face that is speaking, when one is
+        # The face the sync columns describe: the speaking face (= track_id), or, when no face took the
+        # segment (voice_over), the one whose mouth followed it best; null when no face was measured.
+        pa.field("sync_track_id", pa.string()),
         pa.field("sync_offset_frames", pa.int32()),  # > 0: the sound comes after the picture; frames of timeline.fps
         pa.field("sync_confidence", pa.float32()),  # (sync_peak - sync_null_mean) / sync_null_std
         pa.field("sync_peak", pa.float32()),  # the measure's score at the offset

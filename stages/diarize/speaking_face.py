@@ -22,7 +22,7 @@ SR = 16000
 # face that speaks in turns and is still between them 1.9-7.7x, 13 of 14 at 2 or more; a listener
 # whose mouth keeps moving 0.6-1.4x).
 TURN_CONTRAST = 2.0
-SYNC_COLUMNS = ("track_id", "sync_offset_frames", "sync_confidence", "sync_peak", "sync_null_mean",
+SYNC_COLUMNS = ("track_id", "sync_track_id", "sync_offset_frames", "sync_confidence", "sync_peak", "sync_null_mean",
                 "sync_null_std", "sync_null_windows", "sync_pooled")
 
 
@@ -47,11 +47,14 @@ def faces_together(tracks: list[dict], min_frames: int = 25) -> int:
     return max((k for k in range(1, int(counts.max()) + 1) if (counts >= k).sum() >= min_frames), default=0)
 
 
-def _record(seg: dict, track_id: str | None, res: SyncResult | None, pooled: bool = False) -> None:
+def _record(seg: dict, track_id: str | None, res: SyncResult | None, pooled: bool = False,
+            measured: str | None = None) -> None:
+    """The sync columns of one segment: track_id is the face that speaks it (or None), measured the
+    face res describes (its speaker, or the best face when nobody took the segment)."""
     seg.update(dict.fromkeys(SYNC_COLUMNS))
     seg["sync_pooled"] = pooled if res is not None else None
     if res is not None:
-        seg.update(track_id=track_id, sync_offset_frames=res.offset_frames, sync_confidence=res.confidence,
+        seg.update(track_id=track_id, sync_track_id=measured or track_id, sync_offset_frames=res.offset_frames, sync_confidence=res.confidence,
                    sync_peak=res.peak, sync_null_mean=res.null_mean, sync_null_std=res.null_std,
                    sync_null_windows=res.n_null)
 
@@ -268,6 +271,6 @@ def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps:
         taken, rank, track_id, evidence, by_pool = best
         if taken and any(c[0] and c[2] != track_id and c[1] >= rank - contest_margin for c in cands):
             taken = False  # two faces follow the voice about as well: neither is known to speak it
-        _record(seg, track_id if taken else None, evidence, pooled=by_pool)
+        _record(seg, track_id if taken else None, evidence, pooled=by_pool, measured=track_id)
         seg["on_screen"] = "synced" if taken else ("voice_over" if visible else "off_screen")
     return barred_taking

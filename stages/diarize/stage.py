@@ -251,7 +251,7 @@ class DiarizeStage(Stage):
     def _row(self, sid: str, i: int, start: float, end: float, speaker: int | None, vocal: str) -> dict[str, Any]:
         return {"source_id": sid, "segment_id": f"{sid}-g{i:04d}", "start_s": round(start, 3), "end_s": round(end, 3),
                 "speaker": None if speaker is None else f"{sid}-spk{speaker}", "track_id": None,
-                "sync_offset_frames": None, "sync_confidence": None, "sync_peak": None, "sync_null_mean": None,
+                "sync_track_id": None, "sync_offset_frames": None, "sync_confidence": None, "sync_peak": None, "sync_null_mean": None,
                 "sync_null_std": None, "sync_null_windows": None, "sync_pooled": None, "on_screen": None, "vocal_type": vocal,
                 "vocal_evidence": None, "language": None, "text": None,
                 "backend": self._diarizer.backend if self._diarizer else self.backend}

@@ -31,6 +31,7 @@ RULES: dict[str, tuple[str, str]] = {
     "face_too_small": ("face_side_px", ">="),
     "blurry": ("blur", ">="),
     "low_sync": ("sync_confidence", ">="),
+    "voice_over": ("other_voice", "<="),
     "low_speech_ratio": ("speech_ratio", ">="),
     "low_resolution": ("source_height", ">="),
     "low_fps": ("source_fps", ">="),
@@ -213,12 +214,19 @@ class QualityStage(Stage):
             covered = sum(max(0.0, min(s["end_s"], s_b) - max(s["start_s"], s_a))
                           for s in segments if s["vocal_type"] in ("speech", "singing"))
             speech = covered / max(s_b - s_a, 1e-6)
-        sync = offset = None
-        if segments is not None:
-            # Below the null is no sync at all: floored at 0, so a threshold of 0 turns the rule off.
-            same_face = seg is not None and seg.get("track_id") == track["track_id"]
-            sync = max(float(seg["sync_confidence"] or 0.0), 0.0) if same_face else 0.0
-            offset = seg.get("sync_offset_frames") if same_face else None
+        sync = offset = other_voice = None
+        if segments is not None and seg is None:
+            sync = 0.0  # no voice during this face: nothing to follow
+        elif segments is not None:
+            # Whose voice it is (voice_over) and how well this mouth follows it (low_sync) are two rules:
+            # a face can follow a voice that another face keeps (a listener nodding along), or two faces
+            # about as well, and then neither takes it (stages/diarize/speaking_face.py).
+            own = seg.get("track_id") == track["track_id"]
+            other_voice = 0.0 if own else 1.0
+            if own or seg.get("sync_track_id") == track["track_id"]:
+                # Below the null is no sync at all: floored at 0, so a threshold of 0 turns the rule off.
+                sync = max(float(seg["sync_confidence"] or 0.0), 0.0)
+            offset = seg.get("sync_offset_frames") if own else None
         yaw, pitch, speed = arr("yaw"), arr("pitch"), arr("head_speed")
         audio = self._audio(audio_path, s_a, s_b)
         return {
@@ -231,6 +239,7 @@ class QualityStage(Stage):
             "head_speed_p95": float(np.percentile(speed, 95)) if speed.size else None,
             "other_face_ratio": other_ratio,
             "sync_confidence": sync,
+            "other_voice": other_voice,
             "abs_offset_frames": None if offset is None else abs(float(offset)),
             "offset_frames": offset,
             "speech_ratio": speech,

@@ -83,7 +83,7 @@ def build_doc(footage: dict[str, Path], sources=("a", "b"), stage2_lr: float = 3
         "sources": [{"uri": str(footage[s]), "license": "CC-BY-4.0", "consent": "yes", "category": "speech"}
                     for s in sources],
         "curate": {"stages": ["download", "shots", "faces", "diarize", "quality"],
-                   "config": {"quality": {"rules": {"low_sync": 0.0}}}},  # every candidate, whatever its sync
+                   "config": {"quality": {"rules": {"low_sync": 0.0, "voice_over": 1}}}},  # every candidate, whatever its voice
         "export": {"val_fraction": 0.2},
         "train": {"model": "tiny", "seed": 0, "stages": [
             {"stage": 1, "steps": STAGE1_STEPS, "config": {**OVERFIT, "learning_rate": 3e-3}},

@@ -100,8 +100,8 @@ def test_clips_are_cut_inside_the_speaking_segment_and_every_failure_is_named(cu
 
     assert abs(sf.info(str(out / c["audio_path"])).duration - 2.6) < 0.01
     rules = {(r["candidate_id"].split("-")[-2], r["rule"]) for r in rej}
-    # The big face is rejected during the voice-over (not synced), the tiny face always for its size.
-    assert ("t00", "low_sync") in rules
+    # The big face is rejected during the voice-over (a voice no face took), the tiny face always for its size.
+    assert ("t00", "voice_over") in rules
     assert ("t01", "face_too_small") in rules and ("t01", "no_crop") in rules
     small = [r for r in rej if r["rule"] == "face_too_small"]
     assert all(r["value"] == 20.0 and r["threshold"] == 64 for r in small)
@@ -113,6 +113,45 @@ def test_clips_are_cut_inside_the_speaking_segment_and_every_failure_is_named(cu
     for r in rej:
         verdict = {x["rule"]: x for x in r["rules"]}[r["rule"]]
         assert not verdict["passed"] and verdict["value"] == r["value"]
+
+
+def test_whose_voice_and_how_well_the_mouth_follows_it_are_two_rules(curated):
+    """A voice no face took is `voice_over`; `low_sync` carries what the measure read for this face
+    when the segment's sync columns describe it (sync_track_id), not a made-up 0, and is not judged
+    on a face the voice was not measured against."""
+    out, src, _ = curated
+    store = ManifestStore(out)
+    sid, t00 = src["source_id"], f"{src['source_id']}-s0000-t00"
+    segs = store.read("segments").to_pylist()
+
+    def t00_over_the_voice_over(**seg):
+        store.write_shard("segments", sid, [segs[0], {**segs[1], **seg}])
+        rej = QualityStage(write_media=False).process(src, StageContext(out=out))["rejections"]
+        rows = [r for r in rej if r["track_id"] == t00 and r["segment_id"].endswith("g0001")]
+        return {r["rule"]: r["value"] for r in rows}, {x["rule"]: x for x in rows[0]["rules"]}
+
+    # Nobody took the voice; this face followed it best, at 3.2 null deviations: both rules fail.
+    failed, verdicts = t00_over_the_voice_over(sync_track_id=t00, sync_confidence=3.2)
+    assert failed == {"voice_over": 1.0, "low_sync": pytest.approx(3.2)}
+    # Two faces followed it about as well, this one above the keep threshold: only voice_over fails.
+    failed, verdicts = t00_over_the_voice_over(sync_track_id=t00, sync_confidence=6.5)
+    assert failed == {"voice_over": 1.0} and verdicts["low_sync"]["value"] == pytest.approx(6.5)
+    # Another face was measured on it: this face's sync is unknown, not 0.
+    failed, verdicts = t00_over_the_voice_over(sync_track_id="someone-else", sync_confidence=9.0)
+    assert failed == {"voice_over": 1.0} and verdicts["low_sync"]["value"] is None
+    # Given to this face: kept, both rules passed with their values.
+    kept = QualityStage(write_media=False)
+    store.write_shard("segments", sid, [segs[0], {**segs[1], "track_id": t00, "sync_track_id": t00,
+                                                  "sync_confidence": 6.5, "sync_offset_frames": 0}])
+    clips = kept.process(src, StageContext(out=out))["clips"]
+    late = [c for c in clips if c["end_s"] > 5.4]  # both turns are this face's now: one candidate (join_gap_s)
+    assert len(late) == 1
+    verdicts = {x["rule"]: x for x in late[0]["rules"]}
+    assert verdicts["voice_over"]["value"] == 0.0 and verdicts["low_sync"]["value"] == pytest.approx(6.5)
+    # voice_over: 1 turns the rule off.
+    store.write_shard("segments", sid, segs)
+    loose = QualityStage(write_media=False, rules={"voice_over": 1, "low_sync": 0.0})
+    assert any(c["segment_id"].endswith("g0001") for c in loose.process(src, StageContext(out=out))["clips"])
 
 
 def test_thresholds_come_from_one_config_and_can_be_overridden(curated):

@@ -140,6 +140,8 @@ def test_each_segment_goes_to_the_face_that_speaks_it_and_a_listener_gets_none()
     alone = [{"start_s": 0.2, "end_s": 7.8}]
     assign_faces(alone, [tracks[2]], wav, FPS, n, SyncMeasure(), KEEP)
     assert alone[0]["track_id"] is None and alone[0]["on_screen"] == "voice_over"
+    assert alone[0]["sync_track_id"] == "C"  # whose mouth the recorded sync describes
+    assert [s["sync_track_id"] for s in segs] == ["A", "B"]
     assert alone[0]["sync_null_windows"] >= 8 and alone[0]["sync_null_std"] > 0
 
 
@@ -161,7 +163,7 @@ def test_a_face_that_moves_all_along_never_takes_the_voice_whose_turns_another_m
     assert assign_faces(segs, tracks, wav, FPS, n, SyncMeasure(), KEEP) == 1  # the stage counts it
     assert [s["track_id"] for s in segs] == [None, "B"], segs
     assert segs[0]["on_screen"] == "voice_over" and segs[1]["on_screen"] == "synced"
-    assert segs[0]["sync_confidence"] < KEEP  # the evidence recorded is A's, not the barred face's
+    assert segs[0]["sync_confidence"] < KEEP and segs[0]["sync_track_id"] == "A"  # A's evidence, not the barred face's
 
 
 def test_two_faces_that_follow_the_voice_equally_well_get_nothing():
@@ -176,6 +178,7 @@ def test_two_faces_that_follow_the_voice_equally_well_get_nothing():
         assign_faces(segs, tracks, wav, FPS, n, SyncMeasure(), KEEP)
         assert segs[0]["track_id"] == want, (want, segs)
         assert segs[0]["sync_confidence"] >= KEEP and segs[0]["on_screen"] == ("synced" if want else "voice_over")
+        assert segs[0]["sync_track_id"] in ([want] if want else ["A", "B"])
 
 
 def test_best_keeps_the_surer_of_the_two_scores():
