@@ -1,7 +1,7 @@
 """diarize: who speaks when, which visible face is speaking, and whether it is speech or singing.
 
-One source in, its `segments` rows out: a row per speaker turn (speech or singing) and a row per
-stretch of music or silence between them. Each voiced row says which face track is speaking
+One source in, its `segments` rows out: a row per speaker turn (speech or singing; a turn that runs
+across a cut is a row on each side, split_at_cuts) and a row per stretch of music or silence between them. Each voiced row says which face track is speaking
 (by audio-visual sync), or that the voice is over the picture, off screen, or that there are no
 faces. Backends: `resemblyzer` (default, offline, weights ship in packages) or `pyannote`
 (pretrained pipeline from a local copy or a hub token). See stages/diarize/offline.py. A short
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +82,40 @@ def one_voice_per_face(rows: list[dict]) -> int:
     return folded
 
 
+# A turn is not split where that would leave a piece shorter than this on either side: about a
+# syllable, the distance the VAD's turn edges land from the words (a cut 0.1 s after a turn's end is
+# the diarizer's edge, not words heard over the next shot).
+MIN_PIECE_S = 0.25
+
+
+def shot_cuts(shots: list[dict]) -> list[float]:
+    """Clock times where the picture changes shot: between two shots, the middle of what lies between
+    them (a dissolve's frames, or nothing at a hard cut)."""
+    shots = sorted(shots, key=lambda s: s["start_s"])
+    return [(a["end_s"] + b["start_s"]) / 2 for a, b in pairwise(shots)]
+
+
+def split_at_cuts(turns: list, cuts: list[float], min_piece_s: float = MIN_PIECE_S) -> list:
+    """Each speaker turn cut where the shot changes, so each piece is judged against the faces of its
+    own shot: a news anchor who keeps talking across a change of camera speaks both pieces, in two
+    tracks; a voice that runs on over B-roll is voice-over only where the picture has no face. A turn
+    goes to one face whole (speaking_face.assign_faces): unsplit, the shot on the far side of a cut
+    would lose its part of it."""
+    out = []
+    for t in turns:
+        start = t.start_s
+        for c in cuts:
+            if start + min_piece_s <= c <= t.end_s - min_piece_s:
+                out.append(replace(t, start_s=round(start, 3), end_s=round(c, 3)))
+                start = c
+        out.append(replace(t, start_s=round(start, 3)))
+    return out
+
+
 class DiarizeStage(Stage):
     name = "diarize"
     reads = ("sources",)
-    uses = ("tracks", "timeline")  # which visible face speaks; without tracks, nobody on screen
+    uses = ("tracks", "timeline", "shots")  # which visible face speaks; without tracks, nobody on screen
     writes = ("segments",)
     uses_model = True
     resources = Resources(num_cpus=1.0, memory_mb=2048)
@@ -203,7 +234,11 @@ class DiarizeStage(Stage):
         tracks = ctx.upstream("tracks", sid).to_pylist()
         match = self._face_matcher(source, tracks, wav, ctx)
         turns, regions = self._turns(wav, tracks, match, ctx) if len(wav) >= SR // 2 else ([], [])
-        voiced = self._voiced_rows(sid, wav, self._merge(turns), source.get("category"))
+        turns = self._merge(turns)
+        pieces = split_at_cuts(turns, shot_cuts(ctx.upstream("shots", sid).to_pylist()))
+        if len(pieces) > len(turns):
+            ctx.count("turns_split_at_cuts", len(pieces) - len(turns))
+        voiced = self._voiced_rows(sid, wav, pieces, source.get("category"))
         gaps = self._gap_rows(sid, wav, regions, duration)
         rows = sorted(voiced + gaps, key=lambda r: r["start_s"])
         for i, row in enumerate(rows):

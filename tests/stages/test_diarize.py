@@ -172,6 +172,49 @@ def test_process_assigns_the_speaking_face(stage, sample_wav, mouth, tmp_path):
     assert {r["on_screen"] for r in rows if r["speaker"] and r["end_s"] < 19.5} == {"off_screen"}
 
 
+def test_a_turn_across_a_cut_is_split_and_each_piece_goes_to_its_own_shots_face(stage, sample_wav, mouth, tmp_path):
+    """speaker91's long turn (21.8-27.8 s) runs across a cut at 24.8 s: the same person from another
+    camera, a face track in each shot, each mouth following the voice. Each shot's face speaks its
+    own piece; whole, the turn went to one of them and the other shot lost its part."""
+    n, cut = len(mouth), 24.8
+    c = int(cut * FPS)
+    store = ManifestStore(tmp_path)
+    store.write_shard("shots", "cut", [
+        {"source_id": "cut", "shot_id": "cut-s0000", "shot_index": 0, "start_s": 0.0, "end_s": cut, "start_frame": 0,
+         "end_frame": c, "transition_in": "start", "detector": "test"},
+        {"source_id": "cut", "shot_id": "cut-s0001", "shot_index": 1, "start_s": cut, "end_s": n / FPS,
+         "start_frame": c, "end_frame": n, "transition_in": "cut", "detector": "test"}])
+    tracks = []
+    for shot, frames in (("cut-s0000", range(int(20.0 * FPS), c)), ("cut-s0001", range(c, n))):
+        tracks.append({"source_id": "cut", "shot_id": shot, "track_id": f"{shot}-t00", "start_frame": frames[0],
+                       "end_frame": frames[-1] + 1, "frames": list(frames), "mouth_open": mouth[list(frames)].tolist(),
+                       "backend": "test"})
+    store.write_shard("tracks", "cut", tracks)
+    ctx = StageContext(out=tmp_path)
+    rows = stage.process(make_source(tmp_path, "cut", sample_wav), ctx)
+    voiced = [r for r in rows if r["speaker"]]
+    assert not [r for r in voiced if r["start_s"] < cut - 0.01 and r["end_s"] > cut + 0.01], voiced
+    (before,) = [r for r in voiced if abs(r["end_s"] - cut) < 0.01]
+    (after,) = [r for r in voiced if abs(r["start_s"] - cut) < 0.01]
+    assert before["start_s"] <= LONG_TURN[0] + 0.5 and after["end_s"] >= LONG_TURN[1] - 0.5, (before, after)
+    assert (before["track_id"], after["track_id"]) == ("cut-s0000-t00", "cut-s0001-t00"), (before, after)
+    assert before["speaker"] == after["speaker"] and ctx.counters["turns_split_at_cuts"] >= 1
+
+
+def test_split_at_cuts_leaves_no_sliver():
+    from stages.diarize.offline import Turn
+    from stages.diarize.stage import MIN_PIECE_S, shot_cuts, split_at_cuts
+
+    shots = [{"start_s": 0.0, "end_s": 2.12}, {"start_s": 2.56, "end_s": 10.2}, {"start_s": 10.2, "end_s": 12.0}]
+    cuts = shot_cuts(shots)
+    assert cuts == pytest.approx([2.34, 10.2])  # a dissolve's middle; a hard cut itself
+    pieces = split_at_cuts([Turn(0.3, 9.9, 0), Turn(10.0, 11.0, 1), Turn(10.2 - MIN_PIECE_S, 10.6, 1)], cuts)
+    assert [(round(p.start_s, 3), round(p.end_s, 3), p.speaker) for p in pieces] == [
+        (0.3, 2.34, 0), (2.34, 9.9, 0),  # across the dissolve
+        (10.0, 11.0, 1),  # 0.2 s before the cut: the turn's edge, not words of the earlier shot
+        (10.2 - MIN_PIECE_S, 10.2, 1), (10.2, 10.6, 1)]
+
+
 def test_two_faces_on_screen_split_what_the_audio_called_one_voice(sample_wav, mouth, tmp_path):
     """sample.wav's two speakers, each with a face whose mouth moves only in that speaker's reference
     turns, both on screen throughout. With a speaker-count threshold the audio alone never meets

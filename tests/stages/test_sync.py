@@ -493,6 +493,30 @@ def test_a_real_single_speaker_is_one_speaker(real):
     assert ctx.counters["speakers_joined_by_face"] >= 1
 
 
+def test_a_real_turn_across_a_dissolve_goes_to_each_shots_own_face(real):
+    """r3_v22: one girl speaks 0.3-9.9 s in one diarized turn while the picture dissolves (2.12-2.56 s)
+    from one shot of her to another. Each voiced segment a face takes lies within that face's shot
+    (between the cuts, a dissolve cut in its middle): whole, the turn went to the second shot's face,
+    2 s of it over the first shot's picture."""
+    from benchmarks import sync_corpus
+    from stages.diarize.stage import shot_cuts
+
+    out, src = sync_corpus.picture("r3_v22_msdwild_demo1_spk_girl.mp4", real.cache)
+    store = ManifestStore(out)
+    shots = sorted(store.read_shard("shots", src["source_id"]).to_pylist(), key=lambda s: s["start_s"])
+    assert len(shots) == 2 and shots[1]["transition_in"] == "dissolve", shots
+    edges = [0.0, *shot_cuts(shots), float("inf")]
+    span = {s["shot_id"]: (edges[i], edges[i + 1]) for i, s in enumerate(shots)}
+    shot_of = {t["track_id"]: t["shot_id"] for t in store.read_shard("tracks", src["source_id"]).to_pylist()}
+    rows = DiarizeStage().process(src, StageContext(out=out))
+    synced = [r for r in rows if r["on_screen"] == "synced"]
+    assert synced, rows
+    for r in synced:
+        lo, hi = span[shot_of[r["track_id"]]]
+        assert lo - 0.01 <= r["start_s"] and r["end_s"] <= hi + 0.01, (r, lo, hi)
+    assert sum(r["end_s"] - r["start_s"] for r in synced) >= 7.0  # the second shot's 7.6 s are still hers
+
+
 @pytest.mark.parametrize("name", ["r2_v03_hdtf_bobmenendez.mp4", "r3_v07_voxceleb2_chrischristie.mp4",
                                   "r3_v22_msdwild_demo1_spk_girl.mp4"])
 def test_a_real_faces_offset_moves_with_the_audio(real, name):
