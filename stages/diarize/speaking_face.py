@@ -22,8 +22,8 @@ SR = 16000
 # face that speaks in turns and is still between them 1.9-7.7x, 13 of 14 at 2 or more; a listener
 # whose mouth keeps moving 0.6-1.4x).
 TURN_CONTRAST = 2.0
-SYNC_COLUMNS = ("track_id", "sync_track_id", "sync_offset_frames", "sync_confidence", "sync_peak", "sync_null_mean",
-                "sync_null_std", "sync_null_windows", "sync_pooled")
+SYNC_COLUMNS = ("track_id", "sync_track_id", "sync_offset_frames", "sync_confidence", "sync_peak",
+                "sync_null_mean", "sync_null_std", "sync_null_windows", "sync_pooled")
 
 
 def speech_envelope(wav: np.ndarray, fps: float, n_frames: int | None = None) -> np.ndarray:
@@ -54,8 +54,8 @@ def _record(seg: dict, track_id: str | None, res: SyncResult | None, pooled: boo
     seg.update(dict.fromkeys(SYNC_COLUMNS))
     seg["sync_pooled"] = pooled if res is not None else None
     if res is not None:
-        seg.update(track_id=track_id, sync_track_id=measured or track_id, sync_offset_frames=res.offset_frames, sync_confidence=res.confidence,
-                   sync_peak=res.peak, sync_null_mean=res.null_mean, sync_null_std=res.null_std,
+        seg.update(track_id=track_id, sync_track_id=measured or track_id, sync_offset_frames=res.offset_frames,
+                   sync_confidence=res.confidence, sync_peak=res.peak, sync_null_mean=res.null_mean, sync_null_std=res.null_std,
                    sync_null_windows=res.n_null)
 
 

@@ -1,9 +1,9 @@
 """diarize: who speaks when, which visible face is speaking, and whether it is speech or singing.
 
 One source in, its `segments` rows out: a row per speaker turn (speech or singing; a turn that runs
-across a cut is a row on each side, split_at_cuts) and a row per stretch of music or silence between them. Each voiced row says which face track is speaking
-(by audio-visual sync), or that the voice is over the picture, off screen, or that there are no
-faces. Backends: `resemblyzer` (default, offline, weights ship in packages) or `pyannote`
+across a cut is a row on each side, split_at_cuts) and a row per stretch of music or silence between
+them. Each voiced row says which face track is speaking (by audio-visual sync), or that the voice is
+over the picture, off screen, or that there are no faces. Backends: `resemblyzer` (default, offline, weights ship in packages) or `pyannote`
 (pretrained pipeline from a local copy or a hub token). See stages/diarize/offline.py. A short
 speaker label whose every turn one face speaks is that face's main voice (one_voice_per_face).
 """
@@ -286,8 +286,8 @@ class DiarizeStage(Stage):
     def _row(self, sid: str, i: int, start: float, end: float, speaker: int | None, vocal: str) -> dict[str, Any]:
         return {"source_id": sid, "segment_id": f"{sid}-g{i:04d}", "start_s": round(start, 3), "end_s": round(end, 3),
                 "speaker": None if speaker is None else f"{sid}-spk{speaker}", "track_id": None,
-                "sync_track_id": None, "sync_offset_frames": None, "sync_confidence": None, "sync_peak": None, "sync_null_mean": None,
-                "sync_null_std": None, "sync_null_windows": None, "sync_pooled": None, "on_screen": None, "vocal_type": vocal,
+                "sync_track_id": None, "sync_offset_frames": None, "sync_confidence": None, "sync_peak": None,
+                "sync_null_mean": None, "sync_null_std": None, "sync_null_windows": None, "sync_pooled": None, "on_screen": None, "vocal_type": vocal,
                 "vocal_evidence": None, "language": None, "text": None,
                 "backend": self._diarizer.backend if self._diarizer else self.backend}
 
