@@ -18,6 +18,7 @@ Any path accepts a query string and ignores it (signed-URL style tests).
 from __future__ import annotations
 
 import gzip
+import sys
 import threading
 import time
 from collections import Counter
@@ -195,13 +196,23 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_file(p)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up mid-body (a download that stops at its size limit, a sniffer that read
+    enough) is the client's choice, not a server error: no traceback for it. Other errors print."""
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):  # BrokenPipeError, ConnectionResetError, ...
+            return
+        super().handle_error(request, client_address)
+
+
 class LoopbackServer:
     """`with LoopbackServer(folder) as srv: srv.url("file.mp4")`."""
 
     def __init__(self, root: str | Path, port: int = 0, slow_s: float = 2.0):
         handler = type("Handler", (_Handler,), {"root": Path(root).resolve(), "hits": Counter(), "slow_s": slow_s})
         self.hits = handler.hits
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.httpd = _QuietServer(("127.0.0.1", port), handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

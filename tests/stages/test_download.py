@@ -264,3 +264,27 @@ def test_real_containers_are_media(tmp_path, fmt, mime):
     row = fetch(str(container_clip(tmp_path, fmt)), tmp_path / "out")
     assert row["status"] == "ok", row["error"]
     assert row["mime"] == mime and row["n_frames"] and row["width"] == 176
+
+
+def test_a_client_that_hangs_up_mid_file_prints_no_traceback(tmp_path, capfd):
+    """The loopback server (`emo serve`, the download tests) on a client that reads a little of a big
+    file and closes: the client's choice, not a server error, so nothing on stderr; the server still
+    answers the next request."""
+    import socket
+    import time
+    import urllib.request
+
+    from pipeline.serve import LoopbackServer
+
+    (tmp_path / "big.mp4").write_bytes(os.urandom(64 << 20))  # more than loopback's socket buffers
+    with LoopbackServer(tmp_path) as srv:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", srv.port)) as s:
+                s.sendall(b"GET /big.mp4 HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert s.recv(4096).startswith(b"HTTP/1.0 200")
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST
+        time.sleep(1.0)
+        with urllib.request.urlopen(srv.url("big.mp4")) as r:
+            assert r.status == 200 and len(r.read(1024)) == 1024
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception occurred" not in err, err[-2000:]
