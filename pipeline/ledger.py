@@ -104,7 +104,7 @@ class Ledger:
         """Keep the settings behind the stage's config hash (written once: the hash names them)."""
         rel = f"{SETTINGS}/{stage.name}-{stage.config_hash()}.json"
         if not self.store.loc.exists(rel):
-            self.store.loc.write_text(rel, json.dumps({"stage": stage.name, **stage.config()}, sort_keys=True, default=str))
+            self.store.loc.write_text(rel, json.dumps(stage.hashed(), sort_keys=True, default=str))
 
     def settings(self, stage: str) -> dict[str, Any] | None:
         """The settings `stage` ran with here (those of most of its ok rows), or None when none were recorded."""

@@ -95,6 +95,11 @@ class Stage:
     uses_model: ClassVar[bool] = False  # True: run in an actor pool so setup() happens once per worker
     # Rows of these statuses made with other settings are redone by the next run (pipeline/ledger.py).
     stale_with_other_settings: ClassVar[frozenset[str]] = frozenset({"ok", "failed", "skipped"})
+    # Raised by one when a change to the stage's code changes what it writes for the same input and
+    # settings: it goes into the config hash, so rerunning over an OUT made by an earlier revision
+    # redoes the stage there, and every stage after it, as a change of settings does. 0 stays out
+    # of the hash, so a stage never revised keeps the hash its OUTs were made with.
+    revision: ClassVar[int] = 0
     resources: Resources = Resources()
 
     @property
@@ -120,8 +125,12 @@ class Stage:
         """The settings that change this stage's output (used for the config hash)."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in self.unhashed}
 
+    def hashed(self) -> dict[str, Any]:
+        """What the config hash is made of: the stage's name, its revision when it has one, its settings."""
+        return {"stage": self.name, **({"revision": self.revision} if self.revision else {}), **self.config()}
+
     def config_hash(self) -> str:
-        blob = json.dumps({"stage": self.name, **self.config()}, sort_keys=True, default=str)
+        blob = json.dumps(self.hashed(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -118,6 +118,7 @@ class DiarizeStage(Stage):
     uses = ("tracks", "timeline", "shots")  # which visible face speaks; without tracks, nobody on screen
     writes = ("segments",)
     uses_model = True
+    revision = 1  # 1: voiced turns split at shot cuts; segments.sync_track_id names the face measured
     resources = Resources(num_cpus=1.0, memory_mb=2048)
 
     def __init__(

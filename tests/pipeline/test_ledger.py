@@ -64,6 +64,24 @@ def test_pending_is_missing_then_stale_by_settings_with_what_reads_the_stale_out
     assert ledger.pending(stages, ["s1"]) == {"s1": ["diarize", "quality"]}
 
 
+def test_a_revised_stage_is_redone_with_what_reads_it_and_an_unrevised_one_keeps_its_hash(tmp_path, monkeypatch):
+    stages = build_stages(MEDIA)
+    before = {s.name: s.config_hash() for s in stages}
+    record_all(Ledger(tmp_path), stages, "s1")
+    assert Ledger(tmp_path).pending(stages, ["s1"]) == {}
+
+    faces = type(stages[1])
+    monkeypatch.setattr(faces, "revision", faces.revision + 1)  # a release that changes what faces writes
+    assert faces().config_hash() != before["faces"]
+    assert Ledger(tmp_path).pending(stages, ["s1"]) == {"s1": ["faces", "diarize", "quality"]}
+    monkeypatch.undo()
+    # Revision 0 is not in the hash, so a stage never revised keeps the hash its OUTs were made with.
+    shots = stages[0]
+    assert shots.revision == 0 and "revision" not in shots.hashed()
+    diarize = stages[2]
+    assert diarize.hashed()["revision"] == diarize.revision >= 1
+
+
 def test_downstream_follows_reads_and_uses():
     after = downstream(build_stages(MEDIA))
     assert after == {"shots": {"faces", "diarize", "quality"}, "faces": {"diarize", "quality"},
