@@ -1,8 +1,8 @@
 """diarize: who speaks when, which visible face is speaking, and whether it is speech or singing.
 
-One source in, its `segments` rows out: a row per speaker turn (speech or singing; a turn that runs
-across a cut is a row on each side, split_at_cuts) and a row per stretch of music or silence between
-them. Each voiced row says which face track is speaking (by audio-visual sync), or that the voice is
+One source in, its `segments` rows out: a row per speaker turn (speech or singing) and a row per
+stretch of music, singing or silence between them; a row that would run across a cut is a row on each
+side (split_at_cuts). Each voiced row says which face track is speaking (by audio-visual sync), or that the voice is
 over the picture, off screen, or that there are no faces. Backends: `resemblyzer` (default, offline, weights ship in packages) or `pyannote`
 (pretrained pipeline from a local copy or a hub token). See stages/diarize/offline.py. A short
 speaker label whose every turn one face speaks is that face's main voice (one_voice_per_face).
@@ -100,15 +100,23 @@ def split_at_cuts(turns: list, cuts: list[float], min_piece_s: float = MIN_PIECE
     own shot: a news anchor who keeps talking across a change of camera speaks both pieces, in two
     tracks; a voice that runs on over B-roll is voice-over only where the picture has no face. A turn
     goes to one face whole (speaking_face.assign_faces): unsplit, the shot on the far side of a cut
-    would lose its part of it."""
+    would lose its part of it. Turns are the diarizer's (dataclasses) or segment rows (dicts: the
+    stretches without speech, typed whole first, so a song's piece keeps the whole stretch's evidence)."""
+    def piece(t, start: float, end: float):
+        bounds = {"start_s": round(start, 3), "end_s": round(end, 3)}
+        return {**t, **bounds} if isinstance(t, dict) else replace(t, **bounds)
+
+    def bounds(t) -> tuple[float, float]:
+        return (t["start_s"], t["end_s"]) if isinstance(t, dict) else (t.start_s, t.end_s)
+
     out = []
     for t in turns:
-        start = t.start_s
+        start, end = bounds(t)
         for c in cuts:
-            if start + min_piece_s <= c <= t.end_s - min_piece_s:
-                out.append(replace(t, start_s=round(start, 3), end_s=round(c, 3)))
+            if start + min_piece_s <= c <= end - min_piece_s:
+                out.append(piece(t, start, c))
                 start = c
-        out.append(replace(t, start_s=round(start, 3)))
+        out.append(piece(t, start, end))
     return out
 
 
@@ -118,7 +126,7 @@ class DiarizeStage(Stage):
     uses = ("tracks", "timeline", "shots")  # which visible face speaks; without tracks, nobody on screen
     writes = ("segments",)
     uses_model = True
-    revision = 1  # 1: voiced turns split at shot cuts; segments.sync_track_id names the face measured
+    revision = 1  # 1: turns and gaps split at shot cuts; segments.sync_track_id names the face measured
     resources = Resources(num_cpus=1.0, memory_mb=2048)
 
     def __init__(
@@ -236,11 +244,15 @@ class DiarizeStage(Stage):
         match = self._face_matcher(source, tracks, wav, ctx)
         turns, regions = self._turns(wav, tracks, match, ctx) if len(wav) >= SR // 2 else ([], [])
         turns = self._merge(turns)
-        pieces = split_at_cuts(turns, shot_cuts(ctx.upstream("shots", sid).to_pylist()))
+        cuts = shot_cuts(ctx.upstream("shots", sid).to_pylist())
+        pieces = split_at_cuts(turns, cuts)
         if len(pieces) > len(turns):
             ctx.count("turns_split_at_cuts", len(pieces) - len(turns))
         voiced = self._voiced_rows(sid, wav, pieces, source.get("category"))
-        gaps = self._gap_rows(sid, wav, regions, duration)
+        whole = self._gap_rows(sid, wav, regions, duration)
+        gaps = split_at_cuts(whole, cuts)  # a song the VAD missed is a voice too: each shot's face sings its own piece
+        if len(gaps) > len(whole):
+            ctx.count("gaps_split_at_cuts", len(gaps) - len(whole))
         rows = sorted(voiced + gaps, key=lambda r: r["start_s"])
         for i, row in enumerate(rows):
             row["segment_id"] = f"{sid}-g{i:04d}"

@@ -92,6 +92,35 @@ def test_a_missed_voice_is_as_loud_as_the_source(under_db, expected):
     assert ("dB under" in ev["rule"]) == (expected == "music"), ev
 
 
+def test_a_sung_stretch_across_a_cut_is_a_piece_on_each_side_typed_as_the_whole(tmp_path):
+    """The sung line the VAD hears no voice in (10.5-14.5 s) runs across a cut at 12.5 s: it is two
+    rows, split there, each typed singing with the whole stretch's evidence (on its own side, two
+    seconds of it might not show a held note), so each piece is matched to its own shot's faces."""
+    import soundfile as sf
+
+    from manifests import ManifestStore
+    from stages.base import StageContext
+
+    wav, cut = _speech_with_a_sung_pause(0.0), 12.5
+    (tmp_path / "audio").mkdir()
+    sf.write(tmp_path / "audio" / "cut.wav", wav, 16000, subtype="FLOAT")
+    duration = len(wav) / 16000
+    ManifestStore(tmp_path).write_shard("shots", "cut", [
+        {"source_id": "cut", "shot_id": "cut-s0000", "shot_index": 0, "start_s": 0.0, "end_s": cut, "start_frame": 0,
+         "end_frame": int(cut * 25), "transition_in": "start", "detector": "test"},
+        {"source_id": "cut", "shot_id": "cut-s0001", "shot_index": 1, "start_s": cut, "end_s": duration,
+         "start_frame": int(cut * 25), "end_frame": int(duration * 25), "transition_in": "cut", "detector": "test"}])
+    src = {"source_id": "cut", "audio_path": "audio/cut.wav", "has_audio": True, "fps": 25.0, "category": "other",
+           "duration_s": duration, "media_path": None}
+    ctx = StageContext(out=tmp_path)
+    rows = bench_vocal._stage().process(src, ctx)
+    assert not [r for r in rows if r["start_s"] < cut - 0.01 and r["end_s"] > cut + 0.01], rows
+    sung = [r for r in rows if r["speaker"] is None and r["vocal_type"] == "singing"]
+    assert [r["end_s"] for r in sung if r["start_s"] < cut] == [cut], sung
+    assert [r["start_s"] for r in sung if r["end_s"] > cut] == [cut], sung
+    assert len({r["vocal_evidence"] for r in sung}) == 1 and ctx.counters["gaps_split_at_cuts"] >= 1
+
+
 @pytest.mark.skipif(not bench_vocal.REAL.is_dir(), reason="../shared/real-media is absent (a clone outside the workspace)")
 def test_a_hum_in_a_news_reports_pauses_is_not_singing():
     """r3_v12 (a 71 s news report) holds a steady 112 Hz tone, 25 dB under the speech, in its pauses;
