@@ -242,9 +242,9 @@ class DiarizeStage(Stage):
         duration = len(wav) / SR
         tracks = ctx.upstream("tracks", sid).to_pylist()
         match = self._face_matcher(source, tracks, wav, ctx)
-        turns, regions = self._turns(wav, tracks, match, ctx) if len(wav) >= SR // 2 else ([], [])
-        turns = self._merge(turns)
         cuts = shot_cuts(ctx.upstream("shots", sid).to_pylist())
+        turns, regions = self._turns(wav, tracks, match, ctx, cuts) if len(wav) >= SR // 2 else ([], [])
+        turns = self._merge(turns)
         pieces = split_at_cuts(turns, cuts)
         if len(pieces) > len(turns):
             ctx.count("turns_split_at_cuts", len(pieces) - len(turns))
@@ -264,7 +264,8 @@ class DiarizeStage(Stage):
         self._count(rows, ctx)
         return rows
 
-    def _turns(self, wav: np.ndarray, tracks: list[dict], match, ctx: StageContext) -> tuple[list, list]:
+    def _turns(self, wav: np.ndarray, tracks: list[dict], match, ctx: StageContext,
+               cuts: list[float]) -> tuple[list, list]:
         """Speaker turns and speech regions. With two or more faces on screen together and a voice count
         from the audio alone that differs from theirs, the source is also split into that many voices,
         and that split is kept when more of the visible faces are heard speaking under it (then more
@@ -282,16 +283,16 @@ class DiarizeStage(Stage):
         together = faces_together(tracks)
         if together >= 2 and len({t.speaker for t in turns}) != together:
             alt = self._diarizer.label(voices, together)
-            if self._heard_faces(alt, match) > self._heard_faces(turns, match):
+            if self._heard_faces(alt, match, cuts) > self._heard_faces(turns, match, cuts):
                 ctx.count("speakers_from_faces")
                 turns = alt
         return turns, voices.regions
 
-    def _heard_faces(self, turns: list, match) -> tuple[int, float]:
+    def _heard_faces(self, turns: list, match, cuts: list[float]) -> tuple[int, float]:
         """(how many visible faces take a segment, voiced seconds they take) when the source is split
-        into these turns."""
+        into these turns, cut at the shot changes as the segments will be."""
         rows = [{"start_s": t.start_s, "end_s": t.end_s, "speaker": f"spk{t.speaker}"}
-                for t in self._merge([replace(t) for t in turns])]
+                for t in split_at_cuts(self._merge([replace(t) for t in turns]), cuts)]
         match(rows)
         synced = [r for r in rows if r["on_screen"] == "synced"]
         return len({r["track_id"] for r in synced}), sum(r["end_s"] - r["start_s"] for r in synced)
