@@ -211,8 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_curate(sub) -> argparse.ArgumentParser:
     c = sub.add_parser("curate", help="run the curation pipeline over a list of sources",
                        description="Download, shot-detect, face-crop, diarize and filter SOURCES into Parquet manifests under OUT. "
-                                   "Rerunning resumes: finished work is skipped; work done with other settings, "
-                                   "and downloads that failed for a passing reason, are redone.")
+                                   "Rerunning resumes: finished work is skipped; work done with other settings or by an "
+                                   "earlier revision of a stage, and downloads that failed for a passing reason, are redone.")
     c.add_argument("sources", help="a .csv, .jsonl or .parquet sources file (column 'uri' required), or a folder of media files")
     c.add_argument("--out", required=True, help="output folder or URI: s3://bucket/prefix, gs://..., any fsspec "
                                                 "filesystem (manifests, media, masks, clips)")

@@ -9,8 +9,9 @@ What a run redoes (`pending`), decided once, in the driver:
   - missing: no row;
   - failed and retryable: the row's reason says the network let it down, not the input
     (RETRYABLE; a decoder that crashes or hangs on a file will do so again, so those stay failed);
-  - stale: the row was made with other settings (its config_hash is not the stage's hash now;
-    a stage may narrow this to some statuses: see Stage.stale_with_other_settings);
+  - stale: the row was made with other settings or by an earlier revision of the stage (its
+    config_hash is not the stage's hash now; a stage may narrow this to some statuses: see
+    Stage.stale_with_other_settings);
   - and, for each of those, every later stage that reads what it writes, on the same key.
 The driver then `forget`s the recorded ones, so a worker needs no more than "is there a row?":
 an earlier try of its own batch (a worker that died) leaves one, and nothing else does.

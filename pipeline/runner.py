@@ -229,7 +229,8 @@ def _claim(ledger: Ledger, stages: list[Stage], keys: list[str]) -> dict[str, li
         for name, k in forgotten:  # only what ran before: a first run has no files to forget
             for folder in by_name[name].folders:
                 ledger.store.loc.delete_tree(f"{folder}/{k}")
-        log.info("redoing %d runs that failed for a passing reason or were made with other settings", len(forgotten))
+        log.info("redoing %d runs that failed for a passing reason or were made with other settings or an earlier "
+                 "revision of their stage", len(forgotten))
     return todo
 
 
