@@ -41,6 +41,47 @@ TWO_SPEAKERS = "r3_v01_visualvoice_interview_2spk.mp4"
 COPIES = {"orig": (None, None, 0), "remux": ("mkv", "aac", 0), "late5": ("mkv", "aac", 5),
           "early8": ("ts", "mp2", -8), "swap": ("mkv", "aac", None), "rotate": ("ts", "mp2", None)}
 
+# Harder sound, the picture's own voice in sync (bench_sync --hard-audio): what a curated corpus meets
+# beside clean studio speech. Each is mkv/aac, expected offset 0; none is tuned on.
+#   noise10: pink noise 10 dB under the track (a fan, a street); babble: three other real voices of
+#   the same set, summed, 6 dB under (a crowd, a newsroom); phone: 300-3400 Hz at 8 kHz (a call);
+#   reverb: a room of 0.6 s RT60 (a hall, a bathroom).
+HARD_AUDIO = {"noise10": ("mkv", "aac", 0), "babble": ("mkv", "aac", 0), "phone": ("mkv", "aac", 0),
+              "reverb": ("mkv", "aac", 0)}
+KINDS = {**COPIES, **HARD_AUDIO}
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) or 1e-9
+
+
+def degraded(wav: np.ndarray, kind: str, others: list[np.ndarray], rate: int = RATE, seed: int = 0) -> np.ndarray:
+    """`wav` made harder to hear as `kind` (HARD_AUDIO), the same length and at the same time."""
+    from scipy import signal
+
+    rng = np.random.default_rng(seed)
+    if kind == "noise10":
+        spec = np.fft.rfft(rng.standard_normal(len(wav)))
+        spec /= np.sqrt(np.maximum(np.fft.rfftfreq(len(wav), 1 / rate), 20.0))  # 1/f power: pink
+        noise = np.fft.irfft(spec, len(wav))
+        out = wav + noise * (_rms(wav) / _rms(noise)) * 10 ** (-10 / 20)
+    elif kind == "babble":
+        crowd = sum(np.resize(o, len(wav)) / _rms(o) for o in others)
+        out = wav + crowd * (_rms(wav) / _rms(crowd)) * 10 ** (-6 / 20)
+    elif kind == "phone":
+        narrow = signal.resample_poly(wav, 1, rate // 8000)
+        narrow = signal.sosfilt(signal.butter(4, (300, 3400), "bandpass", fs=8000, output="sos"), narrow)
+        out = signal.resample_poly(narrow, rate // 8000, 1)[:len(wav)]
+        out = np.pad(out, (0, len(wav) - len(out)))
+    elif kind == "reverb":
+        t = np.arange(int(0.6 * rate)) / rate
+        ir = rng.standard_normal(len(t)) * 10 ** (-3 * t / 0.6)  # -60 dB at 0.6 s
+        ir[0] = 4.0 * np.abs(ir).max()  # the direct sound
+        out = signal.fftconvolve(wav, ir)[:len(wav)]
+    else:
+        raise ValueError(kind)
+    return (out * (0.5 / max(float(np.abs(out).max()), 1e-9))).astype(np.float32)
+
 
 def available() -> bool:
     return (REAL / "videos").is_dir()
@@ -131,10 +172,11 @@ def original(name: str, cache: Path = CACHE) -> Path:
     return dst
 
 
-def make_copy(name: str, kind: str, donor: str, cache: Path = CACHE) -> Path:
-    """The `kind` copy of video `name` (see COPIES), built once; `donor` gives the swapped-in voice."""
+def make_copy(name: str, kind: str, donor: str, cache: Path = CACHE, crowd: tuple[str, ...] = ()) -> Path:
+    """The `kind` copy of video `name` (see COPIES, HARD_AUDIO), built once; `donor` gives the swapped-in
+    voice, `crowd` the voices of the babble."""
     src = video(name)
-    container, codec, _ = COPIES[kind]
+    container, codec, _ = KINDS[kind]
     if container is None:
         return original(name, cache)
     with av.open(str(src)) as c:
@@ -154,6 +196,8 @@ def make_copy(name: str, kind: str, donor: str, cache: Path = CACHE) -> Path:
     elif kind == "swap":
         other, _ = audio_on_video_clock(video(donor))
         wav = np.resize(other, len(wav))  # repeated when the donor is shorter
+    elif kind in HARD_AUDIO:
+        wav = degraded(wav, kind, [audio_on_video_clock(video(n))[0] for n in crowd])
     tmp = dst.with_name(dst.name + ".part" + dst.suffix)
     remux(src, tmp, wav, codec)
     tmp.replace(dst)
@@ -196,10 +240,11 @@ def picture_at(path: Path, out: Path) -> dict:
     return src
 
 
-def copy_with_picture(name: str, kind: str, donor: str, cache: Path = CACHE) -> tuple[Path, dict]:
+def copy_with_picture(name: str, kind: str, donor: str, cache: Path = CACHE,
+                      crowd: tuple[str, ...] = ()) -> tuple[Path, dict]:
     """OUT folder of a copy: its own sources row and wav, the original's shots and tracks under its ids."""
     orig_out, orig = picture(name, cache)
-    path = make_copy(name, kind, donor, cache)
+    path = make_copy(name, kind, donor, cache, crowd)
     out = cache / "runs" / f"{Path(name).stem}.{kind}"
     shutil.rmtree(out, ignore_errors=True)
     src = ingest(path, out)
