@@ -45,7 +45,7 @@ COPIES = {"orig": (None, None, 0), "remux": ("mkv", "aac", 0), "late5": ("mkv", 
 # beside clean studio speech. Each is mkv/aac, expected offset 0; none is tuned on.
 #   noise10: pink noise 10 dB under the track (a fan, a street); babble: three other real voices of
 #   the same set, summed, 6 dB under (a crowd, a newsroom); phone: 300-3400 Hz at 8 kHz (a call);
-#   reverb: a room of 0.6 s RT60 (a hall, a bathroom).
+#   reverb: a room of 0.6 s RT60 heard from afar, the direct sound 10 dB under the reverberation (a hall).
 HARD_AUDIO = {"noise10": ("mkv", "aac", 0), "babble": ("mkv", "aac", 0), "phone": ("mkv", "aac", 0),
               "reverb": ("mkv", "aac", 0)}
 KINDS = {**COPIES, **HARD_AUDIO}
