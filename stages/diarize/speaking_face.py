@@ -196,7 +196,12 @@ def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps:
     A face takes a segment when its mouth follows the segment's voice with a
     confidence at or above keep_threshold, or when the pooled measure is that sure and the segment's
     own best offset agrees with it within a frame and scores above its null mean; a segment too
-    short to measure alone goes by the pooled measure alone. Among several, the best segment score
+    short to measure alone goes by the pooled measure alone. A segment's own score never takes it at
+    an offset more than a frame from a surer pooled measure of the same face: a file's sound is
+    muxed at one offset from its picture, so a voice the face speaks is at the face's lag, and a
+    short segment's best lag far from it is noise or another voice (bench_sync --hard-audio: a
+    2.5 s turn of r3_v07 under pink noise read -3 frames at 5.2 while its face pooled to 0 at 7.9,
+    and its clip would have been moved by three frames). Among several, the best segment score
     wins (pooled alone ranks as 0), unless another face that would take it scores within
     contest_margin of it: then neither is known to speak it, and nobody takes it (bench_active_speaker,
     dev pairs, a still listener, set with the projection score: the listener's share of the voiced
@@ -258,7 +263,10 @@ def assign_faces(segments: list[dict], tracks: list[dict], wav: np.ndarray, fps:
                     continue
             else:
                 agree = trusted and res.confidence > 0 and abs(res.offset_frames - pooled.offset_frames) <= 1
-                ok = res.confidence >= keep_threshold or agree
+                # A face's own voice comes at its own lag: a segment whose best lag is more than a frame
+                # from a surer pool of the same face is noise or another voice, not the face at that lag.
+                overruled = trusted and not agree and pooled.confidence >= res.confidence
+                ok = (res.confidence >= keep_threshold and not overruled) or agree
                 surer = not ok and pooled is not None and pooled.confidence > res.confidence
                 evidence = pooled if agree or surer else res
                 cand = (ok, res.confidence if ok else evidence.confidence, track_id, evidence, evidence is pooled)

@@ -126,7 +126,7 @@ class DiarizeStage(Stage):
     uses = ("tracks", "timeline", "shots")  # which visible face speaks; without tracks, nobody on screen
     writes = ("segments",)
     uses_model = True
-    revision = 1  # 1: turns and gaps split at shot cuts; segments.sync_track_id names the face measured
+    revision = 1  # 1: rows split at shot cuts; sync_track_id; a surer pool of the face overrules a segment's lag
     resources = Resources(num_cpus=1.0, memory_mb=2048)
 
     def __init__(

@@ -113,6 +113,26 @@ def test_segments_too_short_to_measure_go_by_the_faces_pooled_measure():
     assign_faces(segs, [_track("A", range(n), mouth)], wav, FPS, n, SyncMeasure(), KEEP)
     assert all(s["track_id"] == "A" and s["sync_pooled"] and abs(s["sync_offset_frames"]) <= 1 for s in segs), segs
 
+def test_a_segment_is_not_taken_at_a_lag_its_faces_surer_pool_disagrees_with():
+    """24 s of one face and its voice, the mouth a frame ahead throughout, except 1-4 s, where the
+    voice comes 4 frames later still (a dub, or noise that moves a short segment's peak). Alone that
+    segment reads +5 above the keep threshold; the face's whole track pools to +1, surer. A file's sound
+    is muxed at one offset: the segment is not the face's at +5, and its clip is not moved by 5. The
+    rest of the track is taken as before."""
+    wav, mouth = babble(24, seed=13)
+    n, (a, b), late = len(mouth), (int(1.0 * SR), int(4.0 * SR)), int(4 * SR / FPS)
+    dubbed = wav.copy()
+    dubbed[a + late:b], dubbed[a:a + late] = wav[a:b - late], 0
+    m = SyncMeasure()
+    alone = m.score(np.arange(n), visual_features({"mouth_open": mouth}), m.audio(dubbed, FPS, n), 25, 100, fps=FPS)
+    assert alone.offset_frames == 5 and alone.confidence >= KEEP, alone
+    segs = [{"start_s": 1.0, "end_s": 4.0, "speaker": "x"}, {"start_s": 10.0, "end_s": 13.0, "speaker": "x"}]
+    assign_faces(segs, [_track("A", range(n), mouth)], dubbed, FPS, n, SyncMeasure(), KEEP)
+    assert segs[0]["track_id"] is None and segs[0]["on_screen"] == "voice_over", segs[0]
+    assert segs[0]["sync_pooled"] and segs[0]["sync_offset_frames"] == 1 and segs[0]["sync_confidence"] > alone.confidence
+    assert segs[1]["track_id"] == "A" and segs[1]["sync_offset_frames"] == 1, segs[1]
+
+
 def _track(tid, frames, mouth):
     return {"track_id": tid, "frames": list(frames), "mouth_open": list(mouth[list(frames)])}
 
