@@ -158,8 +158,8 @@ def summarise_hard(label: str, rows: list[dict]) -> dict:
                    "synced": sum(r["synced"] > 0.5 for r in rs) / max(len(rs), 1), "kept": sum(r["kept"] for r in rs),
                    "median_conf": float(np.median(confs)) if confs else None}
         k = s[kind]
-        print(f"{label} {kind:8s}: offset within +-1 frame of the file's own lag {k['own_lag_within_1']:.0%} of {k['n']} "
-              f"| mostly synced {k['synced']:.0%} | median confidence "
+        print(f"{label} {kind:8s}: offset within +-1 frame of the file's own lag {k['own_lag_within_1']:.0%} "
+              f"of {k['n']} | mostly synced {k['synced']:.0%} | median confidence "
               f"{'-' if k['median_conf'] is None else round(k['median_conf'], 1)} | clips kept {k['kept']}")
     return s
 

@@ -1,11 +1,12 @@
 """diarize: who speaks when, which visible face is speaking, and whether it is speech or singing.
 
 One source in, its `segments` rows out: a row per speaker turn (speech or singing) and a row per
-stretch of music, singing or silence between them; a row that would run across a cut is a row on each
-side (split_at_cuts). Each voiced row says which face track is speaking (by audio-visual sync), or that the voice is
-over the picture, off screen, or that there are no faces. Backends: `resemblyzer` (default, offline, weights ship in packages) or `pyannote`
-(pretrained pipeline from a local copy or a hub token). See stages/diarize/offline.py. A short
-speaker label whose every turn one face speaks is that face's main voice (one_voice_per_face).
+stretch of music, singing or silence between them; a row that would run across a cut is a row on
+each side (split_at_cuts). Each voiced row says which face track is speaking (by audio-visual sync),
+or that the voice is over the picture, off screen, or that there are no faces. Backends:
+`resemblyzer` (default, offline, weights ship in packages) or `pyannote` (pretrained pipeline from a
+local copy or a hub token). See stages/diarize/offline.py. A short speaker label whose every turn one
+face speaks is that face's main voice (one_voice_per_face).
 """
 
 from __future__ import annotations
