@@ -101,8 +101,8 @@ def split_at_cuts(turns: list, cuts: list[float], min_piece_s: float = MIN_PIECE
     own shot: a news anchor who keeps talking across a change of camera speaks both pieces, in two
     tracks; a voice that runs on over B-roll is voice-over only where the picture has no face. A turn
     goes to one face whole (speaking_face.assign_faces): unsplit, the shot on the far side of a cut
-    would lose its part of it. Turns are the diarizer's (dataclasses) or segment rows (dicts: the
-    stretches without speech, typed whole first, so a song's piece keeps the whole stretch's evidence)."""
+    would lose its part of it. Turns are the diarizer's (dataclasses) or segment rows (dicts, typed
+    whole first, so a song's piece keeps the whole turn's or stretch's evidence)."""
     def piece(t, start: float, end: float):
         bounds = {"start_s": round(start, 3), "end_s": round(end, 3)}
         return {**t, **bounds} if isinstance(t, dict) else replace(t, **bounds)
@@ -246,10 +246,9 @@ class DiarizeStage(Stage):
         cuts = shot_cuts(ctx.upstream("shots", sid).to_pylist())
         turns, regions = self._turns(wav, tracks, match, ctx, cuts) if len(wav) >= SR // 2 else ([], [])
         turns = self._merge(turns)
-        pieces = split_at_cuts(turns, cuts)
-        if len(pieces) > len(turns):
-            ctx.count("turns_split_at_cuts", len(pieces) - len(turns))
-        voiced = self._voiced_rows(sid, wav, pieces, source.get("category"))
+        voiced = self._voiced_rows(sid, wav, turns, cuts)
+        if len(voiced) > len(turns):
+            ctx.count("turns_split_at_cuts", len(voiced) - len(turns))
         whole = self._gap_rows(sid, wav, regions, duration)
         gaps = split_at_cuts(whole, cuts)  # a song the VAD missed is a voice too: each shot's face sings its own piece
         if len(gaps) > len(whole):
@@ -315,21 +314,25 @@ class DiarizeStage(Stage):
                 merged.append(t)
         return merged
 
-    def _voiced_rows(self, sid: str, wav: np.ndarray, turns: list, category: str | None) -> list[dict]:
+    def _voiced_rows(self, sid: str, wav: np.ndarray, turns: list, cuts: list[float]) -> list[dict]:
+        """A row per turn, typed speech or singing over the whole turn, then split at the cuts (each
+        piece keeps the whole turn's type and evidence: a sung line cut into shots holds its notes
+        whole); words, when transcribed, are each piece's own."""
         typer, rows = VocalTyper(), []
         pooled = self._pooled_vocal(wav, turns, typer)
         for t in turns:
-            clip = wav[int(t.start_s * SR):int(t.end_s * SR)]
             row = self._row(sid, 0, t.start_s, t.end_s, t.speaker, "speech")
             if t.end_s - t.start_s >= OWN_VOCAL_S or pooled is None:
-                f = vocal_features(clip)
+                f = vocal_features(wav[int(t.start_s * SR):int(t.end_s * SR)])
                 row["vocal_type"], rule = typer.voice_from(f)
                 row["vocal_evidence"] = f.evidence(rule)
             else:
                 row["vocal_type"], row["vocal_evidence"] = pooled
-            if self._whisper is not None:
-                row["language"], row["text"] = self._whisper(clip)
             rows.append(row)
+        rows = split_at_cuts(rows, cuts)
+        if self._whisper is not None:
+            for row in rows:
+                row["language"], row["text"] = self._whisper(wav[int(row["start_s"] * SR):int(row["end_s"] * SR)])
         return rows
 
     @staticmethod

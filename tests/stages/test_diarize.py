@@ -6,6 +6,7 @@ reference boundary: collar=0.5 forgives +-0.25 s (the usual "0.25 s collar"); ov
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,20 @@ def test_a_turn_across_a_cut_is_split_and_each_piece_goes_to_its_own_shots_face(
     assert before["start_s"] <= LONG_TURN[0] + 0.5 and after["end_s"] >= LONG_TURN[1] - 0.5, (before, after)
     assert (before["track_id"], after["track_id"]) == ("cut-s0000-t00", "cut-s0001-t00"), (before, after)
     assert before["speaker"] == after["speaker"] and ctx.counters["turns_split_at_cuts"] >= 1
+
+
+def test_a_turn_is_typed_whole_and_each_piece_keeps_that(stage, sample_wav):
+    """speaker91's 6 s turn split by a cut at 24.8 s: each 3 s piece carries the type and evidence of
+    the whole turn (a turn that long is typed on its own; split first, each piece would have been
+    pooled with the source's short turns, and a sung line cut into shots typed note by note)."""
+    from stages.diarize.offline import Turn
+
+    turns = [Turn(1.0, 2.5, 0), Turn(*LONG_TURN, 1)]
+    whole = stage._voiced_rows("s", sample_wav, turns, [])
+    cut = stage._voiced_rows("s", sample_wav, turns, [24.8])
+    assert [(r["start_s"], r["end_s"]) for r in cut] == [(1.0, 2.5), (LONG_TURN[0], 24.8), (24.8, LONG_TURN[1])]
+    assert [r["vocal_evidence"] for r in cut[1:]] == [whole[1]["vocal_evidence"]] * 2
+    assert json.loads(whole[1]["vocal_evidence"]).get("by") != json.loads(whole[0]["vocal_evidence"]).get("by")
 
 
 def test_split_at_cuts_leaves_no_sliver():
