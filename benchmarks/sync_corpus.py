@@ -197,7 +197,8 @@ def make_copy(name: str, kind: str, donor: str, cache: Path = CACHE, crowd: tupl
         other, _ = audio_on_video_clock(video(donor))
         wav = np.resize(other, len(wav))  # repeated when the donor is shorter
     elif kind in HARD_AUDIO:
-        wav = degraded(wav, kind, [audio_on_video_clock(video(n))[0] for n in crowd])
+        others = [audio_on_video_clock(video(n))[0] for n in crowd] if kind == "babble" else []
+        wav = degraded(wav, kind, others)
     tmp = dst.with_name(dst.name + ".part" + dst.suffix)
     remux(src, tmp, wav, codec)
     tmp.replace(dst)

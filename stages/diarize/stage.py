@@ -101,23 +101,16 @@ def split_at_cuts(turns: list, cuts: list[float], min_piece_s: float = MIN_PIECE
     own shot: a news anchor who keeps talking across a change of camera speaks both pieces, in two
     tracks; a voice that runs on over B-roll is voice-over only where the picture has no face. A turn
     goes to one face whole (speaking_face.assign_faces): unsplit, the shot on the far side of a cut
-    would lose its part of it. Turns are the diarizer's (dataclasses) or segment rows (dicts, typed
-    whole first, so a song's piece keeps the whole turn's or stretch's evidence)."""
-    def piece(t, start: float, end: float):
-        bounds = {"start_s": round(start, 3), "end_s": round(end, 3)}
-        return {**t, **bounds} if isinstance(t, dict) else replace(t, **bounds)
-
-    def bounds(t) -> tuple[float, float]:
-        return (t["start_s"], t["end_s"]) if isinstance(t, dict) else (t.start_s, t.end_s)
-
+    would lose its part of it. The turns are segment rows, typed whole first, so each piece keeps the
+    whole turn's or stretch's type and evidence (a sung line cut into shots holds its notes whole)."""
     out = []
     for t in turns:
-        start, end = bounds(t)
+        start, end = t["start_s"], t["end_s"]
         for c in cuts:
             if start + min_piece_s <= c <= end - min_piece_s:
-                out.append(piece(t, start, c))
+                out.append({**t, "start_s": round(start, 3), "end_s": round(c, 3)})
                 start = c
-        out.append(piece(t, start, end))
+        out.append({**t, "start_s": round(start, 3)})
     return out
 
 
@@ -291,8 +284,8 @@ class DiarizeStage(Stage):
     def _heard_faces(self, turns: list, match, cuts: list[float]) -> tuple[int, float]:
         """(how many visible faces take a segment, voiced seconds they take) when the source is split
         into these turns, cut at the shot changes as the segments will be."""
-        rows = [{"start_s": t.start_s, "end_s": t.end_s, "speaker": f"spk{t.speaker}"}
-                for t in split_at_cuts(self._merge([replace(t) for t in turns]), cuts)]
+        rows = split_at_cuts([{"start_s": t.start_s, "end_s": t.end_s, "speaker": f"spk{t.speaker}"}
+                              for t in self._merge([replace(t) for t in turns])], cuts)
         match(rows)
         synced = [r for r in rows if r["on_screen"] == "synced"]
         return len({r["track_id"] for r in synced}), sum(r["end_s"] - r["start_s"] for r in synced)

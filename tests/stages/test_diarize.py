@@ -217,14 +217,14 @@ def test_a_turn_is_typed_whole_and_each_piece_keeps_that(stage, sample_wav):
 
 
 def test_split_at_cuts_leaves_no_sliver():
-    from stages.diarize.offline import Turn
     from stages.diarize.stage import MIN_PIECE_S, shot_cuts, split_at_cuts
 
     shots = [{"start_s": 0.0, "end_s": 2.12}, {"start_s": 2.56, "end_s": 10.2}, {"start_s": 10.2, "end_s": 12.0}]
     cuts = shot_cuts(shots)
     assert cuts == pytest.approx([2.34, 10.2])  # a dissolve's middle; a hard cut itself
-    pieces = split_at_cuts([Turn(0.3, 9.9, 0), Turn(10.0, 11.0, 1), Turn(10.2 - MIN_PIECE_S, 10.6, 1)], cuts)
-    assert [(round(p.start_s, 3), round(p.end_s, 3), p.speaker) for p in pieces] == [
+    turns = [(0.3, 9.9, 0), (10.0, 11.0, 1), (10.2 - MIN_PIECE_S, 10.6, 1)]
+    pieces = split_at_cuts([{"start_s": a, "end_s": b, "speaker": k} for a, b, k in turns], cuts)
+    assert [(round(p["start_s"], 3), round(p["end_s"], 3), p["speaker"]) for p in pieces] == [
         (0.3, 2.34, 0), (2.34, 9.9, 0),  # across the dissolve
         (10.0, 11.0, 1),  # 0.2 s before the cut: the turn's edge, not words of the earlier shot
         (10.2 - MIN_PIECE_S, 10.2, 1), (10.2, 10.6, 1)]
