@@ -121,6 +121,7 @@ class DiarizeStage(Stage):
     writes = ("segments",)
     uses_model = True
     revision = 1  # 1: rows split at shot cuts; sync_track_id; a surer pool of the face overrules a segment's lag
+    # 2: the offline diarizer finds no more voices than the speech has d-vector windows (offline.most_voices)
     resources = Resources(num_cpus=1.0, memory_mb=2048)
 
     def __init__(
