@@ -122,6 +122,7 @@ class DiarizeStage(Stage):
     uses_model = True
     revision = 1  # 1: rows split at shot cuts; sync_track_id; a surer pool of the face overrules a segment's lag
     # 2: the offline diarizer finds no more voices than the speech has d-vector windows (offline.most_voices)
+    #    and a source's sync null reads at most 400 windows (SyncMeasure.max_null_windows: over ~2 minutes)
     resources = Resources(num_cpus=1.0, memory_mb=2048)
 
     def __init__(

@@ -14,6 +14,7 @@ SR = 16000
 N_FFT = 1024
 N_BANDS = 8
 F_LO, F_HI = 80.0, 7000.0
+BLOCK = 4096  # video frames whose windows are transformed together
 
 
 def _mel(f: np.ndarray) -> np.ndarray:
@@ -32,6 +33,15 @@ def mel_filters(n_bands: int = N_BANDS, n_fft: int = N_FFT, sr: int = SR) -> np.
     return fb
 
 
+def _power(wav: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """(len(centres), N_FFT // 2 + 1) power spectra of Hann windows centred on these samples (zeros
+    outside the waveform)."""
+    idx = centres[:, None] + np.arange(-N_FFT // 2, N_FFT // 2)[None, :]
+    ok = (idx >= 0) & (idx < len(wav))
+    frames = np.where(ok, wav[np.clip(idx, 0, max(len(wav) - 1, 0))] if len(wav) else 0.0, 0.0)
+    return np.abs(np.fft.rfft(frames * np.hanning(N_FFT), axis=1)) ** 2
+
+
 def audio_features(wav: np.ndarray, times: np.ndarray) -> np.ndarray:
     """(len(times), N_BANDS + 2): log mel-band energies, log loudness, and spectral flux (how much the
     spectrum rose since the previous frame: onsets of syllables), one row per video frame time."""
@@ -39,10 +49,8 @@ def audio_features(wav: np.ndarray, times: np.ndarray) -> np.ndarray:
     if len(times) == 0:
         return np.zeros((0, N_BANDS + 2), np.float32)
     centres = np.round(np.asarray(times, float) * SR).astype(int)
-    idx = centres[:, None] + np.arange(-N_FFT // 2, N_FFT // 2)[None, :]
-    ok = (idx >= 0) & (idx < len(wav))
-    frames = np.where(ok, wav[np.clip(idx, 0, max(len(wav) - 1, 0))] if len(wav) else 0.0, 0.0)
-    power = np.abs(np.fft.rfft(frames * np.hanning(N_FFT), axis=1)) ** 2
+    # A block of frames at a time: an hour's windows at once would take gigabytes.
+    power = np.concatenate([_power(wav, centres[i:i + BLOCK]) for i in range(0, len(centres), BLOCK)])
     # Floors 30 dB under each band's mean: digital silence (padding, muted stretches) would otherwise
     # sit far below any speech and dominate every correlation it enters.
     band_power, total = power @ mel_filters().T, power.sum(1)

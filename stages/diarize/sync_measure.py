@@ -21,8 +21,11 @@ The score alone means little (short segments and many features correlate by chan
 calibrated on the same source: the same face against the source's audio rotated far away, and
 , for short sources that have few far rotations, against it played backwards: no voice there can
 be in time with the face. Those give the null: peaks over the same window of lags, their
-mean and spread. The confidence is the real peak in null standard deviations above the null mean;
-another person's voice, or the face's own words at the wrong time, land in the null.
+mean and spread. Each rotation's score comes from sums over its window (means, spreads, and the
+mouth's products with the voice), taken for every rotation at once by FFT: gathering the windows
+is quadratic in a long shot. At most max_null_windows windows are read
+(benchmarks/bench_sync_null.py). The confidence is the real peak in null standard deviations above
+the null mean; another person's voice, or the face's own words at the wrong time, land in the null.
 
 Sign: offset k > 0 means the sound comes k frames after the picture (audio lags video).
 """
@@ -83,6 +86,45 @@ def _projected_scores(v: np.ndarray, a: np.ndarray, pv: np.ndarray, pa: np.ndarr
     return np.einsum("t,lt->l", mouth, voice) / v.shape[0]
 
 
+def _rotation_sums(frames: np.ndarray, weights: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(n, P, Q): for every rotation r of x (n, Q), the sum over t of weights[t, p] * x[(frames[t] + r) % n, q].
+    Circular cross-correlations by FFT: O(n log n) for every rotation at once, where gathering each
+    rotation's window of the T frames takes O(n T) memory (a 4-minute shot: 9 GB)."""
+    n = len(x)
+    w = np.zeros((n, weights.shape[1]))
+    np.add.at(w, frames, weights)
+    return np.fft.irfft(np.conj(np.fft.rfft(w, axis=0))[:, :, None] * np.fft.rfft(x, axis=0)[:, None, :], n, axis=0)
+
+
+def _rotated_scores(v: np.ndarray, frames: np.ndarray, audio: np.ndarray, rotations: np.ndarray,
+                    pv: np.ndarray | None, pa: np.ndarray | None) -> np.ndarray:
+    """(n,) scores of v (T, Dv, z-scored) against the audio under `frames` rotated by r, at the given
+    rotations (NaN elsewhere): what _scores (pv None) or _projected_scores give for the window
+    _zscore(audio[(frames + r) % n], 1), from each rotation's window sums instead of the windows.
+    A window column whose spread is under 1e-9, or a millionth of the column's own, counts as
+    constant (0), as _zscore's does."""
+    n, t_len, d_a = len(audio), len(frames), audio.shape[1]
+    ones = np.ones((t_len, 1))
+    mean = _rotation_sums(frames, ones, audio)[rotations, 0] / t_len  # (R, Da)
+    var = _rotation_sums(frames, ones, audio ** 2)[rotations, 0] / t_len - mean ** 2
+    floor = np.maximum(1e-18, 1e-12 * np.mean(audio ** 2, 0))
+    inv = np.where(var > floor, 1.0 / np.sqrt(np.maximum(var, floor)), 0.0)  # (R, Da)
+    out = np.full(n, np.nan)
+    if pv is None:
+        cross = _rotation_sums(frames, v, audio)[rotations] / t_len  # (R, Dv, Da)
+        out[rotations] = np.linalg.svd(cross * inv[:, None, :], compute_uv=False)[:, 0]
+        return out
+    mouth = _zscore(v @ pv, 0)
+    cross = _rotation_sums(frames, mouth[:, None], audio)[rotations, 0] / t_len  # (R, Da)
+    pairs = (audio[:, :, None] * audio[:, None, :]).reshape(n, d_a * d_a)
+    cov = (_rotation_sums(frames, ones, pairs)[rotations, 0] / t_len).reshape(-1, d_a, d_a) \
+        - mean[:, :, None] * mean[:, None, :]
+    w = pa[None, :] * inv  # the voice's direction on each window's standardised columns
+    spread = np.sqrt(np.clip(np.einsum("rk,rkl,rl->r", w, cov, w), 0.0, None))
+    out[rotations] = np.where(spread > 1e-9, (cross * w).sum(1) / np.where(spread > 1e-9, spread, 1.0), 0.0)
+    return out
+
+
 def _vertex(curve: np.ndarray, i: int) -> float:
     """Where between its neighbours the peak at i lies (-0.5..0.5 frames), by the parabola through the
     three; 0 at an edge. The lead the offset is corrected by is a fraction of a frame: rounding the
@@ -99,7 +141,7 @@ class SyncMeasure:
 
     def __init__(self, max_offset: int = 15, min_frames: int = 20, highpass_frames: int = 13,
                  null_gap: int = 10, min_null: int = 8, min_null_spread: float = 0.1,
-                 visual_lead_s: float = 0.0, score: str = "best"):
+                 visual_lead_s: float = 0.0, score: str = "best", max_null_windows: int = 400):
         """
         score: what is measured at each lag. "projection": the correlation of the mouth features and the
             voice's, each along the fixed direction of stages/diarize/sync_projection.py (fitted on the dev
@@ -112,6 +154,7 @@ class SyncMeasure:
         null_gap: null rotations start this many frames beyond the searched lags.
         min_null: fewer far-rotation windows than this (short sources): the reversed audio's are added.
         min_null_spread: least null standard deviation, as a fraction of the null mean.
+        max_null_windows: most null windows read per measure (longer sources: evenly spread over it).
         visual_lead_s: how far the mouth's features lead the sound they make, subtracted from the best
             (sub-frame) lag. 0: calibrated on the dev sources whose sync is known apart from "as
             published" (GRID brbk7n, a lab recording; VoxCeleb2 Christie, from a SyncNet-filtered
@@ -126,6 +169,7 @@ class SyncMeasure:
         self.max_offset, self.min_frames = max_offset, min_frames
         self.highpass_frames, self.null_gap, self.min_null = highpass_frames, null_gap, min_null
         self.min_null_spread, self.visual_lead_s = min_null_spread, visual_lead_s
+        self.max_null_windows = max_null_windows
         if score not in SCORES:
             raise ValueError(f"unknown sync score {score!r}; known: {SCORES}")
         self.score_kind = score
@@ -157,21 +201,24 @@ class SyncMeasure:
         if len(frames) < self.min_frames or np.ptp(visual, 0).max() < 1e-9:
             return None
         v = _zscore(_highpass(visual, self.highpass_frames), 0)
-        n = len(audio)
         lags, real_windows = self._lag_windows(frames, audio)
-        rot = (frames[None, :] + np.arange(n)[:, None]) % n  # every circular rotation
-        # The windows are gathered and standardised once, whichever scores read them.
-        rotated, reversed_ = _zscore(audio[rot], 1), None
         results = []
         for kind in self._kinds(v, audio):
             real = self._scores(v, real_windows, kind)
-            null = self._null_peaks(self._scores(v, rotated, kind), n, far=True)
+            null = self._null(v, frames, audio, kind, far=True)
             if len(null) < self.min_null:
-                if reversed_ is None:
-                    reversed_ = _zscore(audio[::-1][rot], 1)
-                null = np.concatenate([null, self._null_peaks(self._scores(v, reversed_, kind), n, far=False)])
+                null = np.concatenate([null, self._null(v, frames, audio[::-1], kind, far=False)])
             results.append(self._result(lags, real, null, fps))
         return max(results, key=lambda r: r.confidence)
+
+    def _null(self, v: np.ndarray, frames: np.ndarray, audio: np.ndarray, kind: str, far: bool) -> np.ndarray:
+        """Null peaks of v against `audio` rotated (_null_windows), scored at the rotations they read."""
+        idx = self._null_windows(len(audio), far)
+        if len(idx) == 0:
+            return np.zeros(0)
+        proj = (self._pv, self._pa) if kind == "projection" else (None, None)
+        curve = _rotated_scores(v, frames, audio, np.unique(idx), *proj)
+        return curve[idx].max(1)
 
     def _kinds(self, v: np.ndarray, audio: np.ndarray) -> tuple[str, ...]:
         """The scores this measure takes: the projection only where the features are the ones it was
@@ -216,14 +263,15 @@ class SyncMeasure:
         padded = np.pad(audio, ((k, k), (0, 0)))
         return lags, _zscore(padded[frames[None, :] + lags[:, None] + k], 1)
 
-    def _null_peaks(self, curve: np.ndarray, n: int, far: bool) -> np.ndarray:
-        """Peak of a circular score curve over windows of 2*max_offset+1 rotations, half a window
-        apart; far: only windows null_gap frames clear of the searched lags (the audio as it is),
-        else all (the audio played backwards: a voice with the same sound, never in time)."""
+    def _null_windows(self, n: int, far: bool) -> np.ndarray:
+        """(W, 2*max_offset+1) rotations of an n-frame source's audio, one row per null window: windows of
+        the searched lags' width, half a window apart; far: only windows null_gap frames clear of the
+        searched lags (the audio as it is), else all (the audio played backwards: a voice with the same
+        sound, never in time). At most max_null_windows, evenly spread (a source longer than about two
+        minutes at 25 fps; its null is as well sampled as a two-minute one's)."""
         k, gap = self.max_offset, self.null_gap
         step = max(1, k // 2)
         centres = np.arange(2 * k + gap, n - 2 * k - gap + 1, step) if far else np.arange(0, n, step)
-        if len(centres) == 0:
-            return np.zeros(0)
-        idx = (centres[:, None] + np.arange(-k, k + 1)[None, :]) % n
-        return curve[idx].max(1)
+        if len(centres) > self.max_null_windows:
+            centres = centres[np.unique(np.linspace(0, len(centres) - 1, self.max_null_windows).round().astype(int))]
+        return (centres[:, None] + np.arange(-k, k + 1)[None, :]) % n
