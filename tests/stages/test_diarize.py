@@ -105,7 +105,7 @@ def test_one_speaker_is_one_speaker(stage, sample_wav):
 def test_a_sentence_too_short_to_tell_voices_apart_is_one_voice(stage, sample_wav):
     """Under two d-vector windows of speech, every window overlaps the others: one voice, unless the
     caller fixes the count. Each excerpt is speaker90's or speaker91's alone in the reference."""
-    for a, b in ((10.6, 12.4), (12.0, 14.4), (14.5, 16.5), (21.8, 23.8), (23.5, 25.8), (25.8, 27.8), (8.3, 10.0)):
+    for a, b in ((10.6, 12.4), (12.0, 14.4), (14.5, 16.5), (21.8, 23.8), (23.5, 25.8), (25.8, 27.8)):
         voices = stage._diarizer.embed(sample_wav[int(a * SR):int(b * SR)])
         assert voices is not None and stage._diarizer.most_voices(voices) == 1
         assert {t.speaker for t in stage._diarizer.label(voices)} == {0}, (a, b)
