@@ -96,19 +96,28 @@ def _rotation_sums(frames: np.ndarray, weights: np.ndarray, x: np.ndarray) -> np
     return np.fft.irfft(np.conj(np.fft.rfft(w, axis=0))[:, :, None] * np.fft.rfft(x, axis=0)[:, None, :], n, axis=0)
 
 
-def _rotated_scores(v: np.ndarray, frames: np.ndarray, audio: np.ndarray, rotations: np.ndarray,
-                    pv: np.ndarray | None, pa: np.ndarray | None) -> np.ndarray:
-    """(n,) scores of v (T, Dv, z-scored) against the audio under `frames` rotated by r, at the given
-    rotations (NaN elsewhere): what _scores (pv None) or _projected_scores give for the window
-    _zscore(audio[(frames + r) % n], 1), from each rotation's window sums instead of the windows.
-    A window column whose spread is under 1e-9, or a millionth of the column's own, counts as
-    constant (0), as _zscore's does."""
-    n, t_len, d_a = len(audio), len(frames), audio.shape[1]
+def _window_moments(frames: np.ndarray, audio: np.ndarray, rotations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, inv), each (R, Da): every given rotation's window of the audio under `frames`, per
+    column, its mean and one over its spread, 0 where the column is constant there (as _zscore
+    makes it). A spread under 1e-9, or a millionth of the column's own, counts as constant: a window
+    inside digital silence leaves FFT sums with a variance of about 1e-17, not 0."""
+    t_len = len(frames)
     ones = np.ones((t_len, 1))
-    mean = _rotation_sums(frames, ones, audio)[rotations, 0] / t_len  # (R, Da)
+    mean = _rotation_sums(frames, ones, audio)[rotations, 0] / t_len
     var = _rotation_sums(frames, ones, audio ** 2)[rotations, 0] / t_len - mean ** 2
     floor = np.maximum(1e-18, 1e-12 * np.mean(audio ** 2, 0))
-    inv = np.where(var > floor, 1.0 / np.sqrt(np.maximum(var, floor)), 0.0)  # (R, Da)
+    return mean, np.where(var > floor, 1.0 / np.sqrt(np.maximum(var, floor)), 0.0)
+
+
+def _rotated_scores(v: np.ndarray, frames: np.ndarray, audio: np.ndarray, rotations: np.ndarray,
+                    moments: tuple[np.ndarray, np.ndarray], pv: np.ndarray | None,
+                    pa: np.ndarray | None) -> np.ndarray:
+    """(n,) scores of v (T, Dv, z-scored) against the audio under `frames` rotated by r, at the given
+    rotations (NaN elsewhere): what _scores (pv None) or _projected_scores give for the window
+    _zscore(audio[(frames + r) % n], 1), from each rotation's window sums (moments: _window_moments
+    of the same rotations) instead of the windows."""
+    n, t_len, d_a = len(audio), len(frames), audio.shape[1]
+    mean, inv = moments
     out = np.full(n, np.nan)
     if pv is None:
         cross = _rotation_sums(frames, v, audio)[rotations] / t_len  # (R, Dv, Da)
@@ -117,7 +126,7 @@ def _rotated_scores(v: np.ndarray, frames: np.ndarray, audio: np.ndarray, rotati
     mouth = _zscore(v @ pv, 0)
     cross = _rotation_sums(frames, mouth[:, None], audio)[rotations, 0] / t_len  # (R, Da)
     pairs = (audio[:, :, None] * audio[:, None, :]).reshape(n, d_a * d_a)
-    cov = (_rotation_sums(frames, ones, pairs)[rotations, 0] / t_len).reshape(-1, d_a, d_a) \
+    cov = (_rotation_sums(frames, np.ones((t_len, 1)), pairs)[rotations, 0] / t_len).reshape(-1, d_a, d_a) \
         - mean[:, :, None] * mean[:, None, :]
     w = pa[None, :] * inv  # the voice's direction on each window's standardised columns
     spread = np.sqrt(np.clip(np.einsum("rk,rkl,rl->r", w, cov, w), 0.0, None))
@@ -202,23 +211,26 @@ class SyncMeasure:
             return None
         v = _zscore(_highpass(visual, self.highpass_frames), 0)
         lags, real_windows = self._lag_windows(frames, audio)
-        results = []
-        for kind in self._kinds(v, audio):
-            real = self._scores(v, real_windows, kind)
-            null = self._null(v, frames, audio, kind, far=True)
-            if len(null) < self.min_null:
-                null = np.concatenate([null, self._null(v, frames, audio[::-1], kind, far=False)])
-            results.append(self._result(lags, real, null, fps))
+        kinds = self._kinds(v, audio)
+        nulls = self._nulls(v, frames, audio, kinds, far=True)
+        if len(nulls[kinds[0]]) < self.min_null:  # as many windows whichever the score
+            back = self._nulls(v, frames, audio[::-1], kinds, far=False)
+            nulls = {kind: np.concatenate([nulls[kind], back[kind]]) for kind in kinds}
+        results = [self._result(lags, self._scores(v, real_windows, kind), nulls[kind], fps) for kind in kinds]
         return max(results, key=lambda r: r.confidence)
 
-    def _null(self, v: np.ndarray, frames: np.ndarray, audio: np.ndarray, kind: str, far: bool) -> np.ndarray:
-        """Null peaks of v against `audio` rotated (_null_windows), scored at the rotations they read."""
+    def _nulls(self, v: np.ndarray, frames: np.ndarray, audio: np.ndarray, kinds: tuple[str, ...],
+               far: bool) -> dict[str, np.ndarray]:
+        """Per score, the null peaks of v against `audio` rotated (_null_windows), scored at the
+        rotations they read; the windows' moments are taken once, whichever scores read them."""
         idx = self._null_windows(len(audio), far)
         if len(idx) == 0:
-            return np.zeros(0)
-        proj = (self._pv, self._pa) if kind == "projection" else (None, None)
-        curve = _rotated_scores(v, frames, audio, np.unique(idx), *proj)
-        return curve[idx].max(1)
+            return {kind: np.zeros(0) for kind in kinds}
+        rotations = np.unique(idx)
+        moments = _window_moments(frames, audio, rotations)
+        return {kind: _rotated_scores(v, frames, audio, rotations, moments,
+                                      *((self._pv, self._pa) if kind == "projection" else (None, None)))[idx].max(1)
+                for kind in kinds}
 
     def _kinds(self, v: np.ndarray, audio: np.ndarray) -> tuple[str, ...]:
         """The scores this measure takes: the projection only where the features are the ones it was
